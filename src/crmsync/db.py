@@ -1,0 +1,141 @@
+"""PostgreSQL access: pools, named queries from ``sql/queries/*.sql``, migrations."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import orjson
+
+from crmsync.errors import UserError
+
+_QUERY_NAME = re.compile(r"^--\s*name:\s*(\S+)\s*$", re.MULTILINE)
+
+
+@lru_cache(maxsize=1)
+def queries() -> dict[str, str]:
+    """All named queries: a ``-- name: foo`` line starts query ``foo``."""
+    out: dict[str, str] = {}
+    folder = resources.files("crmsync") / "sql" / "queries"
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        text = entry.read_text()
+        parts = _QUERY_NAME.split(text)
+        # parts: [preamble, name1, body1, name2, body2, ...]
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in out:
+                raise RuntimeError(f"duplicate query name {name!r} in {entry.name}")
+            out[name] = body.strip().rstrip(";")
+    return out
+
+
+def q(name: str) -> str:
+    try:
+        return queries()[name]
+    except KeyError:
+        raise KeyError(f"no SQL query named {name!r} in crmsync/sql/queries") from None
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    for typ in ("jsonb", "json"):
+        await conn.set_type_codec(
+            typ,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def connect(dsn: str) -> asyncpg.Connection[Any]:
+    try:
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise UserError(
+            f"cannot reach PostgreSQL at {redact_dsn(dsn)} ({exc}); "
+            "set CRMSYNC_DATABASE_URL or run `make setup`"
+        ) from exc
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool[Any]:
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise UserError(
+            f"cannot reach PostgreSQL at {redact_dsn(dsn)} ({exc}); "
+            "set CRMSYNC_DATABASE_URL or run `make setup`"
+        ) from exc
+    assert pool is not None
+    return pool
+
+
+def redact_dsn(dsn: str) -> str:
+    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("crmsync") / "sql" / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        m = re.match(r"^(\d{4})_(\w+)\.sql$", entry.name)
+        if m:
+            found.append((int(m.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(conn: asyncpg.Connection[Any]) -> list[str]:
+    """Apply every migration not yet recorded; returns the names applied."""
+    applied_now: list[str] = []
+    # One advisory lock so concurrent `migrate` runs do not race.
+    await conn.execute("SELECT pg_advisory_lock(727274)")
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in _migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            applied_now.append(name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(727274)")
+    return applied_now
+
+
+async def ensure_database(dsn: str) -> None:
+    """Create the database named in ``dsn`` if it does not exist."""
+    base, _, rest = dsn.rpartition("/")
+    dbname, _, params = rest.partition("?")
+    admin_dsn = f"{base}/postgres" + (f"?{params}" if params else "")
+    try:
+        conn = await asyncpg.connect(dsn)
+        await conn.close()
+        return
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise UserError(
+            f"cannot reach PostgreSQL at {redact_dsn(dsn)} ({exc}); "
+            "set CRMSYNC_DATABASE_URL or run `make setup`"
+        ) from exc
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{dbname}"')
+    except asyncpg.DuplicateDatabaseError:
+        pass
+    finally:
+        await admin.close()

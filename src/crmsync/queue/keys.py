@@ -1,0 +1,87 @@
+"""Every Redis key crmsync uses, built here and nowhere else.
+
+All keys of one connection share the hash tag ``{c:<id>}`` so every Lua script
+touches a single Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "crmsync"
+# Pub/sub channel: the relay and operators announce connections with new work.
+WAKE_CHANNEL = f"{PREFIX}:wake"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionKeys:
+    connection_id: str
+
+    @property
+    def tag(self) -> str:
+        return f"{PREFIX}:{{c:{self.connection_id}}}"
+
+    @property
+    def ready(self) -> str:  # zset id -> band * 1e13 + enqueue ms
+        return f"{self.tag}:ready"
+
+    @property
+    def leases(self) -> str:  # zset id -> lease deadline ms
+        return f"{self.tag}:leases"
+
+    @property
+    def lease_tokens(self) -> str:  # hash id -> claim token
+        return f"{self.tag}:leasetok"
+
+    @property
+    def delayed(self) -> str:  # zset id -> due ms
+        return f"{self.tag}:delayed"
+
+    @property
+    def requeue(self) -> str:  # zset id -> ready score, for ids changed while leased
+        return f"{self.tag}:requeue"
+
+    @property
+    def bands(self) -> str:  # hash id -> priority band
+        return f"{self.tag}:bands"
+
+    @property
+    def state(self) -> str:  # hash: paused, blocked_until, breaker fields, limits
+        return f"{self.tag}:state"
+
+    def window(self, window_ms: int) -> str:  # hash bucket -> admitted count
+        return f"{self.tag}:rl:{window_ms}"
+
+    @property
+    def stats(self) -> str:  # hash of counters for `status`
+        return f"{self.tag}:stats"
+
+    def all_static(self) -> list[str]:
+        return [
+            self.ready,
+            self.leases,
+            self.lease_tokens,
+            self.delayed,
+            self.requeue,
+            self.bands,
+            self.state,
+        ]
+
+
+def connection(connection_id: str) -> ConnectionKeys:
+    return ConnectionKeys(connection_id)
+
+
+def crm_breaker(crm: str) -> str:
+    """Per-CRM breaker state (seed design: one breaker per CRM)."""
+    return f"{PREFIX}:{{crm:{crm}}}:breaker"
+
+
+def key_slot_tag(key: str) -> str:
+    """The hash tag Redis Cluster uses to pick the key's slot."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key

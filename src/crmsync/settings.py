@@ -1,0 +1,56 @@
+"""One settings object for the whole service: every field is ``CRMSYNC_<NAME>``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRMSYNC_", extra="ignore")
+
+    database_url: str = "postgresql://127.0.0.1:5432/crmsync"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Comma-separated bearer keys accepted by the HTTP API.
+    api_keys: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    log_level: str = "info"
+    log_json: bool = False
+
+    # Records per CRM request: 1 = one record per request (the seed design).
+    batch_size: int = Field(default=1, ge=1, le=200)
+    retry_attempts: int = Field(default=3, ge=1, le=100)
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+    retry_cap_seconds: float = Field(default=60.0, gt=0)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_recovery_seconds: float = Field(default=30.0, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    # Extra fraction added to every rate-limit window: the CRM counts arrivals,
+    # which jitter relative to our admissions.
+    limit_margin: float = Field(default=0.02, ge=0, le=0.5)
+    http_timeout_seconds: float = Field(default=10.0, gt=0)
+    worker_processes: int = Field(default=1, ge=1, le=256)
+    worker_concurrency: int = Field(default=200, ge=1, le=10000)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    relay_batch: int = Field(default=5000, ge=1)
+    relay_poll_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.lower()
+        if v not in {"debug", "info", "warning", "error"}:
+            raise ValueError("CRMSYNC_LOG_LEVEL must be one of debug, info, warning, error")
+        return v
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
