@@ -90,3 +90,19 @@ def migrate(database_url: str | None = DB_OPT) -> None:
 
 
 # The commands below are wired to their modules; see docs/INTERNALS.md.
+
+
+def _register_commands() -> None:
+    """Import every ``crmsync.commands`` module so it registers its commands."""
+    import importlib
+    import pkgutil
+
+    import crmsync.commands as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+_register_commands()
+
+__all__ = ["Path", "app", "connections_app", "contacts_app", "dlq_app", "main"]
