@@ -1,0 +1,110 @@
+"""`crmsync worker` and `crmsync up`: the processes that do the syncing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from crmsync.cli import DB_OPT, REDIS_OPT, _run, _settings, app
+from crmsync.settings import Settings
+
+
+@app.command()
+def worker(
+    processes: int = typer.Option(
+        1, "--processes", "-p", min=1, envvar="CRMSYNC_WORKER_PROCESSES", help="Worker processes."
+    ),
+    concurrency: int = typer.Option(
+        200, "--concurrency", "-c", min=1, envvar="CRMSYNC_WORKER_CONCURRENCY",
+        help="CRM requests in flight per process.",
+    ),
+    batch_size: int = typer.Option(
+        1, "--batch-size", min=1, max=200, envvar="CRMSYNC_BATCH_SIZE",
+        help="Records per CRM request (1 = single-record mode).",
+    ),
+    database_url: str | None = DB_OPT,
+    redis_url: str | None = REDIS_OPT,
+) -> None:
+    """Sync queued contacts to the CRMs (stateless: run as many as you like)."""
+    from crmsync.logging import configure_logging
+    from crmsync.runner import install_stop, run_worker, run_worker_processes
+
+    s = _settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        batch_size=batch_size,
+        worker_processes=processes,
+        worker_concurrency=concurrency,
+    )
+    configure_logging(s.log_level, s.log_json)
+    if processes > 1:
+        raise typer.Exit(run_worker_processes(s, processes, concurrency))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop(stop)
+        await run_worker(s, concurrency, stop)
+
+    _run(main())
+
+
+@app.command()
+def up(
+    processes: int = typer.Option(1, "--processes", "-p", min=1, envvar="CRMSYNC_WORKER_PROCESSES"),
+    concurrency: int = typer.Option(200, "--concurrency", "-c", min=1, envvar="CRMSYNC_WORKER_CONCURRENCY"),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, max=200, envvar="CRMSYNC_BATCH_SIZE"),
+    host: str | None = typer.Option(None, "--host", envvar="CRMSYNC_API_HOST"),
+    port: int | None = typer.Option(None, "--port", envvar="CRMSYNC_API_PORT"),
+    database_url: str | None = DB_OPT,
+    redis_url: str | None = REDIS_OPT,
+) -> None:
+    """API + relay + workers in one command (single-node production)."""
+    from crmsync.logging import configure_logging
+
+    s = _settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        batch_size=batch_size,
+        api_host=host,
+        api_port=port,
+        worker_processes=processes,
+        worker_concurrency=concurrency,
+    )
+    configure_logging(s.log_level, s.log_json)
+    _run(_up(s, processes, concurrency))
+
+
+async def _up(s: Settings, processes: int, concurrency: int) -> None:
+    from crmsync import db
+    from crmsync.api.app import serve
+    from crmsync.capture.relay import run_relay
+    from crmsync.runner import install_stop, run_worker, spawn_workers, stop_workers
+
+    await db.ensure_database(s.database_url)
+    conn = await db.connect(s.database_url)
+    try:
+        await db.migrate(conn)
+    finally:
+        await conn.close()
+    stop = asyncio.Event()
+    install_stop(stop)
+    # One worker runs in this event loop; --processes N adds N-1 worker processes.
+    children = spawn_workers(s, processes - 1, concurrency) if processes > 1 else []
+    api_task = asyncio.create_task(serve(s))
+    tasks = [
+        api_task,
+        asyncio.create_task(run_relay(s, stop=stop)),
+        asyncio.create_task(run_worker(s, concurrency, stop)),
+    ]
+    stop_task = asyncio.create_task(stop.wait())
+    await asyncio.wait([*tasks, stop_task], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    stop_workers(children)
+    api_task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for c in children:
+        await asyncio.get_running_loop().run_in_executor(None, c.join)
+    for r in results:
+        if isinstance(r, Exception):
+            raise r

@@ -1,0 +1,64 @@
+"""`crmsync status`: queues, rates, breakers, paused connections, dead letters."""
+
+from __future__ import annotations
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crmsync.cli import DB_OPT, REDIS_OPT, _run, _settings, app
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    database_url: str | None = DB_OPT,
+    redis_url: str | None = REDIS_OPT,
+) -> None:
+    """Show queues, breakers, limits, paused connections and dead letters."""
+    from crmsync import db
+    from crmsync.runner import open_redis
+    from crmsync.status import collect
+
+    s = _settings(database_url=database_url, redis_url=redis_url)
+
+    async def go() -> dict[str, object]:
+        pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
+        redis = await open_redis(s.redis_url)
+        try:
+            return await collect(pool, redis)
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    report = _run(go())
+    if as_json:
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    t = Table(title="crmsync status")
+    for col in ("connection", "crm", "state", "ready", "leased", "delayed", "synced",
+                "skipped", "deleted", "retrying", "dead", "429s", "p50 ms", "p99 ms"):
+        t.add_column(col, justify="left" if col in ("connection", "crm", "state") else "right")
+    conns = report["connections"]
+    assert isinstance(conns, list)
+    for c in conns:
+        state = "paused: " + c["paused"] if c["paused"] else str(c["breaker"] or "closed")
+        if c["blocked_for_s"]:
+            state += f" (blocked {c['blocked_for_s']}s)"
+        q, led, cnt, lat = c["queue"], c["ledger"], c["counters"], c["latency_ms"]
+        t.add_row(
+            c["id"], c["crm"], state, str(q["ready"]), str(q["leased"]), str(q["delayed"]),
+            str(led["synced"]), str(led["skipped"]), str(led["deleted"]), str(led["retrying"]),
+            str(led["dead_letters"]), str(cnt.get("crm_rate_limited", 0)),
+            _ms(lat["p50"]), _ms(lat["p99"]),
+        )
+    console = Console()
+    console.print(t)
+    outbox = report["outbox"]
+    assert isinstance(outbox, dict)
+    console.print(f"outbox pending: {outbox['pending']}")
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"≤{v:g}"

@@ -1,0 +1,156 @@
+"""The connections a worker serves: loaded from PostgreSQL, mirrored into Redis.
+
+PostgreSQL is the source of truth for connections (the CLI and API write only
+there); every worker process refreshes its view on ``crmsync_connections``
+notifications (and every few seconds as a fallback), pushes limits, breaker
+settings and pause state into the connection's Redis state, and keeps one CRM
+adapter per connection on the process's shared HTTP session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+import structlog
+
+from crmsync import db
+from crmsync.crm import make_adapter
+from crmsync.crm.base import CrmAdapter
+from crmsync.queue.store import QueueStore
+from crmsync.ratelimit import RateWindow
+from crmsync.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    id: str
+    tenant: str
+    crm: str
+    account: str
+    base_url: str
+    token: str
+    windows: tuple[RateWindow, ...]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    paused_reason: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Connection:
+        limits = row["rate_limits"] or []
+        return cls(
+            id=row["id"],
+            tenant=row["tenant"],
+            crm=row["crm"],
+            account=row["account"],
+            base_url=row["base_url"],
+            token=row["token"],
+            windows=tuple(RateWindow(int(w["limit"]), int(w["window_ms"])) for w in limits),
+            settings=dict(row["settings"] or {}),
+            paused_reason=row["paused_reason"],
+        )
+
+    def batch_size(self, default: int, adapter_max: int) -> int:
+        """Records per request: the connection's setting, else the global one."""
+        raw = self.settings.get("batch_size", default)
+        try:
+            size = int(raw)
+        except (TypeError, ValueError):
+            size = default
+        return max(1, min(size, adapter_max))
+
+
+class Registry:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        store: QueueStore,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+    ) -> None:
+        self.pool = pool
+        self.store = store
+        self.session = session
+        self.settings = settings
+        self.connections: dict[str, Connection] = {}
+        self.adapters: dict[str, CrmAdapter] = {}
+
+    async def refresh(self) -> set[str]:
+        """Reload connections; returns the ids that are new, changed or resumed."""
+        rows = await self.pool.fetch(db.q("worker_connections"))
+        fresh = {r["id"]: Connection.from_row(r) for r in rows}
+        touched: set[str] = set()
+        for cid, conn in fresh.items():
+            old = self.connections.get(cid)
+            if old == conn:
+                continue
+            touched.add(cid)
+            await self.store.configure(
+                cid,
+                conn.windows,
+                breaker_threshold=self.settings.breaker_threshold,
+                breaker_recovery_ms=int(self.settings.breaker_recovery_seconds * 1000),
+                paused=conn.paused_reason,
+            )
+            if conn.paused_reason and (old is None or old.paused_reason != conn.paused_reason):
+                await self.store.pause(cid, conn.paused_reason)
+            elif not conn.paused_reason and old is not None and old.paused_reason:
+                await self.store.resume(cid)
+            if old is None or (old.base_url, old.token, old.settings, old.crm) != (
+                conn.base_url,
+                conn.token,
+                conn.settings,
+                conn.crm,
+            ):
+                self.adapters[cid] = make_adapter(
+                    conn.crm,
+                    base_url=conn.base_url,
+                    token=conn.token,
+                    settings=conn.settings,
+                    session=self.session,
+                )
+        for cid in set(self.connections) - set(fresh):
+            self.adapters.pop(cid, None)
+        self.connections = fresh
+        return touched
+
+    async def pause(self, connection_id: str, reason: str) -> None:
+        """Pause for every worker: PostgreSQL (survives Redis loss) and Redis (at once)."""
+        await self.store.pause(connection_id, reason)
+        await self.pool.execute(db.q("worker_pause_connection"), connection_id, reason)
+
+    async def watch(self, stop: asyncio.Event, on_change: Any, poll_seconds: float = 2.0) -> None:
+        """Refresh on NOTIFY crmsync_connections, and every ``poll_seconds``."""
+        changed = asyncio.Event()
+
+        def _notified(*_: object) -> None:
+            changed.set()
+
+        listener: asyncpg.Connection[Any] | None = None
+        try:
+            listener = await db.connect(self.settings.database_url)
+            await listener.add_listener("crmsync_connections", _notified)
+        except Exception as exc:  # polling still works without LISTEN
+            log.warning("connections.listen_failed", error=str(exc))
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=poll_seconds)
+                changed.clear()
+                try:
+                    touched = await self.refresh()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("connections.refresh_failed", error=str(exc))
+                    continue
+                if touched:
+                    on_change(touched)
+        finally:
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await listener.close()

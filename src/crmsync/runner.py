@@ -1,0 +1,123 @@
+"""Process wiring: worker processes, and `crmsync up` (API + relay + workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+import structlog
+
+from crmsync import db
+from crmsync.errors import UserError
+from crmsync.queue.store import QueueStore
+from crmsync.registry import Registry
+from crmsync.settings import Settings
+from crmsync.worker import Worker
+
+log = structlog.get_logger(__name__)
+
+
+async def open_redis(url: str) -> aioredis.Redis:
+    client = aioredis.from_url(url, health_check_interval=10)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        raise UserError(
+            f"cannot reach Redis at {url} ({exc}); set CRMSYNC_REDIS_URL or run `make setup`"
+        ) from exc
+    return client
+
+
+def http_session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
+    """One pooled HTTP session per process, sized to the number of sends in flight."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency + 16, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        json_serialize=lambda o: orjson.dumps(o).decode(),
+    )
+
+
+def install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def run_worker(settings: Settings, concurrency: int, stop: asyncio.Event) -> None:
+    """One worker process's event loop until ``stop`` is set."""
+    pool = await db.create_pool(settings.database_url, min_size=2, max_size=8)
+    redis = await open_redis(settings.redis_url)
+    session = http_session(concurrency, settings.http_timeout_seconds)
+    try:
+        store = QueueStore(redis, margin=settings.limit_margin)
+        registry = Registry(pool, store, session, settings)
+        worker = Worker(settings, pool, redis, store, registry, concurrency=concurrency)
+        log.info("worker.started", concurrency=concurrency)
+        await worker.run(stop)
+        log.info("worker.stopped")
+    finally:
+        await session.close()
+        await redis.aclose()
+        await pool.close()
+
+
+def _child(settings_json: bytes, concurrency: int) -> None:
+    from crmsync.logging import configure_logging
+
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_level, settings.log_json)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop(stop)
+        await run_worker(settings, concurrency, stop)
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover
+        asyncio.run(main())
+
+
+def spawn_workers(settings: Settings, processes: int, concurrency: int) -> list[SpawnProcess]:
+    ctx = mp.get_context("spawn")
+    payload = settings.model_dump_json().encode()
+    children = [ctx.Process(target=_child, args=(payload, concurrency)) for _ in range(processes)]
+    for c in children:
+        c.start()
+    return children
+
+
+def stop_workers(children: list[SpawnProcess]) -> None:
+    """SIGTERM: each child stops claiming, finishes or releases its work."""
+    for c in children:
+        if c.is_alive() and c.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c.pid, signal.SIGTERM)
+
+
+def run_worker_processes(settings: Settings, processes: int, concurrency: int) -> int:
+    """Start ``processes`` worker processes and wait; SIGTERM/SIGINT stop them all."""
+    children = spawn_workers(settings, processes, concurrency)
+
+    def forward(signum: int, _frame: Any) -> None:
+        stop_workers(children)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    for c in children:
+        c.join()
+        code = code or (c.exitcode or 0)
+    return code

@@ -1,0 +1,71 @@
+-- name: worker_connections
+SELECT id, tenant, crm, account, base_url, token, rate_limits, settings, paused_reason
+FROM connections
+ORDER BY id;
+
+-- name: worker_load
+-- The current row and ledger row of every claimed id, in one statement.
+SELECT i.id,
+       c.tenant, c.email, c.first_name, c.last_name, c.company, c.status, c.version,
+       c.deleted_at IS NOT NULL AS deleted,
+       s.external_id, s.synced_version, s.status AS sync_status, s.attempts
+FROM unnest($2::text[]) AS i(id)
+LEFT JOIN contacts c ON c.id = i.id
+LEFT JOIN sync_state s ON s.connection_id = $1 AND s.contact_id = i.id;
+
+-- name: worker_record
+-- One statement per claim for every outcome. NULL external_id / synced_version
+-- keep what the ledger had (a retry does not forget the CRM's record id), and a
+-- late writer (lease expired, someone else synced a newer version) never rolls
+-- the ledger back.
+INSERT INTO sync_state AS s
+    (connection_id, contact_id, external_id, synced_version, status, rule, attempts, last_error, updated_at)
+SELECT $1, u.contact_id, u.external_id, u.synced_version, u.status, u.rule, u.attempts, u.last_error, now()
+FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::int[], $8::text[])
+     AS u(contact_id, external_id, synced_version, status, rule, attempts, last_error)
+ON CONFLICT (connection_id, contact_id) DO UPDATE SET
+    external_id = COALESCE(EXCLUDED.external_id, s.external_id),
+    synced_version = COALESCE(EXCLUDED.synced_version, s.synced_version),
+    status = EXCLUDED.status,
+    rule = EXCLUDED.rule,
+    attempts = EXCLUDED.attempts,
+    last_error = EXCLUDED.last_error,
+    updated_at = now()
+WHERE s.synced_version IS NULL
+   OR EXCLUDED.synced_version IS NULL
+   OR EXCLUDED.synced_version >= s.synced_version;
+
+-- name: worker_dead_letters
+INSERT INTO dead_letters
+    (connection_id, contact_id, version, operation, error_code, error, http_status, payload, attempts)
+SELECT $1, d.contact_id, d.version, d.operation, d.error_code, d.error, d.http_status, d.payload, d.attempts
+FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::int[], $8::jsonb[], $9::int[])
+     AS d(contact_id, version, operation, error_code, error, http_status, payload, attempts);
+
+-- name: worker_pause_connection
+WITH p AS (
+    UPDATE connections SET paused_reason = $2 WHERE id = $1 AND paused_reason IS NULL RETURNING id
+)
+SELECT pg_notify('crmsync_connections', id) FROM p;
+
+-- name: status_ledger
+-- Per connection: ledger rows by status, and dead letters.
+SELECT c.id, c.tenant, c.crm, c.account, c.paused_reason,
+       COALESCE(s.synced, 0) AS synced, COALESCE(s.skipped, 0) AS skipped,
+       COALESCE(s.deleted, 0) AS deleted, COALESCE(s.retrying, 0) AS retrying,
+       COALESCE(d.n, 0) AS dead_letters
+FROM connections c
+LEFT JOIN (
+    SELECT connection_id,
+           count(*) FILTER (WHERE status = 'synced') AS synced,
+           count(*) FILTER (WHERE status = 'skipped') AS skipped,
+           count(*) FILTER (WHERE status = 'deleted') AS deleted,
+           count(*) FILTER (WHERE status = 'retrying') AS retrying
+    FROM sync_state GROUP BY connection_id
+) s ON s.connection_id = c.id
+LEFT JOIN (SELECT connection_id, count(*) AS n FROM dead_letters GROUP BY connection_id) d
+       ON d.connection_id = c.id
+ORDER BY c.id;
+
+-- name: status_outbox
+SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox;

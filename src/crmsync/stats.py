@@ -1,0 +1,66 @@
+"""Per-connection counters in Redis, shared by every worker process.
+
+``crmsync status``, the API and the demo read them; each claim adds its counts
+in one pipelined round trip. Latency is kept as a small histogram so p50/p99
+come out without storing samples.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Mapping
+
+from redis.asyncio import Redis
+
+from crmsync.queue import keys
+
+LATENCY_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
+
+# Counter names a worker writes (the claim script writes its own, e.g. breaker_trips).
+CREATED, UPDATED, DELETED, SKIPPED = "created", "updated", "deleted", "skipped"
+RETRIED, DEAD, RATE_LIMITED, REQUESTS = "retried", "dead_lettered", "crm_rate_limited", "requests"
+
+
+def latency_field(ms: float) -> str:
+    i = bisect.bisect_left(LATENCY_BOUNDS_MS, ms)
+    return f"lat_{LATENCY_BOUNDS_MS[i]}" if i < len(LATENCY_BOUNDS_MS) else "lat_inf"
+
+
+def percentile(hist: Mapping[str, int], q: float) -> float | None:
+    """Upper bound (ms) of the bucket holding the q-quantile of the histogram."""
+    buckets = [(b, hist.get(f"lat_{b}", 0)) for b in LATENCY_BOUNDS_MS]
+    buckets.append((float("inf"), hist.get("lat_inf", 0)))  # type: ignore[arg-type]
+    total = sum(n for _, n in buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for bound, n in buckets:
+        seen += n
+        if seen >= rank:
+            return float(bound)
+    return float("inf")
+
+
+async def add(redis: Redis, connection_id: str, counts: Counter[str]) -> None:
+    if not counts:
+        return
+    key = keys.connection(connection_id).stats
+    pipe = redis.pipeline(transaction=False)
+    for field, n in counts.items():
+        if n:
+            pipe.hincrby(key, field, n)
+    await pipe.execute()
+
+
+async def read(redis: Redis, connection_id: str) -> dict[str, int]:
+    raw = await redis.hgetall(keys.connection(connection_id).stats)
+    out: dict[str, int] = {}
+    for k, v in raw.items():
+        name = k.decode() if isinstance(k, bytes) else str(k)
+        try:
+            out[name] = int(v)
+        except (TypeError, ValueError):
+            continue
+    return out

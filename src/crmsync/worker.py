@@ -1,0 +1,437 @@
+"""The sync worker: claim, read, decide, send, record, acknowledge.
+
+One process runs one event loop with up to ``concurrency`` CRM requests in
+flight. Per claim it does one Redis call (claim), one SELECT (current rows and
+ledger rows of every claimed id), the CRM requests, one INSERT into the ledger
+(and one into dead letters when needed), then acknowledges in Redis. The
+ledger is written before the acknowledgement: a crash in between only means
+the lease expires and the same idempotent upsert is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from crmsync import db, stats
+from crmsync.crm.base import ContactFields, CrmAdapter, Op, SendResult
+from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
+from crmsync.queue import keys
+from crmsync.queue.store import Claim, QueueStore
+from crmsync.registry import Connection, Registry
+from crmsync.retry import RetryPolicy
+from crmsync.rules import ContactRow, Decision, LedgerRow, decide
+from crmsync.scheduler import Scheduler
+from crmsync.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+CLAIM_CAP = 64  # requests per claim: keeps claims short and connections interleaved
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+@dataclass
+class _Item:
+    """One claimed contact on its way through a claim."""
+
+    contact_id: str
+    contact: ContactRow | None
+    ledger: LedgerRow | None
+    attempts: int
+    decision: Decision | None = None
+
+
+@dataclass
+class _Record:
+    """Everything one claim writes back, gathered so it is written set-based."""
+
+    ledger: list[tuple[str, str | None, int | None, str, str | None, int, str | None]] = field(
+        default_factory=list
+    )
+    dead: list[tuple[str, int | None, str, str | None, str, int | None, Any, int]] = field(
+        default_factory=list
+    )
+    ack: list[str] = field(default_factory=list)
+    retry: dict[str, float] = field(default_factory=dict)
+    release: list[str] = field(default_factory=list)
+    outcomes: list[bool] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def _fields(c: ContactRow) -> ContactFields:
+    return ContactFields(
+        contact_id=c.id,
+        email=c.email,
+        first_name=c.first_name,
+        last_name=c.last_name,
+        company=c.company,
+        status=c.status,
+    )
+
+
+def _payload(op: Op) -> dict[str, Any]:
+    if op.fields is None:
+        return {"external_id": op.external_id}
+    f = op.fields
+    return {
+        "email": f.email,
+        "first_name": f.first_name,
+        "last_name": f.last_name,
+        "company": f.company,
+        "status": f.status,
+    }
+
+
+def _row_to_item(row: asyncpg.Record, tenant: str) -> _Item:
+    contact: ContactRow | None = None
+    if row["version"] is not None and row["tenant"] == tenant:
+        contact = ContactRow(
+            id=row["id"],
+            tenant=row["tenant"],
+            email=row["email"],
+            first_name=row["first_name"],
+            last_name=row["last_name"],
+            company=row["company"],
+            status=row["status"],
+            version=row["version"],
+            deleted=row["deleted"],
+        )
+    ledger: LedgerRow | None = None
+    if row["sync_status"] is not None:
+        ledger = LedgerRow(
+            external_id=row["external_id"],
+            synced_version=row["synced_version"],
+            status=row["sync_status"],
+        )
+    return _Item(row["id"], contact, ledger, row["attempts"] or 0)
+
+
+class Worker:
+    """One process's sync loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool[Any],
+        redis: Redis,
+        store: QueueStore,
+        registry: Registry,
+        *,
+        concurrency: int,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.redis = redis
+        self.store = store
+        self.registry = registry
+        self.concurrency = concurrency
+        self.policy = RetryPolicy(
+            attempts=settings.retry_attempts,
+            base=settings.retry_base_seconds,
+            cap=settings.retry_cap_seconds,
+        )
+        self.lease_ms = int(settings.lease_seconds * 1000)
+        self.sched = Scheduler()
+        self.reserved = 0
+        self.kick = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def on_connections_changed(self, cids: set[str]) -> None:
+        now = now_ms()
+        known = set(self.registry.connections)
+        for cid in cids:
+            if cid in known:
+                self.sched.add([cid], now)
+        self.kick.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        touched = await self.registry.refresh()
+        self.sched.add(touched, now_ms())
+        helpers = [
+            asyncio.create_task(self.registry.watch(stop, self.on_connections_changed)),
+            asyncio.create_task(self._listen_wakeups(stop)),
+        ]
+        try:
+            await self._loop(stop)
+        finally:
+            await self._drain()
+            for h in helpers:
+                h.cancel()
+            for h in helpers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await h
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = now_ms()
+            free = self.concurrency - self.reserved
+            if free > 0:
+                for cid in self.sched.take_due(now, limit=free):
+                    conn = self.registry.connections.get(cid)
+                    adapter = self.registry.adapters.get(cid)
+                    if conn is None or adapter is None:
+                        self.sched.remove(cid)
+                        continue
+                    want = min(free, CLAIM_CAP)
+                    if want <= 0:
+                        self.sched.done(cid, now, now)
+                        continue
+                    free -= want
+                    self.reserved += want
+                    task = asyncio.create_task(self._claim_and_process(conn, adapter, want))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+            due = self.sched.next_due_ms()
+            if free <= 0 or due is None:
+                timeout = 1.0
+            else:
+                timeout = max(0.0, min(1.0, (due - now_ms()) / 1000.0))
+            self.kick.clear()
+            stop_wait = asyncio.ensure_future(stop.wait())
+            kick_wait = asyncio.ensure_future(self.kick.wait())
+            await asyncio.wait({stop_wait, kick_wait}, timeout=timeout, return_when="FIRST_COMPLETED")
+            stop_wait.cancel()
+            kick_wait.cancel()
+
+    async def _drain(self) -> None:
+        """Stop claiming; give in-flight claims the grace period, then release the rest."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(self.tasks, timeout=self.settings.shutdown_grace_seconds)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+
+    async def _listen_wakeups(self, stop: asyncio.Event) -> None:
+        """The relay publishes the connections that got new work."""
+        while not stop.is_set():
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(keys.WAKE_CHANNEL)
+                # A message may have been missed while (re)subscribing.
+                self.sched.wake(list(self.registry.connections), now_ms())
+                self.kick.set()
+                while not stop.is_set():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is None or msg.get("type") != "message":
+                        continue
+                    data = msg["data"]
+                    text = data.decode() if isinstance(data, bytes) else str(data)
+                    self.sched.wake([c for c in text.split(",") if c], now_ms())
+                    self.kick.set()
+            except (RedisError, OSError) as exc:
+                log.warning("worker.wake_listener_error", error=str(exc))
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _free(self, n: int) -> None:
+        self.reserved -= n
+        self.kick.set()
+
+    # -- one claim --------------------------------------------------------------
+
+    async def _claim_and_process(self, conn: Connection, adapter: CrmAdapter, want: int) -> None:
+        held = want
+        batch = conn.batch_size(self.settings.batch_size, adapter.max_batch)
+        try:
+            try:
+                claim = await self.store.claim(
+                    conn.id, max_requests=want, batch_size=batch, lease_ms=self.lease_ms
+                )
+            except (RedisError, OSError) as exc:
+                log.warning("worker.claim_failed", connection=conn.id, error=str(exc))
+                self.sched.done(conn.id, now_ms() + 1000, now_ms())
+                return
+            # Hand the connection back to the scheduler at once: other claims on
+            # it may proceed while this one is sending.
+            self.sched.done(conn.id, claim.next_eligible_ms, now_ms())
+            self.kick.set()
+            self._free(held - claim.permits)
+            held = claim.permits
+            if not claim.ids:
+                return
+            await self._process(conn, adapter, claim, batch)
+        finally:
+            self._free(held)
+
+    async def _process(self, conn: Connection, adapter: CrmAdapter, claim: Claim, batch: int) -> None:
+        renew = asyncio.create_task(self._renew(claim))
+        rec = _Record()
+        done = False
+        try:
+            try:
+                rows = await self.pool.fetch(db.q("worker_load"), conn.id, claim.ids)
+            except DB_ERRORS as exc:
+                log.warning("worker.load_failed", connection=conn.id, error=str(exc))
+                await self.store.release(claim, claim.ids)
+                done = True
+                return
+            items = [_row_to_item(r, conn.tenant) for r in rows]
+            requests = self._plan(conn, items, batch, rec)
+            sent = requests[: claim.permits]
+            for ops, _ in requests[claim.permits :]:
+                rec.release.extend(op.contact_id for op in ops)
+            results = await asyncio.gather(*(self._send(adapter, ops) for ops, _ in sent))
+            for (ops, by_id), (res, ms) in zip(sent, results, strict=True):
+                rec.counts[stats.latency_field(ms)] += 1
+                await self._outcome(conn, ops, by_id, res, rec)
+            await self._write(conn, claim, rec, refund=claim.permits - len(sent))
+            done = True
+        finally:
+            renew.cancel()
+            if not done:
+                # Cancelled (shutdown) or failed: give the work back, no attempt burned.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.release(claim, claim.ids))
+
+    def _plan(
+        self, conn: Connection, items: list[_Item], batch: int, rec: _Record
+    ) -> list[tuple[list[Op], dict[str, _Item]]]:
+        """Decide per contact; group sends into requests of ``batch`` records."""
+        upserts: list[Op] = []
+        deletes: list[Op] = []
+        by_id: dict[str, _Item] = {}
+        for it in items:
+            d = decide(conn.crm, it.contact, it.ledger)
+            it.decision = d
+            by_id[it.contact_id] = it
+            if d.action == "noop":
+                rec.ack.append(it.contact_id)
+            elif d.action == "skip":
+                assert it.contact is not None
+                rec.ledger.append(
+                    (it.contact_id, None, it.contact.version, "skipped", d.rule, 0, None)
+                )
+                rec.ack.append(it.contact_id)
+                rec.counts[stats.SKIPPED] += 1
+            elif d.action == "delete":
+                ext = it.ledger.external_id if it.ledger else None
+                deletes.append(Op("delete", it.contact_id, None, ext))
+            else:
+                assert it.contact is not None
+                ext = it.ledger.external_id if it.ledger else None
+                upserts.append(Op(d.action, it.contact_id, _fields(it.contact), ext))
+        requests: list[tuple[list[Op], dict[str, _Item]]] = []
+        for ops in (upserts, deletes):
+            for i in range(0, len(ops), batch):
+                chunk = ops[i : i + batch]
+                requests.append((chunk, {op.contact_id: by_id[op.contact_id] for op in chunk}))
+        return requests
+
+    async def _send(
+        self, adapter: CrmAdapter, ops: Sequence[Op]
+    ) -> tuple[SendResult | CrmError, float]:
+        t0 = time.perf_counter()
+        try:
+            res: SendResult | CrmError = await adapter.send(ops)
+        except CrmError as exc:
+            res = exc
+        return res, (time.perf_counter() - t0) * 1000.0
+
+    async def _outcome(
+        self,
+        conn: Connection,
+        ops: list[Op],
+        by_id: dict[str, _Item],
+        res: SendResult | CrmError,
+        rec: _Record,
+    ) -> None:
+        rec.counts[stats.REQUESTS] += 1
+        if isinstance(res, RateLimited):
+            # The CRM's view of the limit differs from ours: everyone waits, no attempt.
+            await self.store.block(conn.id, res.retry_after)
+            rec.counts[stats.RATE_LIMITED] += 1
+            rec.release.extend(op.contact_id for op in ops)
+            rec.outcomes.append(True)
+            return
+        if isinstance(res, AuthFailed):
+            await self.registry.pause(conn.id, f"CRM rejected the token (401): {res.message}")
+            rec.release.extend(op.contact_id for op in ops)
+            rec.outcomes.append(True)
+            return
+        if isinstance(res, CrmError):
+            rec.outcomes.append(not isinstance(res, Retryable))
+            for op in ops:
+                self._fail(op, by_id[op.contact_id], res, rec)
+            return
+        rec.outcomes.append(True)
+        if res.block_for:
+            await self.store.block(conn.id, res.block_for)
+        for op, r in zip(ops, res.results, strict=True):
+            it = by_id[op.contact_id]
+            if r.ok:
+                version = it.contact.version if it.contact else None
+                status = "deleted" if op.kind == "delete" else "synced"
+                rec.ledger.append((op.contact_id, r.external_id, version, status, None, 0, None))
+                rec.ack.append(op.contact_id)
+                rec.counts[{"create": stats.CREATED, "update": stats.UPDATED}.get(op.kind, stats.DELETED)] += 1
+            else:
+                err = r.error or Permanent("CRM reported failure without an error", status=None)
+                self._fail(op, it, err, rec)
+
+    def _fail(self, op: Op, it: _Item, err: CrmError, rec: _Record) -> None:
+        attempts = it.attempts + 1
+        message = f"{err.code}: {err.message}" if err.code else err.message
+        version = it.contact.version if it.contact else None
+        if isinstance(err, Retryable) and not self.policy.exhausted(attempts):
+            rec.ledger.append((op.contact_id, None, None, "retrying", None, attempts, message))
+            rec.retry[op.contact_id] = self.policy.delay(attempts)
+            rec.counts[stats.RETRIED] += 1
+            return
+        rec.ledger.append((op.contact_id, None, None, "dead", None, attempts, message))
+        rec.dead.append(
+            (op.contact_id, version, op.kind, err.code, err.message, err.status, _payload(op), attempts)
+        )
+        rec.ack.append(op.contact_id)
+        rec.counts[stats.DEAD] += 1
+
+    async def _write(self, conn: Connection, claim: Claim, rec: _Record, *, refund: int) -> None:
+        if rec.ledger or rec.dead:
+            try:
+                async with self.pool.acquire() as pg, pg.transaction():
+                    if rec.ledger:
+                        cols = list(zip(*rec.ledger, strict=True))
+                        await pg.execute(db.q("worker_record"), conn.id, *cols)
+                    if rec.dead:
+                        cols = list(zip(*rec.dead, strict=True))
+                        await pg.execute(db.q("worker_dead_letters"), conn.id, *cols)
+            except DB_ERRORS as exc:
+                # Nothing recorded: give everything back; the CRM calls were idempotent.
+                log.warning("worker.record_failed", connection=conn.id, error=str(exc))
+                await self.store.release(claim, claim.ids)
+                return
+        if rec.ack or refund > 0:
+            await self.store.ack(claim, rec.ack, refund=max(0, refund))
+        if rec.retry:
+            await self.store.retry_later(claim, rec.retry)
+        if rec.release:
+            await self.store.release(claim, rec.release)
+        if rec.outcomes:
+            await self.store.report(claim, rec.outcomes)
+        await stats.add(self.redis, conn.id, rec.counts)
+
+    async def _renew(self, claim: Claim) -> None:
+        interval = self.lease_ms / 3000.0
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(RedisError, OSError):
+                await self.store.renew(claim, claim.ids, self.lease_ms)

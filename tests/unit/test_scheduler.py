@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from crmsync.scheduler import IDLE_RECHECK_MS, Scheduler
+
+
+def test_earliest_first_and_round_robin_on_ties() -> None:
+    s = Scheduler()
+    s.add(["a", "b", "c"], now_ms=0)
+    assert s.take_due(0, limit=2) == ["a", "b"]
+    s.done("a", 0, now_ms=0)  # still has work and room: due again, behind c
+    assert s.take_due(0, limit=10) == ["c", "a"]
+
+
+def test_not_handed_out_before_next_eligible_time() -> None:
+    s = Scheduler()
+    s.add(["a"], now_ms=0)
+    assert s.take_due(0, 5) == ["a"]
+    s.done("a", 1000, now_ms=0)
+    assert s.take_due(999, 5) == []
+    assert s.next_due_ms() == 1000
+    assert s.take_due(1000, 5) == ["a"]
+
+
+def test_busy_connection_is_not_handed_out_twice() -> None:
+    s = Scheduler()
+    s.add(["a"], now_ms=0)
+    assert s.take_due(0, 5) == ["a"]
+    s.wake(["a"], now_ms=1)  # wake while a claim is in flight: ignored
+    assert s.take_due(10, 5) == []
+    s.done("a", None, now_ms=10)
+    assert s.next_due_ms() == 10 + IDLE_RECHECK_MS
+
+
+def test_wake_makes_idle_connection_due_now() -> None:
+    s = Scheduler()
+    s.add(["a"], now_ms=0)
+    s.take_due(0, 1)
+    s.done("a", None, now_ms=0)
+    s.wake(["a", "unknown"], now_ms=50)
+    assert s.take_due(50, 5) == ["a"]
+
+
+def test_wake_does_not_delay_an_earlier_time() -> None:
+    s = Scheduler()
+    s.add(["a"], now_ms=0)
+    s.wake(["a"], now_ms=100)
+    assert s.next_due_ms() == 0
+
+
+def test_removed_connection_disappears() -> None:
+    s = Scheduler()
+    s.add(["a", "b"], now_ms=0)
+    s.remove("a")
+    assert s.take_due(0, 5) == ["b"]
+    assert len(s) == 0
