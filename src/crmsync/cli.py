@@ -22,7 +22,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-connections_app = typer.Typer(help="Manage CRM connections (one per CRM account).", no_args_is_help=True)
+connections_app = typer.Typer(
+    help="Manage CRM connections (one per CRM account).", no_args_is_help=True
+)
 contacts_app = typer.Typer(help="Bulk contact operations.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: list, replay, purge.", no_args_is_help=True)
 app.add_typer(connections_app, name="connections")
@@ -39,7 +41,9 @@ def _settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except Exception as exc:  # pydantic ValidationError: name the setting
-        raise UserError(f"invalid setting: {exc}".splitlines()[0] + " " + _first_error(exc)) from exc
+        raise UserError(
+            f"invalid setting: {exc}".splitlines()[0] + " " + _first_error(exc)
+        ) from exc
 
 
 def _first_error(exc: Exception) -> str:
@@ -55,7 +59,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
 
-        return uvloop.run(coro)  # type: ignore[no-any-return]
+        return uvloop.run(coro)
     except ImportError:  # pragma: no cover - non-Linux
         return asyncio.run(coro)
 
@@ -86,7 +90,9 @@ def migrate(database_url: str | None = DB_OPT) -> None:
             await conn.close()
 
     applied = _run(go())
-    typer.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    typer.echo(
+        f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
+    )
 
 
 # The commands below are wired to their modules; see docs/INTERNALS.md.

@@ -205,7 +205,9 @@ class Worker:
             self.kick.clear()
             stop_wait = asyncio.ensure_future(stop.wait())
             kick_wait = asyncio.ensure_future(self.kick.wait())
-            await asyncio.wait({stop_wait, kick_wait}, timeout=timeout, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                {stop_wait, kick_wait}, timeout=timeout, return_when="FIRST_COMPLETED"
+            )
             stop_wait.cancel()
             kick_wait.cancel()
 
@@ -241,7 +243,7 @@ class Worker:
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _free(self, n: int) -> None:
         self.reserved -= n
@@ -273,7 +275,9 @@ class Worker:
         finally:
             self._free(held)
 
-    async def _process(self, conn: Connection, adapter: CrmAdapter, claim: Claim, batch: int) -> None:
+    async def _process(
+        self, conn: Connection, adapter: CrmAdapter, claim: Claim, batch: int
+    ) -> None:
         renew = asyncio.create_task(self._renew(claim))
         rec = _Record()
         done = False
@@ -383,7 +387,9 @@ class Worker:
                 status = "deleted" if op.kind == "delete" else "synced"
                 rec.ledger.append((op.contact_id, r.external_id, version, status, None, 0, None))
                 rec.ack.append(op.contact_id)
-                rec.counts[{"create": stats.CREATED, "update": stats.UPDATED}.get(op.kind, stats.DELETED)] += 1
+                rec.counts[
+                    {"create": stats.CREATED, "update": stats.UPDATED}.get(op.kind, stats.DELETED)
+                ] += 1
             else:
                 err = r.error or Permanent("CRM reported failure without an error", status=None)
                 self._fail(op, it, err, rec)
@@ -399,7 +405,16 @@ class Worker:
             return
         rec.ledger.append((op.contact_id, None, None, "dead", None, attempts, message))
         rec.dead.append(
-            (op.contact_id, version, op.kind, err.code, err.message, err.status, _payload(op), attempts)
+            (
+                op.contact_id,
+                version,
+                op.kind,
+                err.code,
+                err.message,
+                err.status,
+                _payload(op),
+                attempts,
+            )
         )
         rec.ack.append(op.contact_id)
         rec.counts[stats.DEAD] += 1

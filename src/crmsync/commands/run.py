@@ -16,11 +16,19 @@ def worker(
         1, "--processes", "-p", min=1, envvar="CRMSYNC_WORKER_PROCESSES", help="Worker processes."
     ),
     concurrency: int = typer.Option(
-        200, "--concurrency", "-c", min=1, envvar="CRMSYNC_WORKER_CONCURRENCY",
+        200,
+        "--concurrency",
+        "-c",
+        min=1,
+        envvar="CRMSYNC_WORKER_CONCURRENCY",
         help="CRM requests in flight per process.",
     ),
     batch_size: int = typer.Option(
-        1, "--batch-size", min=1, max=200, envvar="CRMSYNC_BATCH_SIZE",
+        1,
+        "--batch-size",
+        min=1,
+        max=200,
+        envvar="CRMSYNC_BATCH_SIZE",
         help="Records per CRM request (1 = single-record mode).",
     ),
     database_url: str | None = DB_OPT,
@@ -52,7 +60,9 @@ def worker(
 @app.command()
 def up(
     processes: int = typer.Option(1, "--processes", "-p", min=1, envvar="CRMSYNC_WORKER_PROCESSES"),
-    concurrency: int = typer.Option(200, "--concurrency", "-c", min=1, envvar="CRMSYNC_WORKER_CONCURRENCY"),
+    concurrency: int = typer.Option(
+        200, "--concurrency", "-c", min=1, envvar="CRMSYNC_WORKER_CONCURRENCY"
+    ),
     batch_size: int = typer.Option(1, "--batch-size", min=1, max=200, envvar="CRMSYNC_BATCH_SIZE"),
     host: str | None = typer.Option(None, "--host", envvar="CRMSYNC_API_HOST"),
     port: int | None = typer.Option(None, "--port", envvar="CRMSYNC_API_PORT"),

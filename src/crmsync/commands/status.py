@@ -37,8 +37,22 @@ def status(
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
     t = Table(title="crmsync status")
-    for col in ("connection", "crm", "state", "ready", "leased", "delayed", "synced",
-                "skipped", "deleted", "retrying", "dead", "429s", "p50 ms", "p99 ms"):
+    for col in (
+        "connection",
+        "crm",
+        "state",
+        "ready",
+        "leased",
+        "delayed",
+        "synced",
+        "skipped",
+        "deleted",
+        "retrying",
+        "dead",
+        "429s",
+        "p50 ms",
+        "p99 ms",
+    ):
         t.add_column(col, justify="left" if col in ("connection", "crm", "state") else "right")
     conns = report["connections"]
     assert isinstance(conns, list)
@@ -48,10 +62,20 @@ def status(
             state += f" (blocked {c['blocked_for_s']}s)"
         q, led, cnt, lat = c["queue"], c["ledger"], c["counters"], c["latency_ms"]
         t.add_row(
-            c["id"], c["crm"], state, str(q["ready"]), str(q["leased"]), str(q["delayed"]),
-            str(led["synced"]), str(led["skipped"]), str(led["deleted"]), str(led["retrying"]),
-            str(led["dead_letters"]), str(cnt.get("crm_rate_limited", 0)),
-            _ms(lat["p50"]), _ms(lat["p99"]),
+            c["id"],
+            c["crm"],
+            state,
+            str(q["ready"]),
+            str(q["leased"]),
+            str(q["delayed"]),
+            str(led["synced"]),
+            str(led["skipped"]),
+            str(led["deleted"]),
+            str(led["retrying"]),
+            str(led["dead_letters"]),
+            str(cnt.get("crm_rate_limited", 0)),
+            _ms(lat["p50"]),
+            _ms(lat["p99"]),
         )
     console = Console()
     console.print(t)

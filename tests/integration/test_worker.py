@@ -1,0 +1,259 @@
+"""The worker end to end in one process: real PostgreSQL, real Redis, the mock
+CRMs over real HTTP. Relay and worker run as tasks; contacts are written by SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from crmsync import db
+from crmsync.capture.relay import relay_once
+from crmsync.mock.config import AccountSpec, MockConfig
+from crmsync.mock.limits import Window
+from crmsync.mock.server import MockHandle, start_mock
+from crmsync.queue.store import QueueStore
+from crmsync.runner import run_worker
+from crmsync.settings import Settings
+
+
+@dataclass
+class System:
+    settings: Settings
+    pool: asyncpg.Pool[Any]
+    redis: aioredis.Redis
+    store: QueueStore
+    mock: MockHandle
+    stop: asyncio.Event
+
+    async def relay(self) -> None:
+        while await relay_once(self.pool, self.store, 1000):
+            pass
+
+    async def wait_for(self, check: Callable[[], Any], limit: float = 20.0) -> None:
+        deadline = asyncio.get_running_loop().time() + limit
+        while True:
+            await self.relay()
+            if await check():
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("condition not reached in time")
+            await asyncio.sleep(0.1)
+
+    async def ledger(self, connection: str) -> dict[str, asyncpg.Record]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM sync_state WHERE connection_id = $1", connection
+        )
+        return {r["contact_id"]: r for r in rows}
+
+    def records(self, crm: str, account: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for rec in self.mock.records(crm, account):
+            key = rec.get("CrmSync_Id__c") or rec.get("properties", {}).get("crmsync_id")
+            out[str(key)] = rec
+        return out
+
+
+async def _add_connection(
+    pool: asyncpg.Pool[Any], mock: MockHandle, cid: str, crm: str, account: str, batch: int
+) -> None:
+    await pool.execute(
+        "INSERT INTO connections (id, tenant, crm, account, base_url, token, rate_limits, settings)"
+        " VALUES ($1, 'default', $2, $3, $4, $5, $6, $7)",
+        cid,
+        crm,
+        account,
+        mock.base_url(crm, account),
+        mock.token(crm, account),
+        [{"limit": 200, "window_ms": 1000}],
+        {"batch_size": batch},
+    )
+
+
+@pytest.fixture(params=[1, 50], ids=["single", "batch"])
+async def system(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[System]:
+    s = settings.model_copy(
+        update={
+            "retry_base_seconds": 0.05,
+            "retry_cap_seconds": 0.2,
+            "breaker_recovery_seconds": 0.5,
+            "worker_concurrency": 50,
+            "lease_seconds": 5.0,
+        }
+    )
+    mock = await start_mock(
+        MockConfig(
+            accounts=[
+                AccountSpec("salesforce", "acme", limits=(Window(200, 1000),)),
+                AccountSpec("hubspot", "acme", limits=(Window(200, 1000),)),
+            ],
+            latency_ms=1,
+            jitter_ms=1,
+        )
+    )
+    pool = await db.create_pool(s.database_url)
+    redis = aioredis.from_url(s.redis_url)
+    store = QueueStore(redis, margin=s.limit_margin)
+    for cid, crm in (("sf", "salesforce"), ("hs", "hubspot")):
+        await _add_connection(pool, mock, cid, crm, "acme", request.param)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(s, 50, stop))
+    try:
+        yield System(s, pool, redis, store, mock, stop)
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)
+        await redis.aclose()
+        await pool.close()
+        await mock.close()
+
+
+async def _insert(
+    pool: asyncpg.Pool[Any], rows: Sequence[tuple[str, str, str | None, str]]
+) -> None:
+    await pool.executemany(
+        "INSERT INTO contacts (id, email, first_name, last_name, company, status)"
+        " VALUES ($1, $2, 'Ada', 'Lovelace', $3, $4)",
+        rows,
+    )
+
+
+async def test_create_update_delete_reach_both_crms(system: System) -> None:
+    rows = [(f"c{i}", f"c{i}@example.com", f"Co{i}", "active") for i in range(40)]
+    await _insert(system.pool, rows)
+
+    async def all_created() -> bool:
+        return (
+            len(system.records("salesforce", "acme")) == 40
+            and len(system.records("hubspot", "acme")) == 40
+        )
+
+    await system.wait_for(all_created)
+    await system.pool.execute("UPDATE contacts SET first_name = 'Grace' WHERE id = 'c1'")
+    await system.pool.execute("UPDATE contacts SET deleted_at = now() WHERE id = 'c2'")
+    await system.pool.execute("DELETE FROM contacts WHERE id = 'c3'")
+
+    async def converged() -> bool:
+        sf, hs = system.records("salesforce", "acme"), system.records("hubspot", "acme")
+        return (
+            sf.get("c1", {}).get("FirstName") == "Grace"
+            and hs.get("c1", {}).get("properties", {}).get("firstname") == "Grace"
+            and "c2" not in sf
+            and "c3" not in sf
+            and "c2" not in hs
+            and "c3" not in hs
+        )
+
+    await system.wait_for(converged)
+    stats = system.mock.stats()["accounts"]
+    for acct in ("salesforce/acme", "hubspot/acme"):
+        assert stats[acct]["duplicates"] == 0
+        assert stats[acct]["violations"] == 0
+    ledger = await system.ledger("sf")
+    assert ledger["c1"]["synced_version"] == 2
+    assert ledger["c2"]["status"] == "deleted"
+
+
+async def test_rules_skip_and_later_create(system: System) -> None:
+    await _insert(
+        system.pool,
+        [("a", "a@example.com", None, "active"), ("b", "b@example.com", "Acme", "active")],
+    )
+
+    async def first() -> bool:
+        hs = await system.ledger("hs")
+        sf = await system.ledger("sf")
+        return "a" in hs and hs["a"]["status"] == "skipped" and len(sf) == 2 and "b" in hs
+
+    await system.wait_for(first)
+    hs_ledger = await system.ledger("hs")
+    assert hs_ledger["a"]["rule"] == "hubspot.create.has_company"
+    assert "a" not in system.records("hubspot", "acme")
+    # Inactive: Salesforce skips the update; HubSpot updates always.
+    await system.pool.execute(
+        "UPDATE contacts SET status = 'inactive', last_name = 'X' WHERE id = 'b'"
+    )
+    # A company arrives: HubSpot now creates it.
+    await system.pool.execute("UPDATE contacts SET company = 'Initech' WHERE id = 'a'")
+
+    async def second() -> bool:
+        sf = await system.ledger("sf")
+        hs = system.records("hubspot", "acme")
+        return (
+            sf["b"]["status"] == "skipped"
+            and "a" in hs
+            and hs["b"]["properties"].get("lastname") == "X"
+        )
+
+    await system.wait_for(second)
+    sf_ledger = await system.ledger("sf")
+    assert sf_ledger["b"]["rule"] == "salesforce.update.active_only"
+    assert system.records("salesforce", "acme")["b"]["LastName"] == "Lovelace"
+
+
+async def test_bad_record_dead_lettered_with_crm_message_rest_synced(system: System) -> None:
+    await _insert(system.pool, [(f"g{i}", f"g{i}@example.com", "Co", "active") for i in range(5)])
+    await system.pool.execute(
+        "INSERT INTO contacts (id, email, first_name, last_name, company) "
+        "VALUES ('bad', 'bad@example.com', 'No', NULL, 'Co')"
+    )
+
+    async def settled() -> bool:
+        n = await system.pool.fetchval(
+            "SELECT count(*) FROM dead_letters WHERE connection_id = 'sf'"
+        )
+        return bool(n == 1 and len(system.records("salesforce", "acme")) == 5)
+
+    await system.wait_for(settled)
+    dl = await system.pool.fetchrow("SELECT * FROM dead_letters WHERE connection_id = 'sf'")
+    assert dl is not None
+    assert dl["contact_id"] == "bad"
+    assert dl["error_code"] == "REQUIRED_FIELD_MISSING"
+    assert "LastName" in dl["error"]
+    payload = dl["payload"] if isinstance(dl["payload"], dict) else orjson.loads(dl["payload"])
+    assert payload["email"] == "bad@example.com"
+    assert (await system.ledger("sf"))["bad"]["status"] == "dead"
+
+
+async def test_transient_errors_are_retried(system: System) -> None:
+    system.mock.set_faults("*", error_rate=0.3)
+    await _insert(system.pool, [(f"t{i}", f"t{i}@example.com", "Co", "active") for i in range(30)])
+
+    async def done() -> bool:
+        dead = await system.pool.fetchval("SELECT count(*) FROM dead_letters")
+        sf = len(system.records("salesforce", "acme"))
+        hs = len(system.records("hubspot", "acme"))
+        return bool(sf + int(dead) >= 30 and hs >= 0 and sf >= 25)
+
+    await system.wait_for(done, limit=30)
+    assert system.mock.stats()["accounts"]["salesforce/acme"]["duplicates"] == 0
+
+
+async def test_revoked_token_pauses_connection_and_keeps_queue(system: System) -> None:
+    system.mock.set_faults("acme", crm="salesforce", revoke_token=True)
+    await _insert(system.pool, [(f"r{i}", f"r{i}@example.com", "Co", "active") for i in range(10)])
+
+    async def paused() -> bool:
+        reason = await system.pool.fetchval("SELECT paused_reason FROM connections WHERE id='sf'")
+        return reason is not None
+
+    await system.wait_for(paused)
+    reason = await system.pool.fetchval("SELECT paused_reason FROM connections WHERE id='sf'")
+    assert "401" in reason
+    system.mock.set_faults("acme", crm="salesforce", revoke_token=False)
+    await system.pool.execute("UPDATE connections SET paused_reason = NULL WHERE id = 'sf'")
+    await system.pool.execute("SELECT pg_notify('crmsync_connections', 'sf')")
+
+    async def all_synced() -> bool:
+        return len(system.records("salesforce", "acme")) == 10
+
+    await system.wait_for(all_synced)
+    assert await system.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
