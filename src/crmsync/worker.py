@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from crmsync import db, stats
+from crmsync.breaker import CrmBreaker
 from crmsync.crm.base import ContactFields, CrmAdapter, Op, SendResult
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
 from crmsync.queue import keys
@@ -149,6 +150,15 @@ class Worker:
         self.reserved = 0
         self.kick = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.crm_breaker = CrmBreaker(
+            redis,
+            threshold=settings.breaker_threshold,
+            recovery_ms=int(settings.breaker_recovery_seconds * 1000),
+            probe_ms=int(settings.http_timeout_seconds * 1000) + 2000,
+        )
+        # crm -> (valid until ms, verdict): a closed CRM breaker is re-read every
+        # 50 ms; an open one is not asked again before its recovery time.
+        self._crm_gate: dict[str, tuple[float, bool]] = {}
 
     # -- the loop ---------------------------------------------------------------
 
@@ -251,11 +261,34 @@ class Worker:
 
     # -- one claim --------------------------------------------------------------
 
+    async def _crm_allows(self, crm: str) -> tuple[bool, bool, float]:
+        """(may send, is the CRM-wide probe, when to ask again if not)."""
+        now = now_ms()
+        cached = self._crm_gate.get(crm)
+        if cached is not None and cached[0] > now:
+            return cached[1], False, cached[0]
+        verdict = await self.crm_breaker.allow(crm)
+        if verdict == "probe":
+            return True, True, now
+        if verdict:
+            self._crm_gate[crm] = (now + 50, True)
+            return True, False, now
+        st = await self.crm_breaker.state(crm)
+        until = max(st.opened_ms + self.crm_breaker.cfg.recovery_ms, st.probe_until_ms, now + 50)
+        self._crm_gate[crm] = (until, False)
+        return False, False, until
+
     async def _claim_and_process(self, conn: Connection, adapter: CrmAdapter, want: int) -> None:
         held = want
         batch = conn.batch_size(self.settings.batch_size, adapter.max_batch)
         try:
             try:
+                allowed, crm_probe, retry_at = await self._crm_allows(conn.crm)
+                if not allowed:
+                    self.sched.done(conn.id, retry_at, now_ms())
+                    return
+                if crm_probe:
+                    want = 1
                 claim = await self.store.claim(
                     conn.id, max_requests=want, batch_size=batch, lease_ms=self.lease_ms
                 )
@@ -271,13 +304,19 @@ class Worker:
             held = claim.permits
             if not claim.ids:
                 return
-            await self._process(conn, adapter, claim, batch)
+            outcomes = await self._process(conn, adapter, claim, batch)
+            if outcomes:
+                # A CRM-wide probe that sent nothing proves nothing: its slot
+                # expires after probe_ms and another worker probes.
+                await self.crm_breaker.record(conn.crm, outcomes)
+                if False in outcomes:
+                    self._crm_gate.pop(conn.crm, None)
         finally:
             self._free(held)
 
     async def _process(
         self, conn: Connection, adapter: CrmAdapter, claim: Claim, batch: int
-    ) -> None:
+    ) -> list[bool]:
         renew = asyncio.create_task(self._renew(claim))
         rec = _Record()
         done = False
@@ -288,7 +327,7 @@ class Worker:
                 log.warning("worker.load_failed", connection=conn.id, error=str(exc))
                 await self.store.release(claim, claim.ids)
                 done = True
-                return
+                return []
             items = [_row_to_item(r, conn.tenant) for r in rows]
             requests = self._plan(conn, items, batch, rec)
             sent = requests[: claim.permits]
@@ -300,6 +339,7 @@ class Worker:
                 await self._outcome(conn, ops, by_id, res, rec)
             await self._write(conn, claim, rec, refund=claim.permits - len(sent))
             done = True
+            return rec.outcomes
         finally:
             renew.cancel()
             if not done:
