@@ -1,0 +1,156 @@
+"""`crmsync connections add/list/remove/pause/resume`: CRM accounts in PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crmsync.cli import DB_OPT, _run, _settings, connections_app
+
+T = TypeVar("T")
+
+
+def _with_conn(
+    database_url: str | None, fn: Callable[[asyncpg.Connection[Any]], Awaitable[T]]
+) -> T:
+    from crmsync import db
+
+    s = _settings(database_url=database_url)
+
+    async def go() -> T:
+        conn = await db.connect(s.database_url)
+        try:
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+    return _run(go())
+
+
+@connections_app.command("add")
+def add(
+    connection_id: str = typer.Argument(..., help="Connection id, e.g. acme-sf."),
+    crm: str = typer.Option(..., "--crm", envvar="CRMSYNC_CONN_CRM", help="salesforce or hubspot."),
+    account: str = typer.Option(
+        ..., "--account", envvar="CRMSYNC_CONN_ACCOUNT", help="CRM account (org / portal) name."
+    ),
+    base_url: str = typer.Option(
+        ..., "--base-url", envvar="CRMSYNC_CONN_BASE_URL", help="CRM REST base URL."
+    ),
+    token: str = typer.Option(
+        ..., "--token", envvar="CRMSYNC_CONN_TOKEN", help="Bearer token (never printed in full)."
+    ),
+    tenant: str = typer.Option(
+        "default", "--tenant", envvar="CRMSYNC_CONN_TENANT", help="Tenant whose contacts sync here."
+    ),
+    rate_limit: list[str] = typer.Option(
+        [],
+        "--rate-limit",
+        envvar="CRMSYNC_CONN_RATE_LIMIT",
+        help="LIMIT/WINDOW, repeatable for several windows (100/s, 1000/10s, 100000/day). "
+        "Default: salesforce 100/s, hubspot 100/10s.",
+    ),
+    settings: list[str] = typer.Option(
+        [],
+        "--settings",
+        envvar="CRMSYNC_CONN_SETTINGS",
+        help="Adapter setting KEY=VALUE, repeatable (api_version=v60.0, external_id_field=...).",
+    ),
+    database_url: str | None = DB_OPT,
+) -> None:
+    """Add a CRM connection (one CRM account)."""
+    from crmsync import connections
+
+    spec = connections.build_spec(
+        id=connection_id,
+        crm=crm,
+        account=account,
+        base_url=base_url,
+        token=token,
+        tenant=tenant,
+        rate_limits=rate_limit,
+        settings=settings,
+    )
+    _with_conn(database_url, lambda conn: connections.add(conn, spec))
+    typer.echo(
+        f"added connection {spec.id} ({spec.crm}, tenant {spec.tenant}, "
+        f"limits {connections.format_rate_limits(spec.rate_limits)}, "
+        f"token {connections.mask_token(spec.token)})"
+    )
+
+
+@connections_app.command("list")
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    database_url: str | None = DB_OPT,
+) -> None:
+    """List connections (tokens masked)."""
+    from crmsync import connections
+
+    rows = _with_conn(database_url, connections.list_all)
+    if as_json:
+        typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    t = Table(title=f"{len(rows)} connection(s)")
+    for col in ("id", "tenant", "crm", "account", "base_url", "limits", "paused", "token"):
+        t.add_column(col, no_wrap=col in ("id", "token"))
+    for r in rows:
+        t.add_row(
+            r["id"],
+            r["tenant"],
+            r["crm"],
+            r["account"],
+            r["base_url"],
+            connections.format_rate_limits(r["rate_limits"]),
+            r["paused_reason"] or "",
+            r["token"],
+        )
+    Console().print(t)
+
+
+@connections_app.command("remove")
+def remove(
+    connection_id: str = typer.Argument(..., help="Connection id."),
+    database_url: str | None = DB_OPT,
+) -> None:
+    """Remove a connection with its sync ledger and dead letters."""
+    from crmsync import connections
+
+    _with_conn(database_url, lambda conn: connections.remove(conn, connection_id))
+    typer.echo(f"removed connection {connection_id}")
+
+
+@connections_app.command("pause")
+def pause(
+    connection_id: str = typer.Argument(..., help="Connection id."),
+    reason: str = typer.Option(
+        "paused by operator",
+        "--reason",
+        envvar="CRMSYNC_PAUSE_REASON",
+        help="Why (shown in status).",
+    ),
+    database_url: str | None = DB_OPT,
+) -> None:
+    """Stop sending to a connection; changes keep queueing until it is resumed."""
+    from crmsync import connections
+
+    _with_conn(database_url, lambda conn: connections.pause(conn, connection_id, reason))
+    typer.echo(f"paused connection {connection_id}: {reason}")
+
+
+@connections_app.command("resume")
+def resume(
+    connection_id: str = typer.Argument(..., help="Connection id."),
+    database_url: str | None = DB_OPT,
+) -> None:
+    """Resume sending to a paused connection."""
+    from crmsync import connections
+
+    _with_conn(database_url, lambda conn: connections.resume(conn, connection_id))
+    typer.echo(f"resumed connection {connection_id}")

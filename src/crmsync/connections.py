@@ -1,0 +1,191 @@
+"""CRM connections: validation and CRUD in PostgreSQL, shared by the CLI and the API.
+
+PostgreSQL is the source of truth; workers mirror connections (limits, pause
+state) into Redis themselves. Every change notifies ``crmsync_connections``
+with the connection id, in the same statement, so workers react at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import orjson
+
+from crmsync import db
+from crmsync.contacts import ID_RE
+from crmsync.errors import UserError
+from crmsync.ratelimit import RateWindow, format_rate, parse_rate_limit
+
+CRMS: tuple[str, ...] = ("salesforce", "hubspot")
+# Used when `connections add` gets no --rate-limit (documented in its --help):
+# Salesforce 100/s; HubSpot 100 per TEN_SECONDLY_ROLLING window (Free/Starter tier).
+DEFAULT_RATE_LIMITS: dict[str, tuple[str, ...]] = {
+    "salesforce": ("100/s",),
+    "hubspot": ("100/10s",),
+}
+DEFAULT_PAUSE_REASON = "paused by operator"
+
+
+def rate_limits_json(specs: Sequence[str], crm: str) -> list[dict[str, int]]:
+    """The ``rate_limits`` jsonb of a connection; the CRM's default when none given."""
+    out: list[dict[str, int]] = []
+    for spec in list(specs) or list(DEFAULT_RATE_LIMITS[crm]):
+        try:
+            w = parse_rate_limit(spec)
+        except UserError as exc:
+            raise UserError(f"--rate-limit: {exc}") from None
+        if any(o["window_ms"] == w.window_ms for o in out):
+            raise UserError(f"--rate-limit {spec!r} repeats a window already given")
+        out.append({"limit": w.limit, "window_ms": w.window_ms})
+    return sorted(out, key=lambda o: o["window_ms"])
+
+
+def format_rate_limits(windows: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(format_rate(RateWindow(int(w["limit"]), int(w["window_ms"]))) for w in windows)
+
+
+def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` adapter settings; JSON numbers and booleans keep their type."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--settings {pair!r} is not KEY=VALUE (e.g. api_version=v60.0)")
+        value: Any = raw
+        try:
+            parsed = orjson.loads(raw)
+            if isinstance(parsed, bool | int | float):
+                value = parsed
+        except orjson.JSONDecodeError:
+            pass
+        out[key] = value
+    return out
+
+
+def mask_token(token: str) -> str:
+    """Enough of a token to tell two apart, never the whole (or most) of it."""
+    if len(token) >= 12:
+        return f"{token[:3]}…{token[-4:]}"
+    if len(token) >= 6:
+        return f"…{token[-2:]}"
+    return "…"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSpec:
+    id: str
+    tenant: str
+    crm: str
+    account: str
+    base_url: str
+    token: str
+    rate_limits: list[dict[str, int]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def build_spec(
+    *,
+    id: str,
+    crm: str,
+    account: str,
+    base_url: str,
+    token: str,
+    tenant: str = "default",
+    rate_limits: Sequence[str] = (),
+    settings: Sequence[str] = (),
+) -> ConnectionSpec:
+    """Validate the flags of ``connections add``; each problem names its flag."""
+    if not ID_RE.match(id):
+        raise UserError(f"connection id {id!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    if not ID_RE.match(tenant):
+        raise UserError(f"--tenant {tenant!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    crm = crm.strip().lower()
+    if crm not in CRMS:
+        raise UserError(f"--crm {crm!r} must be one of {', '.join(CRMS)}")
+    account = account.strip()
+    if not account or len(account) > 255:
+        raise UserError("--account must be 1-255 characters naming the CRM account")
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"--base-url {base_url!r} must be an http:// or https:// URL")
+    if not token.strip():
+        raise UserError("--token must not be empty")
+    return ConnectionSpec(
+        id=id,
+        tenant=tenant,
+        crm=crm,
+        account=account,
+        base_url=base_url.strip().rstrip("/"),
+        token=token.strip(),
+        rate_limits=rate_limits_json(rate_limits, crm),
+        settings=parse_settings(settings),
+    )
+
+
+def public_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A connection row as shown to users: token masked, times as ISO strings."""
+    created = row.get("created_at")
+    return {
+        "id": row["id"],
+        "tenant": row["tenant"],
+        "crm": row["crm"],
+        "account": row["account"],
+        "base_url": row["base_url"],
+        "token": mask_token(row["token"]),
+        "rate_limits": list(row["rate_limits"] or []),
+        "settings": dict(row["settings"] or {}),
+        "paused": row["paused_reason"] is not None,
+        "paused_reason": row["paused_reason"],
+        "created_at": created.isoformat() if created is not None else None,
+    }
+
+
+async def add(conn: asyncpg.Connection[Any], spec: ConnectionSpec) -> None:
+    try:
+        await conn.execute(
+            db.q("connections_add"),
+            spec.id,
+            spec.tenant,
+            spec.crm,
+            spec.account,
+            spec.base_url,
+            spec.token,
+            spec.rate_limits,
+            spec.settings,
+        )
+    except asyncpg.UniqueViolationError:
+        raise UserError(f"connection {spec.id!r} already exists") from None
+
+
+async def list_all(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list[dict[str, Any]]:
+    return [public_view(r) for r in await conn.fetch(db.q("connections_list"))]
+
+
+async def remove(conn: asyncpg.Connection[Any], connection_id: str) -> None:
+    """Delete a connection; its sync_state and dead letters go with it (cascade)."""
+    if await conn.fetchval(db.q("connections_remove"), connection_id) is None:
+        raise _unknown(connection_id)
+
+
+async def pause(
+    conn: asyncpg.Connection[Any], connection_id: str, reason: str = DEFAULT_PAUSE_REASON
+) -> None:
+    reason = reason.strip() or DEFAULT_PAUSE_REASON
+    if await conn.fetchval(db.q("connections_set_paused"), connection_id, reason) is None:
+        raise _unknown(connection_id)
+
+
+async def resume(conn: asyncpg.Connection[Any], connection_id: str) -> None:
+    if await conn.fetchval(db.q("connections_set_paused"), connection_id, None) is None:
+        raise _unknown(connection_id)
+
+
+def _unknown(connection_id: str) -> UserError:
+    return UserError(
+        f"no connection {connection_id!r}; `crmsync connections list` shows the existing ones"
+    )

@@ -1,0 +1,143 @@
+"""What a valid contact is: one set of rules for the HTTP API and the CSV import.
+
+Writers only validate; version bumps and change capture happen in the
+database trigger, so plain SQL writers are captured under the same rules of
+what counts as a change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+# Contact ids (and connection ids, tenants) become CRM external ids and URL
+# path segments, so they stay within characters every CRM accepts unescaped.
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+ID_RE = re.compile(ID_PATTERN)
+STATUSES: tuple[str, ...] = ("active", "inactive", "lead", "customer", "churned")
+Status = Literal["active", "inactive", "lead", "customer", "churned"]
+MAX_BATCH = 1000
+EMAIL_MAX = 254
+NAME_MAX = 100
+COMPANY_MAX = 255
+
+# Pragmatic RFC 5322 subset: the dot-atom local part and a dotted DNS name,
+# which is what Salesforce and HubSpot accept for their email fields.
+_EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
+
+ContactId = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=64)]
+FIELDS: tuple[str, ...] = ("tenant", "email", "first_name", "last_name", "company", "status")
+
+
+def email_problem(value: str) -> str | None:
+    """Why ``value`` is not an acceptable email address, or None if it is."""
+    if len(value) > EMAIL_MAX:
+        return f"must be at most {EMAIL_MAX} characters"
+    local, _, _ = value.partition("@")
+    if len(local) > 64 or not _EMAIL_RE.match(value):
+        return "not a valid email address"
+    return None
+
+
+class ContactIn(BaseModel):
+    """The writable fields of a contact (the body of ``PUT /v1/contacts/{id}``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: str = Field(max_length=EMAIL_MAX)
+    first_name: str | None = Field(default=None, max_length=NAME_MAX)
+    last_name: str | None = Field(default=None, max_length=NAME_MAX)
+    company: str | None = Field(default=None, max_length=COMPANY_MAX)
+    status: Status = "active"
+    tenant: str = Field(default="default", pattern=ID_PATTERN, max_length=64)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        problem = email_problem(v)
+        if problem:
+            raise PydanticCustomError("email", problem)
+        return v
+
+
+class ContactPut(ContactIn):
+    """PUT body: ``id`` may be repeated in the body but must then match the path."""
+
+    id: ContactId | None = None
+
+
+class ContactWithId(ContactIn):
+    """One item of a batch or one CSV row."""
+
+    id: ContactId
+
+    def row(self) -> tuple[str, str, str, str | None, str | None, str | None, str]:
+        return (
+            self.id,
+            self.tenant,
+            self.email,
+            self.first_name,
+            self.last_name,
+            self.company,
+            self.status,
+        )
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    contacts: list[ContactWithId] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+Columns = tuple[
+    list[str], list[str], list[str], list[str | None], list[str | None], list[str | None], list[str]
+]
+
+
+def columns(items: Sequence[ContactWithId]) -> Columns:
+    """Column arrays for the set-based ``unnest`` upsert, in query parameter order."""
+    return (
+        [c.id for c in items],
+        [c.tenant for c in items],
+        [c.email for c in items],
+        [c.first_name for c in items],
+        [c.last_name for c in items],
+        [c.company for c in items],
+        [c.status for c in items],
+    )
+
+
+def duplicate_ids(ids: Sequence[str]) -> list[tuple[int, str, int]]:
+    """(index, id, first index) of every id already seen earlier in ``ids``."""
+    first: dict[str, int] = {}
+    dups: list[tuple[int, str, int]] = []
+    for i, cid in enumerate(ids):
+        if cid in first:
+            dups.append((i, cid, first[cid]))
+        else:
+            first[cid] = i
+    return dups
+
+
+def check_row(raw: Mapping[str, Any]) -> ContactWithId | list[tuple[str, str]]:
+    """Validate one loose record (e.g. a CSV row): the contact, or its (field, reason) list."""
+    try:
+        return ContactWithId.model_validate(raw)
+    except ValidationError as exc:
+        return [(_field(e["loc"]), _reason(e)) for e in exc.errors(include_url=False)]
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "row"
+
+
+def _reason(e: Mapping[str, Any]) -> str:
+    return str(e.get("msg", "invalid"))
