@@ -101,7 +101,7 @@ async def _up(s: Settings, processes: int, concurrency: int) -> None:
     install_stop(stop)
     # One worker runs in this event loop; --processes N adds N-1 worker processes.
     children = spawn_workers(s, processes - 1, concurrency) if processes > 1 else []
-    api_task = asyncio.create_task(serve(s))
+    api_task = asyncio.create_task(serve(s, handle_signals=False))
     tasks = [
         api_task,
         asyncio.create_task(run_relay(s, stop=stop)),

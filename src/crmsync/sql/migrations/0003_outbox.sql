@@ -45,7 +45,10 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION crmsync_outbox_update() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Transition tables carry no statistics, so the planner guesses one row each and
+-- would join old_rows to new_rows by nested loop: quadratic in the batch size.
+CREATE FUNCTION crmsync_outbox_update() RETURNS trigger LANGUAGE plpgsql
+SET enable_nestloop = off AS $$
 BEGIN
     INSERT INTO outbox (tenant, contact_id, op, version)
     SELECT n.tenant, n.id,
