@@ -14,6 +14,7 @@ from typing import Annotated, Any, cast
 
 import asyncpg
 import orjson
+import redis.asyncio as aioredis
 import structlog
 import uvicorn
 from fastapi import FastAPI, HTTPException, Path, Request, Response
@@ -30,10 +31,10 @@ from crmsync.api.metrics import (
     CONTACTS_WRITTEN,
     VALIDATION_ERRORS,
 )
-from crmsync.api.status import status_report
 from crmsync.contacts import ID_PATTERN, BatchIn, ContactPut, ContactWithId, columns, duplicate_ids
 from crmsync.errors import UserError
 from crmsync.settings import Settings
+from crmsync.status import collect
 
 log = structlog.get_logger(__name__)
 
@@ -122,6 +123,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
         summary="Contacts in PostgreSQL, kept in sync with Salesforce and HubSpot.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
     if pool is not None:
         app.state.pool = pool
     app.add_middleware(JsonBodies)
@@ -213,7 +215,13 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
 
     @app.get("/v1/status")
     async def status(request: Request) -> Response:
-        return _json(await status_report(_pool(request)))
+        # Not a hot path: one short-lived Redis client per call, nothing to leak.
+        settings: Settings = request.app.state.settings
+        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2)
+        try:
+            return _json(await collect(_pool(request), client))
+        finally:
+            await client.aclose()
 
     return app
 

@@ -57,31 +57,33 @@ def status(
     conns = report["connections"]
     assert isinstance(conns, list)
     for c in conns:
-        state = "paused: " + c["paused"] if c["paused"] else str(c["breaker"] or "closed")
-        if c["blocked_for_s"]:
+        state = "paused: " + c["paused_reason"] if c["paused"] else str(c.get("breaker", "?"))
+        if c.get("blocked_for_s"):
             state += f" (blocked {c['blocked_for_s']}s)"
-        q, led, cnt, lat = c["queue"], c["ledger"], c["counters"], c["latency_ms"]
+        q = c.get("queue", {})
+        sync, cnt = c["sync"], c.get("counters", {})
+        lat = c.get("latency_ms", {})
         t.add_row(
             c["id"],
             c["crm"],
             state,
-            str(q["ready"]),
-            str(q["leased"]),
-            str(q["delayed"]),
-            str(led["synced"]),
-            str(led["skipped"]),
-            str(led["deleted"]),
-            str(led["retrying"]),
-            str(led["dead_letters"]),
+            *(str(q.get(k, "?")) for k in ("ready", "leased", "delayed")),
+            *(str(sync.get(k, 0)) for k in ("synced", "skipped", "deleted", "retrying")),
+            str(c["dead_letters"]),
             str(cnt.get("crm_rate_limited", 0)),
-            _ms(lat["p50"]),
-            _ms(lat["p99"]),
+            _ms(lat.get("p50")),
+            _ms(lat.get("p99")),
         )
     console = Console()
     console.print(t)
-    outbox = report["outbox"]
-    assert isinstance(outbox, dict)
-    console.print(f"outbox pending: {outbox['pending']}")
+    totals = report["totals"]
+    assert isinstance(totals, dict)
+    console.print(
+        f"contacts: {totals['contacts']}  outbox pending: {totals['outbox']}  "
+        f"dead letters: {totals['dead_letters']}"
+    )
+    if "redis_error" in report:
+        console.print(f"[yellow]Redis unreachable: {report['redis_error']}[/yellow]")
 
 
 def _ms(v: float | None) -> str:

@@ -47,25 +47,3 @@ WITH p AS (
     UPDATE connections SET paused_reason = $2 WHERE id = $1 AND paused_reason IS NULL RETURNING id
 )
 SELECT pg_notify('crmsync_connections', id) FROM p;
-
--- name: status_ledger
--- Per connection: ledger rows by status, and dead letters.
-SELECT c.id, c.tenant, c.crm, c.account, c.paused_reason,
-       COALESCE(s.synced, 0) AS synced, COALESCE(s.skipped, 0) AS skipped,
-       COALESCE(s.deleted, 0) AS deleted, COALESCE(s.retrying, 0) AS retrying,
-       COALESCE(d.n, 0) AS dead_letters
-FROM connections c
-LEFT JOIN (
-    SELECT connection_id,
-           count(*) FILTER (WHERE status = 'synced') AS synced,
-           count(*) FILTER (WHERE status = 'skipped') AS skipped,
-           count(*) FILTER (WHERE status = 'deleted') AS deleted,
-           count(*) FILTER (WHERE status = 'retrying') AS retrying
-    FROM sync_state GROUP BY connection_id
-) s ON s.connection_id = c.id
-LEFT JOIN (SELECT connection_id, count(*) AS n FROM dead_letters GROUP BY connection_id) d
-       ON d.connection_id = c.id
-ORDER BY c.id;
-
--- name: status_outbox
-SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox;
