@@ -6,6 +6,7 @@ touches a single Redis Cluster slot.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 PREFIX = "crmsync"
@@ -42,7 +43,7 @@ class ConnectionKeys:
         return f"{self.tag}:requeue"
 
     @property
-    def bands(self) -> str:  # hash id -> priority band
+    def bands(self) -> str:  # hash id -> ready score (band * 1e13 + ms) of a leased/delayed id
         return f"{self.tag}:bands"
 
     @property
@@ -66,6 +67,23 @@ class ConnectionKeys:
             self.bands,
             self.state,
         ]
+
+    def script_keys(self) -> list[str]:
+        """KEYS[1..8] of every queue script, in the order the scripts name them."""
+        return [
+            self.ready,
+            self.leases,
+            self.lease_tokens,
+            self.delayed,
+            self.requeue,
+            self.bands,
+            self.state,
+            self.stats,
+        ]
+
+    def all_keys(self, window_sizes_ms: Iterable[int]) -> list[str]:
+        """Every key of the connection, given the window sizes it has used."""
+        return [*self.script_keys(), *(self.window(ms) for ms in sorted(set(window_sizes_ms)))]
 
 
 def connection(connection_id: str) -> ConnectionKeys:

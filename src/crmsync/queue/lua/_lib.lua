@@ -1,0 +1,216 @@
+--[[ _lib.lua: helpers shared by every crmsync script (not a script itself).
+
+crmsync.queue.scripts prepends this file to each script before SCRIPT LOAD, so
+the breaker table and the window arithmetic exist once. Queue scripts share one
+KEYS layout, so the helpers below may name them:
+  KEYS[1] ready        zset  id -> band * 1e13 + enqueue ms
+  KEYS[2] leases       zset  id -> lease deadline ms
+  KEYS[3] lease_tokens hash  id -> claim token
+  KEYS[4] delayed      zset  id -> due ms
+  KEYS[5] requeue      zset  id -> ready score (enqueued again while leased)
+  KEYS[6] bands        hash  id -> ready score of a leased or delayed id
+  KEYS[7] state        hash  paused, blocked_until_ms, limits, br_* fields
+  KEYS[8] stats        hash  counters for `crmsync status`
+  KEYS[9..] one rate-window hash per configured window (claim and ack only)
+The CRM breaker script uses only the br_* helpers on its own key.
+]]
+
+local BAND = 10000000000000 -- 1e13: a band outranks any enqueue time in ms
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function min_score(a, b)
+  if a == nil then return b end
+  if b == nil then return a end
+  if b < a then return b end
+  return a
+end
+
+-- Queue helpers ---------------------------------------------------------------
+
+local function owned(id, token)
+  return redis.call('HGET', KEYS[3], id) == token
+end
+
+-- The best (lowest) known ready score of a leased or delayed id, merging a
+-- pending requeue entry, which is consumed. Unknown ids default to UPDATE now.
+local function pending_score(id, now)
+  local s = tonumber(redis.call('HGET', KEYS[6], id))
+  local rq = tonumber(redis.call('ZSCORE', KEYS[5], id))
+  if rq ~= nil then
+    redis.call('ZREM', KEYS[5], id)
+  end
+  return min_score(s, rq) or (BAND + now)
+end
+
+local function drop_lease(id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
+
+-- Leased or delayed id back to ready with its band and age; returns 1 if added.
+local function back_to_ready(id, now)
+  local s = pending_score(id, now)
+  redis.call('HDEL', KEYS[6], id)
+  return redis.call('ZADD', KEYS[1], 'LT', s, id)
+end
+
+-- Finished lease: a change that arrived meanwhile becomes ready work.
+local function finish_lease(id)
+  drop_lease(id)
+  redis.call('HDEL', KEYS[6], id)
+  local rq = tonumber(redis.call('ZSCORE', KEYS[5], id))
+  if rq ~= nil then
+    redis.call('ZREM', KEYS[5], id)
+    return redis.call('ZADD', KEYS[1], 'LT', rq, id)
+  end
+  return 0
+end
+
+local function stat(field, n)
+  if n ~= 0 then redis.call('HINCRBY', KEYS[8], field, n) end
+end
+
+-- Sliding window in buckets ---------------------------------------------------
+-- Bucket width g = window_ms // 250. At time t the count is the sum of buckets
+-- with index >= floor((t - span) / g), span = window stretched by the margin:
+-- every admission inside (t - span, t] is counted, so no sliding span ever
+-- holds more than the limit (at most one bucket is counted too long).
+
+local function win_width(window_ms)
+  return math.max(1, math.floor(window_ms / 250))
+end
+
+-- Expires old buckets; returns the window's live view.
+local function win_load(key, limit, window_ms, span, now)
+  local g = win_width(window_ms)
+  local f = math.floor((now - span) / g)
+  local v = redis.call('HMGET', key, 'total', 'lo')
+  local total = tonumber(v[1]) or 0
+  local lo = tonumber(v[2])
+  if lo == nil or f - lo > 2 * (span / g) + 8 then
+    if lo ~= nil then redis.call('DEL', key) end
+    total = 0
+    redis.call('HSET', key, 'lo', f, 'total', 0)
+    redis.call('PEXPIRE', key, span + 2 * g + 1000)
+  elseif lo < f then
+    for idx = lo, f - 1 do
+      local c = tonumber(redis.call('HGET', key, idx))
+      if c ~= nil then
+        total = total - c
+        redis.call('HDEL', key, idx)
+      end
+    end
+    if total < 0 then total = 0 end
+    redis.call('HSET', key, 'lo', f, 'total', total)
+  end
+  return {key = key, limit = limit, g = g, f = f, span = span, total = total}
+end
+
+local function win_room(w)
+  return w.limit - w.total
+end
+
+local function win_take(w, k, now)
+  if k <= 0 then return end
+  redis.call('HINCRBY', w.key, math.floor(now / w.g), k)
+  redis.call('HINCRBY', w.key, 'total', k)
+  w.total = w.total + k
+  redis.call('PEXPIRE', w.key, w.span + 2 * w.g + 1000)
+end
+
+-- Gives back n permits taken at admitted_ms (never below zero, never an
+-- expired bucket).
+local function win_refund(key, window_ms, admitted_ms, n)
+  local g = win_width(window_ms)
+  local idx = math.floor(admitted_ms / g)
+  local lo = tonumber(redis.call('HGET', key, 'lo'))
+  if lo == nil or idx < lo then return end
+  local c = tonumber(redis.call('HGET', key, idx))
+  if c == nil then return end
+  local dec = math.min(c, n)
+  if dec == c then
+    redis.call('HDEL', key, idx)
+  else
+    redis.call('HINCRBY', key, idx, -dec)
+  end
+  local total = tonumber(redis.call('HGET', key, 'total')) or 0
+  redis.call('HSET', key, 'total', math.max(0, total - dec))
+end
+
+-- Earliest time at which the window has room for one more request.
+local function win_next(w, now)
+  local excess = w.total - (w.limit - 1)
+  if excess <= 0 then return now end
+  local last = math.floor(now / w.g)
+  local freed = 0
+  for idx = w.f, last do
+    local c = tonumber(redis.call('HGET', w.key, idx))
+    if c ~= nil then
+      freed = freed + c
+      if freed >= excess then return (idx + 1) * w.g + w.span end
+    end
+  end
+  return last * w.g + w.g + w.span
+end
+
+-- Circuit breaker (the table of crmsync.breaker.transition) -------------------
+-- br = {state = closed|open|half_open, failures, opened, probe_until}
+
+local function br_read(key)
+  local v = redis.call('HMGET', key, 'br_state', 'br_failures', 'br_opened_ms', 'br_probe_until')
+  return {
+    state = v[1] or 'closed',
+    failures = tonumber(v[2]) or 0,
+    opened = tonumber(v[3]) or 0,
+    probe_until = tonumber(v[4]) or 0,
+  }
+end
+
+local function br_write(key, br)
+  redis.call('HSET', key, 'br_state', br.state, 'br_failures', br.failures,
+    'br_opened_ms', br.opened, 'br_probe_until', br.probe_until)
+end
+
+-- Event "allow": returns 'allow' | 'probe' | 'refuse' and, when refused, the
+-- time to ask again. Mutates br only when it grants the probe.
+local function br_allow(br, now, recovery_ms, probe_ms)
+  if br.state == 'closed' then return 'allow', nil end
+  if br.state == 'open' then
+    if now < br.opened + recovery_ms then return 'refuse', br.opened + recovery_ms end
+  elseif now < br.probe_until then
+    return 'refuse', br.probe_until
+  end
+  -- Open and recovered, or half-open with the probe's time run out.
+  br.state = 'half_open'
+  br.probe_until = now + probe_ms
+  return 'probe', nil
+end
+
+-- Events "success" / "failure"; returns true when this event opened the circuit.
+local function br_record(br, ok, now, threshold)
+  if br.state == 'closed' then
+    if ok then
+      br.failures = 0
+      return false
+    end
+    br.failures = br.failures + 1
+    if br.failures < threshold then return false end
+  elseif br.state == 'half_open' then
+    if ok then
+      br.state = 'closed'
+      br.failures = 0
+      br.probe_until = 0
+      return false
+    end
+  else
+    return false -- open: late outcomes change nothing
+  end
+  br.state = 'open'
+  br.opened = now
+  br.probe_until = 0
+  return true
+end

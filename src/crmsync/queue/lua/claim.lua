@@ -1,0 +1,118 @@
+--[[ claim.lua: lease work of one connection if it may send now.
+KEYS[1..8] the connection's queue keys (layout in _lib.lua)
+KEYS[9..]  one hash per rate window, in the order of the window triples below
+ARGV[1] claim token (random, chosen by the caller)
+ARGV[2] max_requests the caller can send now
+ARGV[3] batch_size: ids per request
+ARGV[4] lease_ms; also how long a half-open probe may take to report
+ARGV[5] breaker threshold (consecutive failures that open the circuit)
+ARGV[6] breaker recovery ms (open -> half-open)
+ARGV[7] limits spec "limit:window_ms,..." (restores a flushed state hash)
+ARGV[8] paused reason of the caller's config, '' = none (restore only)
+ARGV[9] margin (restore only)
+ARGV[10..] per window: limit, window_ms, span_ms (window stretched by the margin)
+Returns {refused ('' = granted), next_eligible_ms (-1 = only on wake-up),
+         admitted_ms, permits, probe (0/1), id1, score1, id2, score2, ...}
+]]
+local now = now_ms()
+local token = ARGV[1]
+local max_requests = tonumber(ARGV[2])
+local batch = tonumber(ARGV[3])
+local lease_ms = tonumber(ARGV[4])
+local threshold = tonumber(ARGV[5])
+local recovery = tonumber(ARGV[6])
+
+-- Redis is a cache: after a FLUSHALL the caller's config restores the state.
+if redis.call('HEXISTS', KEYS[7], 'limits') == 0 then
+  redis.call('HSET', KEYS[7], 'limits', ARGV[7], 'br_threshold', threshold,
+    'br_recovery_ms', recovery, 'margin', ARGV[9])
+  if ARGV[8] ~= '' then redis.call('HSET', KEYS[7], 'paused', ARGV[8]) end
+end
+
+local function refuse(reason, next_ms)
+  stat('refused_' .. reason, 1)
+  return {reason, next_ms or -1, now, 0, 0}
+end
+
+local function later_work()
+  local d = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  local l = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return min_score(tonumber(d[2]), tonumber(l[2]))
+end
+
+local st = redis.call('HMGET', KEYS[7], 'paused', 'blocked_until_ms')
+if st[1] then return refuse('paused', nil) end
+local blocked = tonumber(st[2])
+if blocked ~= nil and blocked > now then return refuse('blocked', blocked) end
+
+local br = br_read(KEYS[7])
+local verdict, br_next = br_allow(br, now, recovery, lease_ms)
+if verdict == 'refuse' then return refuse('circuit_open', br_next) end
+
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[4], id)
+  back_to_ready(id, now)
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(expired) do
+  drop_lease(id)
+  back_to_ready(id, now)
+end
+stat('leases_expired', #expired)
+
+local ready_n = redis.call('ZCARD', KEYS[1])
+if ready_n == 0 then return refuse('empty', later_work()) end
+if verdict == 'probe' then
+  max_requests = 1
+  batch = 1
+end
+local room = math.min(max_requests, math.ceil(ready_n / batch))
+
+local wins = {}
+for i = 1, #KEYS - 8 do
+  local a = 10 + (i - 1) * 3
+  local w = win_load(KEYS[8 + i], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
+  wins[i] = w
+  room = math.min(room, win_room(w))
+end
+
+local function room_returns()
+  local t = now
+  for _, w in ipairs(wins) do t = math.max(t, win_next(w, now)) end
+  return t
+end
+
+if room <= 0 then return refuse('rate_limited', room_returns()) end
+
+local popped = redis.call('ZPOPMIN', KEYS[1], room * batch)
+local out = {'', -1, now, 0, 0}
+local deadline = now + lease_ms
+for i = 1, #popped, 2 do
+  local id = popped[i]
+  redis.call('ZADD', KEYS[2], deadline, id)
+  redis.call('HSET', KEYS[3], id, token)
+  redis.call('HSET', KEYS[6], id, popped[i + 1])
+  out[#out + 1] = id
+  out[#out + 1] = popped[i + 1]
+end
+local permits = math.ceil((#popped / 2) / batch)
+for _, w in ipairs(wins) do win_take(w, permits, now) end
+out[4] = permits
+stat('claims', 1)
+stat('admitted', permits)
+stat('leased', #popped / 2)
+
+if verdict == 'probe' then
+  br_write(KEYS[7], br)
+  redis.call('HSET', KEYS[7], 'br_probe_token', token)
+  out[5] = 1
+  stat('probes', 1)
+  -- Everyone else waits for the probe's report (which wakes them) or its time-out.
+  out[2] = br.probe_until
+elseif redis.call('ZCARD', KEYS[1]) > 0 then
+  out[2] = room_returns()
+else
+  out[2] = later_work() or -1
+end
+return out

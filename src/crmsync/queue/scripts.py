@@ -1,0 +1,79 @@
+"""The Lua scripts: read once from ``queue/lua``, called by SHA.
+
+Each script is sent as ``_lib.lua`` + the script, so shared helpers (window
+arithmetic, the breaker table) exist once. Calls go by EVALSHA; a NOSCRIPT
+answer (Redis restarted or SCRIPT FLUSH) loads the script again and repeats
+the call, which is safe because a script that was not found did not run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+Arg = str | int | float | bytes
+# (keys, args) of one script call
+Call = tuple[Sequence[str], Sequence[Arg]]
+
+NAMES = ("claim", "enqueue", "ack", "retry", "release", "renew", "report", "block", "breaker")
+
+
+@cache
+def source(name: str) -> str:
+    if name not in NAMES:
+        raise KeyError(f"unknown script {name!r}")
+    folder = resources.files("crmsync.queue") / "lua"
+    lib = (folder / "_lib.lua").read_text(encoding="utf-8")
+    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+    return f"{lib}\n{body}"
+
+
+@cache
+def sha(name: str) -> str:
+    return hashlib.sha1(source(name).encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+class Scripts:
+    """Runs the crmsync scripts on one Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def load(self, name: str) -> None:
+        await self.redis.script_load(source(name))
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        try:
+            return await self.redis.evalsha(sha(name), len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load(name)
+            return await self.redis.evalsha(sha(name), len(keys), *keys, *args)
+
+    async def call_many(self, name: str, calls: Sequence[Call]) -> list[Any]:
+        """Pipelined calls of one script; results in order, errors raised."""
+        if not calls:
+            return []
+        results = await self._pipeline(name, calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            await self.load(name)
+            again = await self._pipeline(name, [calls[i] for i in missing])
+            for i, r in zip(missing, again, strict=True):
+                results[i] = r
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
+    async def _pipeline(self, name: str, calls: Sequence[Call]) -> list[Any]:
+        digest = sha(name)
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(digest, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))

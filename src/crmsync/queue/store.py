@@ -1,0 +1,352 @@
+"""Per-connection work queues in Redis, with the rate limiter and breaker inside.
+
+Every operation on a connection is one Lua script (``queue/lua``) over keys of
+one hash slot, timed by Redis ``TIME``: claiming checks pause, block, breaker
+and every rate window and leases work in one atomic step, so any number of
+processes on any number of hosts share one view. This module only marshals
+arguments, keeps each process's copy of the connection config (so a Redis that
+lost its data is restored by the next claim) and publishes wake-ups.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from redis.asyncio import Redis
+
+from crmsync.errors import UserError
+from crmsync.queue import keys
+from crmsync.queue.scripts import Arg, Call, Scripts
+from crmsync.ratelimit import RateWindow, bucket_ms, normalize, span_ms
+
+BAND_SCALE = 10**13  # ready score = band * BAND_SCALE + enqueue ms
+ENQUEUE_CHUNK = 5000  # ids per script call: bounded ARGV and script run time
+
+
+class Band(IntEnum):
+    CREATE = 0
+    UPDATE = 1
+    DELETE = 2
+
+
+@dataclass(frozen=True)
+class Claim:
+    connection_id: str
+    token: str
+    ids: list[str]
+    bands: list[int]
+    permits: int
+    admitted_ms: int
+    next_eligible_ms: int | None
+    probe: bool
+    refused: str | None
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    connection_id: str
+    ready: int
+    leased: int
+    delayed: int
+    requeue: int
+    paused: str | None
+    blocked_until_ms: int | None
+    breaker: str
+    breaker_failures: int
+    breaker_opened_ms: int | None
+    windows: list[RateWindow]
+    in_window: dict[int, int]  # window_ms -> requests admitted in the current window
+    now_ms: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Config:
+    windows: tuple[RateWindow, ...]
+    threshold: int
+    recovery_ms: int
+    paused: str | None
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _limits_spec(windows: Sequence[RateWindow]) -> str:
+    return ",".join(f"{w.limit}:{w.window_ms}" for w in windows)
+
+
+def _parse_limits(spec: str) -> tuple[RateWindow, ...]:
+    out = []
+    for part in spec.split(","):
+        if part:
+            limit, window_ms = part.split(":")
+            out.append(RateWindow(int(limit), int(window_ms)))
+    return tuple(out)
+
+
+class QueueStore:
+    def __init__(self, redis: Redis, *, margin: float = 0.02) -> None:
+        self.redis = redis
+        self.margin = margin
+        self.scripts = Scripts(redis)
+        self._config: dict[str, _Config] = {}
+
+    # -- configuration ------------------------------------------------------------
+
+    async def configure(
+        self,
+        connection_id: str,
+        windows: Sequence[RateWindow],
+        *,
+        breaker_threshold: int,
+        breaker_recovery_ms: int,
+        paused: str | None,
+    ) -> None:
+        """Write limits and settings; breaker state and window counts are kept."""
+        cfg = _Config(tuple(normalize(windows)), breaker_threshold, breaker_recovery_ms, paused)
+        self._config[connection_id] = cfg
+        ck = keys.connection(connection_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            ck.state,
+            mapping={
+                "limits": _limits_spec(cfg.windows),
+                "br_threshold": breaker_threshold,
+                "br_recovery_ms": breaker_recovery_ms,
+                "margin": repr(self.margin),
+            },
+        )
+        if paused:
+            pipe.hset(ck.state, "paused", paused)
+        else:
+            pipe.hdel(ck.state, "paused")
+        await pipe.execute()
+
+    async def _config_for(self, connection_id: str) -> _Config:
+        cfg = self._config.get(connection_id)
+        if cfg is not None:
+            return cfg
+        raw = await self.redis.hmget(
+            keys.connection(connection_id).state,
+            ["limits", "br_threshold", "br_recovery_ms", "paused"],
+        )
+        if raw[0] is None:
+            raise UserError(
+                f"connection {connection_id!r} has no queue configuration; "
+                "add it with `crmsync connections add` and start a worker"
+            )
+        cfg = _Config(
+            _parse_limits(_text(raw[0])),
+            int(raw[1] or 5),
+            int(raw[2] or 30_000),
+            _text(raw[3]) if raw[3] is not None else None,
+        )
+        self._config[connection_id] = cfg
+        return cfg
+
+    def _window_keys(self, connection_id: str, cfg: _Config) -> list[str]:
+        ck = keys.connection(connection_id)
+        return [*ck.script_keys(), *(ck.window(w.window_ms) for w in cfg.windows)]
+
+    async def _wake(self, connection_ids: Sequence[str]) -> None:
+        if connection_ids:
+            await self.redis.publish(keys.WAKE_CHANNEL, ",".join(connection_ids))
+
+    # -- producer -----------------------------------------------------------------
+
+    async def enqueue(self, items: Sequence[tuple[str, str, int]]) -> None:
+        """Queue (connection_id, contact_id, band) items; coalesces; wakes workers."""
+        by_conn: dict[str, list[Arg]] = {}
+        for cid, contact_id, band in items:
+            by_conn.setdefault(cid, []).extend((contact_id, int(Band(band))))
+        calls: list[Call] = []
+        owners: list[str] = []
+        for cid, args in by_conn.items():
+            ks = keys.connection(cid).script_keys()
+            for i in range(0, len(args), 2 * ENQUEUE_CHUNK):
+                calls.append((ks, args[i : i + 2 * ENQUEUE_CHUNK]))
+                owners.append(cid)
+        added = await self.scripts.call_many("enqueue", calls)
+        woken = {cid: None for cid, n in zip(owners, added, strict=True) if int(n) > 0}
+        await self._wake(list(woken))
+
+    # -- worker -------------------------------------------------------------------
+
+    async def claim(
+        self, connection_id: str, *, max_requests: int, batch_size: int, lease_ms: int
+    ) -> Claim:
+        cfg = await self._config_for(connection_id)
+        token = secrets.token_hex(8)
+        args: list[Arg] = [
+            token,
+            max(1, max_requests),
+            max(1, batch_size),
+            max(1, lease_ms),
+            cfg.threshold,
+            cfg.recovery_ms,
+            _limits_spec(cfg.windows),
+            cfg.paused or "",
+            repr(self.margin),
+        ]
+        for w in cfg.windows:
+            args += [w.limit, w.window_ms, span_ms(w, self.margin)]
+        raw = await self.scripts.call("claim", self._window_keys(connection_id, cfg), args)
+        refused = _text(raw[0]) or None
+        nxt = int(raw[1])
+        pairs = raw[5:]
+        return Claim(
+            connection_id=connection_id,
+            token=token,
+            ids=[_text(x) for x in pairs[0::2]],
+            bands=[int(float(_text(s))) // BAND_SCALE for s in pairs[1::2]],
+            permits=int(raw[3]),
+            admitted_ms=int(raw[2]),
+            next_eligible_ms=nxt if nxt >= 0 else None,
+            probe=bool(int(raw[4])),
+            refused=refused,
+        )
+
+    async def ack(self, claim: Claim, ids: Sequence[str], *, refund: int = 0) -> None:
+        """Finish leased ids; give back ``refund`` permits that were never sent."""
+        refund = max(0, min(refund, claim.permits))
+        if not ids and refund == 0:
+            return
+        cid = claim.connection_id
+        cfg = await self._config_for(cid)
+        args: list[Arg] = [claim.token, refund, claim.admitted_ms, len(cfg.windows)]
+        args += [w.window_ms for w in cfg.windows]
+        args += list(ids)
+        again = await self.scripts.call("ack", self._window_keys(cid, cfg), args)
+        if int(again) > 0:
+            await self._wake([cid])
+
+    async def retry_later(self, claim: Claim, delays: Mapping[str, float]) -> None:
+        """Leased ids wait ``delays[id]`` seconds in ``delayed``, band kept."""
+        if not delays:
+            return
+        args: list[Arg] = [claim.token]
+        for cid, seconds in delays.items():
+            args += [cid, max(0, math.ceil(seconds * 1000))]
+        ks = keys.connection(claim.connection_id).script_keys()
+        if int(await self.scripts.call("retry", ks, args)) > 0:
+            # Idle workers learn the due time from their next claim.
+            await self._wake([claim.connection_id])
+
+    async def release(self, claim: Claim, ids: Sequence[str]) -> None:
+        """Back to ready with band and age; not an attempt."""
+        if not ids:
+            return
+        ks = keys.connection(claim.connection_id).script_keys()
+        if int(await self.scripts.call("release", ks, [claim.token, *ids])) > 0:
+            await self._wake([claim.connection_id])
+
+    async def renew(self, claim: Claim, ids: Sequence[str], lease_ms: int) -> None:
+        if not ids:
+            return
+        ks = keys.connection(claim.connection_id).script_keys()
+        await self.scripts.call("renew", ks, [claim.token, max(1, lease_ms), *ids])
+
+    async def report(self, claim: Claim, outcomes: Sequence[bool]) -> None:
+        """Breaker input, one per request: True answered, False 5xx/timeout/connection."""
+        if not outcomes:
+            return
+        cid = claim.connection_id
+        cfg = await self._config_for(cid)
+        flags = "".join("1" if ok else "0" for ok in outcomes)
+        ks = keys.connection(cid).script_keys()
+        state = _text(await self.scripts.call("report", ks, [claim.token, cfg.threshold, flags]))
+        if claim.probe and state == "closed":
+            await self._wake([cid])  # the others wait for the probe's verdict
+
+    async def block(self, connection_id: str, seconds: float) -> None:
+        ks = keys.connection(connection_id).script_keys()
+        await self.scripts.call("block", ks, [max(0, math.ceil(seconds * 1000))])
+
+    async def pause(self, connection_id: str, reason: str) -> None:
+        reason = reason or "paused"
+        cfg = self._config.get(connection_id)
+        if cfg is not None:
+            self._config[connection_id] = _Config(
+                cfg.windows, cfg.threshold, cfg.recovery_ms, reason
+            )
+        await self.redis.hset(keys.connection(connection_id).state, "paused", reason)
+
+    async def resume(self, connection_id: str) -> None:
+        cfg = self._config.get(connection_id)
+        if cfg is not None:
+            self._config[connection_id] = _Config(cfg.windows, cfg.threshold, cfg.recovery_ms, None)
+        await self.redis.hdel(keys.connection(connection_id).state, "paused")
+        await self._wake([connection_id])
+
+    # -- operators ----------------------------------------------------------------
+
+    async def _known_windows(self, connection_id: str) -> tuple[RateWindow, ...]:
+        cfg = self._config.get(connection_id)
+        if cfg is not None:
+            return cfg.windows
+        spec = await self.redis.hget(keys.connection(connection_id).state, "limits")
+        return _parse_limits(_text(spec)) if spec is not None else ()
+
+    async def depth(self, connection_id: str) -> QueueDepth:
+        ck = keys.connection(connection_id)
+        windows = await self._known_windows(connection_id)
+        pipe = self.redis.pipeline(transaction=True)
+        for k in (ck.ready, ck.leases, ck.delayed, ck.requeue):
+            pipe.zcard(k)
+        pipe.hgetall(ck.state)
+        pipe.hgetall(ck.stats)
+        pipe.time()
+        for w in windows:
+            pipe.hgetall(ck.window(w.window_ms))
+        (
+            ready,
+            leased,
+            delayed,
+            requeue,
+            state_raw,
+            stats_raw,
+            (sec, usec),
+            *wins,
+        ) = await pipe.execute()
+        now = int(sec) * 1000 + int(usec) // 1000
+        state = {_text(k): _text(v) for k, v in state_raw.items()}
+        in_window: dict[int, int] = {}
+        for w, buckets in zip(windows, wins, strict=True):
+            floor = (now - span_ms(w, self.margin)) // bucket_ms(w)
+            in_window[w.window_ms] = sum(
+                int(n)
+                for idx, n in buckets.items()
+                if _text(idx).lstrip("-").isdigit() and int(_text(idx)) >= floor
+            )
+        blocked = int(state.get("blocked_until_ms", "0"))
+        opened = int(state.get("br_opened_ms", "0"))
+        return QueueDepth(
+            connection_id=connection_id,
+            ready=int(ready),
+            leased=int(leased),
+            delayed=int(delayed),
+            requeue=int(requeue),
+            paused=state.get("paused"),
+            blocked_until_ms=blocked if blocked > now else None,
+            breaker=state.get("br_state", "closed"),
+            breaker_failures=int(state.get("br_failures", "0")),
+            breaker_opened_ms=opened or None,
+            windows=list(windows),
+            in_window=in_window,
+            now_ms=now,
+            stats={_text(k): int(v) for k, v in stats_raw.items()},
+        )
+
+    async def drop(self, connection_id: str) -> None:
+        """Delete every key of the connection (its queue, limiter and breaker)."""
+        windows = await self._known_windows(connection_id)
+        self._config.pop(connection_id, None)
+        await self.redis.delete(
+            *keys.connection(connection_id).all_keys(w.window_ms for w in windows)
+        )

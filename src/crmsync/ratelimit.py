@@ -1,0 +1,251 @@
+"""Rate limits: their spelling, the sliding-window math, and what CRMs tell us.
+
+The limiter itself runs inside the claim script (``queue/lua/_lib.lua``) so
+every process and host shares one count at Redis ``TIME``. ``BucketWindow``
+is its in-memory twin, used by unit tests to pin the arithmetic down.
+
+Window math: a window of ``window_ms`` is stretched by the margin to ``span``
+and counted in buckets of ``g = window_ms // 250`` ms. At time ``t`` the count
+is the sum of buckets with index >= ``floor((t - span) / g)``. Every admission
+in ``(t - span, t]`` lies in such a bucket, so no sliding span (hence no
+sliding window) ever holds more than the limit; the price is at most one
+bucket's width of under-use.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from crmsync import clock
+from crmsync.errors import UserError
+
+BUCKETS_PER_WINDOW = 250
+
+_UNITS_MS = {
+    "ms": 1,
+    "s": 1000,
+    "sec": 1000,
+    "second": 1000,
+    "m": 60_000,
+    "min": 60_000,
+    "minute": 60_000,
+    "h": 3_600_000,
+    "hour": 3_600_000,
+    "d": 86_400_000,
+    "day": 86_400_000,
+}
+_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    limit: int
+    window_ms: int
+
+
+def parse_rate_limit(spec: str) -> RateWindow:
+    """ "100/s", "1000/10s", "6000/min", "100000/day" -> RateWindow."""
+    m = _SPEC.match(spec.lower())
+    unit: int | None = None
+    if m is not None:
+        name = m.group(3)
+        unit = _UNITS_MS.get(name) or _UNITS_MS.get(name.removesuffix("s"))
+    if m is None or unit is None:
+        raise UserError(
+            f"rate limit {spec!r} is not understood; write it like 100/s, 1000/10s, "
+            "6000/min or 100000/day"
+        )
+    limit = int(m.group(1))
+    window_ms = int(m.group(2) or 1) * unit
+    if limit < 1 or window_ms < 1:
+        raise UserError(f"rate limit {spec!r} needs a limit and a window of at least 1")
+    return RateWindow(limit, window_ms)
+
+
+def format_rate(w: RateWindow) -> str:
+    for name, unit in (("day", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if w.window_ms % unit == 0:
+            n = w.window_ms // unit
+            return f"{w.limit}/{'' if n == 1 else n}{name}"
+    return f"{w.limit}/{w.window_ms}ms"
+
+
+def span_ms(w: RateWindow, margin: float) -> int:
+    """The window stretched by the margin, in whole ms (rounded up: safer)."""
+    return math.ceil(round(w.window_ms * (1.0 + margin), 6))
+
+
+def bucket_ms(w: RateWindow) -> int:
+    return max(1, w.window_ms // BUCKETS_PER_WINDOW)
+
+
+def normalize(windows: Sequence[RateWindow]) -> list[RateWindow]:
+    """One window per size (the strictest limit wins), shortest first."""
+    best: dict[int, int] = {}
+    for w in windows:
+        best[w.window_ms] = min(w.limit, best.get(w.window_ms, w.limit))
+    return [RateWindow(limit, ms) for ms, limit in sorted(best.items())]
+
+
+@dataclass
+class BucketWindow:
+    """In-memory twin of one window hash of the claim script."""
+
+    window: RateWindow
+    span: int
+    buckets: dict[int, int] = field(default_factory=dict)
+    total: int = 0
+    lo: int | None = None
+
+    @property
+    def g(self) -> int:
+        return bucket_ms(self.window)
+
+    def load(self, now: int) -> None:
+        f = (now - self.span) // self.g
+        if self.lo is None or self.lo < f:
+            for idx in [i for i in self.buckets if i < f]:
+                self.total -= self.buckets.pop(idx)
+            self.lo = f
+
+    def room(self, now: int) -> int:
+        self.load(now)
+        return self.window.limit - self.total
+
+    def take(self, k: int, now: int) -> None:
+        idx = now // self.g
+        self.buckets[idx] = self.buckets.get(idx, 0) + k
+        self.total += k
+
+    def refund(self, admitted_ms: int, n: int) -> None:
+        idx = admitted_ms // self.g
+        if self.lo is None or idx < self.lo or idx not in self.buckets:
+            return
+        dec = min(self.buckets[idx], n)
+        self.buckets[idx] -= dec
+        if self.buckets[idx] == 0:
+            del self.buckets[idx]
+        self.total = max(0, self.total - dec)
+
+    def next_room(self, now: int) -> int:
+        """Earliest ms at which one more request fits (``now`` if it fits now)."""
+        self.load(now)
+        excess = self.total - (self.window.limit - 1)
+        if excess <= 0:
+            return now
+        freed = 0
+        for idx in sorted(self.buckets):
+            freed += self.buckets[idx]
+            if freed >= excess:
+                return (idx + 1) * self.g + self.span
+        return now + self.span  # unreachable while total == sum(buckets)
+
+
+class LimiterModel:
+    """Several windows admitted together, as the claim script does."""
+
+    def __init__(self, windows: Sequence[RateWindow], margin: float) -> None:
+        self.windows = [BucketWindow(w, span_ms(w, margin)) for w in normalize(windows)]
+
+    def admit(self, requested: int, now: int) -> tuple[int, int]:
+        """Admit up to ``requested`` at ``now``; returns (admitted, next ms with room)."""
+        room = min([requested, *(w.room(now) for w in self.windows)])
+        k = max(0, room)
+        for w in self.windows:
+            w.take(k, now)
+        return k, max([now, *(w.next_room(now) for w in self.windows)])
+
+    def refund(self, admitted_ms: int, n: int) -> None:
+        for w in self.windows:
+            w.refund(admitted_ms, n)
+
+
+# -- learning from CRM answers -------------------------------------------------
+
+DEFAULT_LIMITED_SECONDS = 1.0  # a limit answer without any hint of how long
+SALESFORCE_EXHAUSTED_SECONDS = 300.0  # org quota used up: look again in 5 min
+_SF_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(str(value).strip()) if value is not None else None
+    except ValueError:
+        return None
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (clock.now() if now is None else now))
+
+
+def seconds_to_midnight_utc(now: float) -> float:
+    t = datetime.fromtimestamp(now, UTC)
+    midnight = (t + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.timestamp() - now
+
+
+def is_limit_answer(status: int, body: Any) -> bool:
+    """429, or Salesforce's 403 REQUEST_LIMIT_EXCEEDED."""
+    return status == 429 or (status == 403 and "REQUEST_LIMIT_EXCEEDED" in str(body))
+
+
+def block_seconds_from_headers(
+    crm: str,
+    status: int,
+    headers: Mapping[str, str],
+    body: Any = None,
+    *,
+    now: float | None = None,
+) -> float | None:
+    """How long every worker should hold this connection back, or None.
+
+    A limit answer (429 / 403 REQUEST_LIMIT_EXCEEDED) always blocks: for
+    ``Retry-After`` if given, else for what the CRM's headers imply, else 1 s.
+    A success blocks only when the CRM says its quota is used up.
+    """
+    h = {k.lower(): v for k, v in headers.items()}
+    t = clock.now() if now is None else now
+    limited = is_limit_answer(status, body)
+    if limited:
+        wait = retry_after_seconds(h.get("retry-after"), t)
+        if wait is not None:
+            return wait
+    if crm == "hubspot":
+        if _int(h.get("x-hubspot-ratelimit-daily-remaining")) == 0 or (
+            limited and "DAILY" in str(body)
+        ):
+            return seconds_to_midnight_utc(t)
+        interval = _int(h.get("x-hubspot-ratelimit-interval-milliseconds"))
+        if limited:
+            return interval / 1000.0 if interval else DEFAULT_LIMITED_SECONDS
+        remaining = _int(h.get("x-hubspot-ratelimit-remaining"))
+        if remaining == 0 and interval:
+            # Rolling window: room comes back as the oldest request ages out;
+            # on average one request's share of the interval.
+            most = _int(h.get("x-hubspot-ratelimit-max")) or 1
+            return interval / 1000.0 / max(1, most)
+        return None
+    if crm == "salesforce":
+        m = _SF_USAGE.search(h.get("sforce-limit-info", ""))
+        if m and int(m.group(1)) >= int(m.group(2)):
+            return SALESFORCE_EXHAUSTED_SECONDS
+    return DEFAULT_LIMITED_SECONDS if limited else None

@@ -1,0 +1,149 @@
+"""The distributed limiter on a real Redis, hammered by several processes."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import sys
+import time
+import uuid
+
+import redis.asyncio as aioredis
+
+from crmsync.queue.store import Band, QueueStore
+from crmsync.ratelimit import RateWindow
+
+# One hammering process: claims whenever Redis says the connection may send
+# (at once while permits remain, else at the named time, as workers do), acks
+# at once and prints what was admitted. A fresh interpreter per process, so
+# the processes truly compete.
+HAMMER = """
+import asyncio, json, random, sys, time
+import redis.asyncio as aioredis
+from crmsync.queue.store import QueueStore
+
+async def main(url, cid, seconds, seed):
+    rnd = random.Random(seed)
+    r = aioredis.from_url(url)
+    store = QueueStore(r, margin=0.02)
+    await r.ping()
+    print("ready", flush=True)
+    start_at = float(sys.stdin.readline())
+    admitted = []
+    while time.time() < start_at:
+        await asyncio.sleep(0.005)
+    while time.time() < start_at + seconds:
+        c = await store.claim(cid, max_requests=rnd.randint(1, 5), batch_size=1, lease_ms=30000)
+        if c.permits:
+            admitted.append((c.admitted_ms, c.permits))
+            await store.ack(c, c.ids)
+        wait = (c.next_eligible_ms or 0) / 1000 - time.time()
+        if wait > 0:
+            await asyncio.sleep(min(wait, 0.5))
+    await r.aclose()
+    print(json.dumps(admitted))
+
+url, cid, seconds, seed = sys.argv[1:5]
+asyncio.run(main(url, cid, float(seconds), int(seed)))
+"""
+
+
+def max_in_any_window(times: list[int], window_ms: int) -> int:
+    """Most admissions in any half-open window [t, t + window_ms)."""
+    times = sorted(times)
+    return max(
+        (bisect.bisect_left(times, t + window_ms) - i for i, t in enumerate(times)), default=0
+    )
+
+
+async def test_eight_processes_never_exceed_100_per_second(
+    redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    store = QueueStore(redis_client, margin=0.02)
+    cid = f"rl-{uuid.uuid4().hex[:8]}"
+    await store.configure(
+        cid, [RateWindow(100, 1000)], breaker_threshold=5, breaker_recovery_ms=30_000, paused=None
+    )
+    await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(5000)])
+    seconds = 10.0
+    run_for = seconds + 0.5
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            HAMMER,
+            redis_url,
+            cid,
+            str(run_for),
+            str(seed),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for seed in range(8)
+    ]
+    for p in procs:  # start together once every interpreter is up
+        assert p.stdout is not None
+        assert await asyncio.wait_for(p.stdout.readline(), timeout=60) == b"ready\n"
+    go = f"{time.time() + 0.2}\n".encode()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(go)
+        await p.stdin.drain()
+        p.stdin.close()
+    results = [await asyncio.wait_for(p.communicate(), timeout=60) for p in procs]
+    errors = [e.decode()[-2000:] for p, (_, e) in zip(procs, results, strict=True) if p.returncode]
+    assert not errors, errors
+    outputs = [out.decode() for out, _ in results]
+    times: list[int] = []
+    for out in outputs:
+        for admitted_ms, permits in json.loads(out):
+            times += [admitted_ms] * permits
+    busiest = max_in_any_window(times, 1000)
+    assert busiest <= 100, f"{busiest} admitted within one second"
+    # Use of the limit: admissions within 10 s of the first one.
+    times.sort()
+    used = bisect.bisect_left(times, times[0] + int(seconds * 1000))
+    assert used >= 950, f"only {used} admitted in {seconds} s"
+    assert sum(1 for out in outputs if json.loads(out)) >= 4  # every process competed
+    depth = await store.depth(cid)
+    assert depth.ready == 5000 - len(times) and depth.leased == 0
+
+
+async def test_several_windows_are_checked_together(redis_client: aioredis.Redis) -> None:
+    store = QueueStore(redis_client, margin=0.0)
+    cid = f"rl-{uuid.uuid4().hex[:8]}"
+    windows = [RateWindow(4, 200), RateWindow(6, 60_000)]
+    await store.configure(cid, windows, breaker_threshold=5, breaker_recovery_ms=1000, paused=None)
+    await store.enqueue([(cid, f"c-{i}", Band.CREATE) for i in range(50)])
+    times: list[int] = []
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        c = await store.claim(cid, max_requests=3, batch_size=1, lease_ms=30_000)
+        times += [c.admitted_ms] * c.permits
+        if c.permits:
+            await store.ack(c, c.ids)
+        elif c.next_eligible_ms is not None:
+            # Never asked back before the named time, and asked back at all.
+            assert c.next_eligible_ms > c.admitted_ms
+            await asyncio.sleep(min(0.05, (c.next_eligible_ms - c.admitted_ms) / 1000))
+    assert len(times) == 6
+    assert max_in_any_window(times, 200) <= 4
+    last = await store.claim(cid, max_requests=3, batch_size=1, lease_ms=30_000)
+    assert last.refused == "rate_limited"
+    assert last.next_eligible_ms is not None and last.next_eligible_ms >= min(times) + 60_000
+
+
+async def test_batches_take_one_permit_per_request(redis_client: aioredis.Redis) -> None:
+    store = QueueStore(redis_client, margin=0.0)
+    cid = f"rl-{uuid.uuid4().hex[:8]}"
+    await store.configure(
+        cid, [RateWindow(3, 60_000)], breaker_threshold=5, breaker_recovery_ms=1000, paused=None
+    )
+    await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(250)])
+    c = await store.claim(cid, max_requests=10, batch_size=100, lease_ms=30_000)
+    assert (c.permits, len(c.ids)) == (3, 250)
+    assert c.next_eligible_ms is None or c.next_eligible_ms >= c.admitted_ms
+    nothing = await store.claim(cid, max_requests=1, batch_size=100, lease_ms=30_000)
+    assert nothing.refused == "empty"

@@ -1,0 +1,244 @@
+"""Rate-limit spelling, window math (fake clock) and learning from CRM answers."""
+
+from __future__ import annotations
+
+import bisect
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crmsync.errors import UserError
+from crmsync.ratelimit import (
+    LimiterModel,
+    RateWindow,
+    block_seconds_from_headers,
+    format_rate,
+    normalize,
+    parse_rate_limit,
+    span_ms,
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("100/s", RateWindow(100, 1000)),
+        ("1000/10s", RateWindow(1000, 10_000)),
+        ("100000/day", RateWindow(100_000, 86_400_000)),
+        ("6000/min", RateWindow(6000, 60_000)),
+        ("50/500ms", RateWindow(50, 500)),
+        (" 10 / 2 hours ", RateWindow(10, 7_200_000)),
+        ("15000/d", RateWindow(15000, 86_400_000)),
+    ],
+)
+def test_parse_rate_limit(spec: str, expected: RateWindow) -> None:
+    assert parse_rate_limit(spec) == expected
+    assert parse_rate_limit(format_rate(expected)) == expected
+
+
+@pytest.mark.parametrize("spec", ["", "100", "100/", "0/s", "100/0s", "x/s", "100/fortnight"])
+def test_parse_rate_limit_rejects(spec: str) -> None:
+    with pytest.raises(UserError, match="rate limit"):
+        parse_rate_limit(spec)
+
+
+def test_margin_stretches_the_window_and_normalize_keeps_the_strictest() -> None:
+    assert span_ms(RateWindow(100, 1000), 0.02) == 1020
+    assert span_ms(RateWindow(100, 1000), 0.0) == 1000
+    assert normalize([RateWindow(5, 1000), RateWindow(100, 10_000), RateWindow(3, 1000)]) == [
+        RateWindow(3, 1000),
+        RateWindow(100, 10_000),
+    ]
+
+
+# (windows, margin, [(now_ms, requested, expected_admitted, expected_next_ms)])
+WINDOW_CASES = [
+    (
+        "burst fills, then waits until the bucket leaves the span",
+        [RateWindow(10, 1000)],
+        0.0,
+        [
+            (0, 4, 4, 0),
+            (100, 10, 6, 1004),
+            (500, 1, 0, 1004),
+            (1003, 1, 0, 1004),
+            (1004, 3, 3, 1004),
+        ],
+    ),
+    (
+        "margin lengthens the wait",
+        [RateWindow(10, 1000)],
+        0.02,
+        [(0, 10, 10, 1024), (1023, 1, 0, 1024), (1024, 1, 1, 1024)],
+    ),
+    (
+        "several windows: the tightest decides",
+        [RateWindow(3, 1000), RateWindow(5, 10_000)],
+        0.0,
+        [(0, 3, 3, 1004), (1004, 3, 2, 10_040), (5000, 1, 0, 10_040), (10_040, 9, 3, 11_044)],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "windows", "margin", "steps"), WINDOW_CASES, ids=[c[0] for c in WINDOW_CASES]
+)
+def test_window_math(
+    name: str, windows: list[RateWindow], margin: float, steps: list[tuple[int, int, int, int]]
+) -> None:
+    model = LimiterModel(windows, margin)
+    got = [(now, req, *model.admit(req, now)) for now, req, _, _ in steps]
+    assert got == steps
+
+
+def test_refund_returns_permits_once_and_never_below_zero() -> None:
+    model = LimiterModel([RateWindow(5, 1000)], 0.0)
+    assert model.admit(5, 0) == (5, 1004)
+    model.refund(0, 2)
+    assert model.admit(5, 10) == (2, 1004)
+    model.refund(0, 99)  # more than the bucket holds: clamps at zero
+    assert model.admit(9, 20) == (3, 1012)
+    model.refund(-5000, 3)  # a bucket long gone: nothing happens
+    assert model.admit(1, 30) == (0, 1012)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    limit=st.integers(1, 30),
+    window_ms=st.sampled_from([100, 1000, 1700, 10_000]),
+    margin=st.sampled_from([0.0, 0.02, 0.1]),
+    steps=st.lists(st.tuples(st.integers(0, 400), st.integers(1, 8)), min_size=1, max_size=120),
+)
+def test_no_sliding_window_ever_holds_more_than_the_limit(
+    limit: int, window_ms: int, margin: float, steps: list[tuple[int, int]]
+) -> None:
+    model = LimiterModel([RateWindow(limit, window_ms)], margin)
+    now = 1_700_000_000_000
+    admitted: list[int] = []
+    for gap, requested in steps:
+        now += gap
+        k, nxt = model.admit(requested, now)
+        assert nxt >= now
+        admitted += [now] * k
+    for i, t in enumerate(admitted):
+        # admissions in [t, t + window_ms)
+        assert bisect.bisect_left(admitted, t + window_ms) - i <= limit
+
+
+def test_limit_is_well_used_under_constant_demand() -> None:
+    model = LimiterModel([RateWindow(100, 1000)], 0.02)
+    now, total = 0, 0
+    while now < 10_000:
+        k, nxt = model.admit(5, now)
+        total += k
+        now = max(now + 1, nxt)
+    assert total >= 950
+
+
+NOW = datetime(2024, 5, 1, 23, 0, 0, tzinfo=UTC).timestamp()
+HEADER_CASES = [
+    ("429 Retry-After seconds", "hubspot", 429, {"Retry-After": "3"}, None, 3.0),
+    (
+        "429 Retry-After HTTP date",
+        "salesforce",
+        429,
+        {"Retry-After": "Wed, 01 May 2024 23:00:07 GMT"},
+        None,
+        7.0,
+    ),
+    (
+        "HubSpot 10-second 429 without Retry-After waits the interval",
+        "hubspot",
+        429,
+        {
+            "X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
+            "X-HubSpot-RateLimit-Remaining": "0",
+        },
+        {"errorType": "RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING"},
+        10.0,
+    ),
+    (
+        "HubSpot daily 429 waits until midnight UTC",
+        "hubspot",
+        429,
+        {},
+        {"errorType": "RATE_LIMIT", "policyName": "DAILY"},
+        3600.0,
+    ),
+    (
+        "HubSpot daily quota used up on a success",
+        "hubspot",
+        200,
+        {"x-hubspot-ratelimit-daily-remaining": "0"},
+        None,
+        3600.0,
+    ),
+    (
+        "HubSpot window full on a success: one request's share of the interval",
+        "hubspot",
+        200,
+        {
+            "X-HubSpot-RateLimit-Remaining": "0",
+            "X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
+            "X-HubSpot-RateLimit-Max": "100",
+        },
+        None,
+        0.1,
+    ),
+    (
+        "HubSpot with room left",
+        "hubspot",
+        200,
+        {
+            "X-HubSpot-RateLimit-Remaining": "7",
+            "X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
+        },
+        None,
+        None,
+    ),
+    (
+        "Salesforce 403 REQUEST_LIMIT_EXCEEDED without header",
+        "salesforce",
+        403,
+        {},
+        [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "TotalRequests Limit exceeded."}],
+        1.0,
+    ),
+    (
+        "Salesforce org quota used up",
+        "salesforce",
+        200,
+        {"Sforce-Limit-Info": "api-usage=15000/15000"},
+        None,
+        300.0,
+    ),
+    (
+        "Salesforce quota with room",
+        "salesforce",
+        200,
+        {"Sforce-Limit-Info": "api-usage=25/5000; per-app-api-usage=17/250(appName=x)"},
+        None,
+        None,
+    ),
+    ("Salesforce other 403", "salesforce", 403, {}, [{"errorCode": "INSUFFICIENT_ACCESS"}], None),
+    ("plain 500", "hubspot", 500, {"Retry-After": "5"}, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "crm", "status", "headers", "body", "expected"),
+    HEADER_CASES,
+    ids=[c[0] for c in HEADER_CASES],
+)
+def test_block_seconds_from_headers(
+    name: str,
+    crm: str,
+    status: int,
+    headers: dict[str, str],
+    body: object,
+    expected: float | None,
+) -> None:
+    got = block_seconds_from_headers(crm, status, headers, body, now=NOW)
+    assert got == (pytest.approx(expected) if expected is not None else None)
