@@ -292,7 +292,7 @@ class Worker:
                 claim = await self.store.claim(
                     conn.id, max_requests=want, batch_size=batch, lease_ms=self.lease_ms
                 )
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # Redis down or flushed mid-call: try again soon
                 log.warning("worker.claim_failed", connection=conn.id, error=str(exc))
                 self.sched.done(conn.id, now_ms() + 1000, now_ms())
                 return
@@ -304,7 +304,12 @@ class Worker:
             held = claim.permits
             if not claim.ids:
                 return
-            outcomes = await self._process(conn, adapter, claim, batch)
+            try:
+                outcomes = await self._process(conn, adapter, claim, batch)
+            except (RedisError, OSError, *DB_ERRORS) as exc:
+                # The work was released (or its lease will expire): nothing lost.
+                log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
+                return
             if outcomes:
                 # A CRM-wide probe that sent nothing proves nothing: its slot
                 # expires after probe_ms and another worker probes.
