@@ -1,0 +1,167 @@
+"""`crmsync dlq list/replay/purge`: the dead letters, filtered by connection and error."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crmsync.cli import DB_OPT, REDIS_OPT, _run, _settings, dlq_app
+from crmsync.errors import UserError
+
+if TYPE_CHECKING:
+    from crmsync.dlq import DeadFilter
+
+T = TypeVar("T")
+
+CONN_OPT = typer.Option(
+    None, "--connection", envvar="CRMSYNC_DLQ_CONNECTION", help="Only this connection."
+)
+ERROR_OPT = typer.Option(
+    None,
+    "--error",
+    envvar="CRMSYNC_DLQ_ERROR",
+    help="Only letters whose error or error code contains this text (case-insensitive).",
+)
+ID_OPT = typer.Option(
+    None, "--id", envvar="CRMSYNC_DLQ_ID", help="Only this dead-letter id (repeatable)."
+)
+ALL_OPT = typer.Option(
+    False, "--all", envvar="CRMSYNC_DLQ_ALL", help="Allow acting on every dead letter."
+)
+ERROR_WIDTH = 60
+
+
+def _filter(connection: str | None, error: str | None, ids: list[int] | None) -> DeadFilter:
+    from crmsync.dlq import DeadFilter
+
+    return DeadFilter(connection=connection, error=error, ids=tuple(ids) if ids else None)
+
+
+def _with_pool(
+    database_url: str | None,
+    redis_url: str | None,
+    fn: Callable[[asyncpg.Pool[Any], Any], Awaitable[T]],
+    *,
+    redis: bool = False,
+) -> T:
+    from crmsync import db
+
+    s = _settings(database_url=database_url, redis_url=redis_url)
+
+    async def go() -> T:
+        pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
+        try:
+            if not redis:
+                return await fn(pool, None)
+            from crmsync.queue.store import QueueStore
+            from crmsync.runner import open_redis
+
+            client = await open_redis(s.redis_url)
+            try:
+                return await fn(pool, QueueStore(client))
+            finally:
+                await client.aclose()
+        finally:
+            await pool.close()
+
+    return _run(go())
+
+
+@dlq_app.command("list")
+def list_(
+    connection: str | None = CONN_OPT,
+    error: str | None = ERROR_OPT,
+    ids: list[int] | None = ID_OPT,
+    limit: int = typer.Option(
+        100, "--limit", min=1, envvar="CRMSYNC_DLQ_LIMIT", help="Show at most N (oldest first)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (with payloads)."),
+    database_url: str | None = DB_OPT,
+) -> None:
+    """List dead letters with the CRM's error."""
+    from crmsync.dlq import list_dead
+
+    f = _filter(connection, error, ids)
+    rows, total = _with_pool(database_url, None, lambda pool, _: list_dead(pool, f, limit=limit))
+    if as_json:
+        out = {"total": total, "dead_letters": rows}
+        typer.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return
+    t = Table(title=f"{len(rows)} of {total} dead letter(s)")
+    cols = (
+        "id",
+        "connection",
+        "contact",
+        "operation",
+        "error_code",
+        "error",
+        "attempts",
+        "created_at",
+    )
+    for col in cols:
+        t.add_column(col, justify="right" if col in ("id", "attempts") else "left")
+    for r in rows:
+        err = r["error"] if len(r["error"]) <= ERROR_WIDTH else r["error"][: ERROR_WIDTH - 1] + "…"
+        t.add_row(
+            str(r["id"]),
+            r["connection_id"],
+            r["contact_id"],
+            r["operation"],
+            r["error_code"] or "",
+            err,
+            str(r["attempts"]),
+            r["created_at"].isoformat(timespec="seconds"),
+        )
+    Console().print(t)
+
+
+@dlq_app.command("replay")
+def replay(
+    connection: str | None = CONN_OPT,
+    error: str | None = ERROR_OPT,
+    ids: list[int] | None = ID_OPT,
+    all_: bool = ALL_OPT,
+    database_url: str | None = DB_OPT,
+    redis_url: str | None = REDIS_OPT,
+) -> None:
+    """Queue the matching contacts again with a fresh attempt budget."""
+    from crmsync import dlq
+
+    f = _filter(connection, error, ids)
+    n = _with_pool(
+        database_url,
+        redis_url,
+        lambda pool, store: dlq.replay(pool, store, f, all_=all_),
+        redis=True,
+    )
+    typer.echo(f"replayed {n} dead letter(s): queued again for the workers")
+
+
+@dlq_app.command("purge")
+def purge(
+    connection: str | None = CONN_OPT,
+    error: str | None = ERROR_OPT,
+    ids: list[int] | None = ID_OPT,
+    all_: bool = ALL_OPT,
+    yes: bool = typer.Option(
+        False, "--yes", "-y", envvar="CRMSYNC_DLQ_YES", help="Do not ask for confirmation."
+    ),
+    database_url: str | None = DB_OPT,
+) -> None:
+    """Delete the matching dead letters for good."""
+    from crmsync import dlq
+
+    f = _filter(connection, error, ids)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UserError("purge deletes dead letters for good: add --yes to confirm")
+        typer.confirm("Delete the matching dead letters for good?", abort=True)
+    n = _with_pool(database_url, None, lambda pool, _: dlq.purge(pool, f, all_=all_))
+    typer.echo(f"purged {n} dead letter(s)")

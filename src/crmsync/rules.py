@@ -1,0 +1,115 @@
+"""SyncRulesEngine: which change of a contact a CRM should receive, as data.
+
+Sync is state-based: the worker hands ``decide`` the contact's *current* row and
+its ledger row for one connection, and the answer depends on nothing else, so
+the order in which changes were captured never matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+Action = Literal["create", "update", "delete", "skip", "noop"]
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRow:
+    """The current contact as the worker reads it from ``contacts``."""
+
+    id: str
+    tenant: str
+    email: str
+    first_name: str | None
+    last_name: str | None
+    company: str | None
+    status: str
+    version: int
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """What one connection holds of a contact (``sync_state``)."""
+
+    external_id: str | None
+    synced_version: int | None
+    status: str  # synced | skipped | deleted | retrying | dead
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    rule: str | None  # "<crm>.<operation>.<predicate>"; None for noop
+
+
+def _always(_: ContactRow) -> bool:
+    return True
+
+
+def _active_only(c: ContactRow) -> bool:
+    return c.status == "active"
+
+
+def _has_company(c: ContactRow) -> bool:
+    return bool(c.company and c.company.strip())
+
+
+PREDICATES: Mapping[str, Callable[[ContactRow], bool]] = MappingProxyType(
+    {"always": _always, "active_only": _active_only, "has_company": _has_company}
+)
+
+# The rule table: CRM -> operation -> predicate name. DELETE is always sent, for
+# every CRM: a record we created must not outlive its contact.
+RULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        "salesforce": MappingProxyType(
+            {"create": "always", "update": "active_only", "delete": "always"}
+        ),
+        "hubspot": MappingProxyType(
+            {"create": "has_company", "update": "always", "delete": "always"}
+        ),
+    }
+)
+
+
+def rule_name(crm: str, operation: str) -> str:
+    try:
+        return f"{crm}.{operation}.{RULES[crm][operation]}"
+    except KeyError:
+        raise ValueError(f"no sync rule for CRM {crm!r} and operation {operation!r}") from None
+
+
+def rule_table() -> list[tuple[str, str, str]]:
+    """(crm, operation, predicate) rows, for `crmsync status` and the README."""
+    return [(crm, op, pred) for crm, ops in RULES.items() for op, pred in ops.items()]
+
+
+def _apply(crm: str, operation: Literal["create", "update"], contact: ContactRow) -> Decision:
+    name = rule_name(crm, operation)
+    if PREDICATES[RULES[crm][operation]](contact):
+        return Decision(operation, name)
+    return Decision("skip", name)
+
+
+def decide(crm: str, contact: ContactRow | None, state: LedgerRow | None) -> Decision:
+    """Create, update, delete, skip (with the rule's name) or do nothing."""
+    if crm not in RULES:
+        raise ValueError(f"no sync rules for CRM {crm!r}; known: {', '.join(RULES)}")
+    in_crm = state is not None and state.external_id is not None and state.status != "deleted"
+    if contact is None or contact.deleted:
+        return Decision("delete", rule_name(crm, "delete")) if in_crm else Decision("noop", None)
+    # This version was already synced, or deliberately skipped.
+    if (
+        state is not None
+        and state.status in ("synced", "skipped")
+        and state.synced_version is not None
+        and state.synced_version >= contact.version
+    ):
+        return Decision("noop", None)
+    if not in_crm:
+        # Never created there (or skipped, or deleted there and revived here).
+        return _apply(crm, "create", contact)
+    return _apply(crm, "update", contact)

@@ -1,0 +1,22 @@
+-- The relay (crmsync.capture.relay): outbox -> Redis.
+
+-- name: relay_take
+-- The oldest batch nobody else holds (concurrent relays take disjoint rows),
+-- deleted in the caller's transaction: the delete becomes real only when the
+-- caller commits, after Redis has the entries; a rollback puts them back.
+DELETE FROM outbox
+WHERE id IN (
+    SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+RETURNING tenant, contact_id, op
+
+-- name: relay_connections
+SELECT id, tenant FROM connections ORDER BY id
+
+-- name: relay_unsynced_connections
+-- Connections whose ledger is empty: new, or added while no relay ran. The
+-- relay backfills them when it starts (queueing is idempotent).
+SELECT c.id, c.tenant
+FROM connections c
+WHERE NOT EXISTS (SELECT 1 FROM sync_state s WHERE s.connection_id = c.id)
+ORDER BY c.id
