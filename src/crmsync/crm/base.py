@@ -1,0 +1,123 @@
+"""The one small protocol every CRM adapter speaks, and what both adapters share.
+
+An adapter turns a list of ops (all upserts or all deletes) into exactly one
+HTTP request when it can, and maps every answer onto a per-record result or
+one of the errors of ``crmsync.errors``. The response mapping is kept in pure
+functions over ``(status, headers, body)`` so tests can feed it the CRMs'
+documented example answers without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import orjson
+
+from crmsync.errors import CrmError, Retryable
+
+Headers = Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ContactFields:
+    contact_id: str
+    email: str
+    first_name: str | None
+    last_name: str | None
+    company: str | None
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    kind: Literal["create", "update", "delete"]
+    contact_id: str
+    fields: ContactFields | None  # None for delete
+    external_id: str | None  # CRM record id from the ledger (update/delete)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    contact_id: str
+    ok: bool
+    external_id: str | None = None  # CRM's record id on success
+    created: bool | None = None
+    error: CrmError | None = None  # Permanent / Retryable for this record only
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    results: list[RecordResult]  # one per op, same order
+    block_for: float | None = None  # seconds the connection should pause (quota headers)
+
+
+class CrmAdapter(Protocol):
+    crm: str  # "salesforce" | "hubspot"
+    max_batch: int  # 200 / 100
+
+    async def send(self, ops: Sequence[Op]) -> SendResult:
+        """One HTTP request (see docs/INTERNALS.md); whole-request failures raise."""
+        ...
+
+
+# Our contact attributes, in the order adapters map them onto CRM fields.
+CONTACT_ATTRS = ("email", "first_name", "last_name", "company", "status")
+
+
+def field_map(defaults: Mapping[str, str], override: Any) -> dict[str, str]:
+    """The connection's ``field_map`` setting merged over the CRM's defaults.
+
+    Mapping an attribute to ``""`` or ``None`` stops sending it.
+    """
+    merged: dict[str, str | None] = dict(defaults)
+    if isinstance(override, Mapping):
+        for k, v in override.items():
+            if k in CONTACT_ATTRS:
+                merged[k] = str(v) if v else None
+    return {k: v for k, v in merged.items() if v}
+
+
+def loads(body: bytes) -> Any:
+    """The JSON of a CRM body, or None when it is empty or not JSON (proxy pages)."""
+    if not body:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def timeout_from(settings: Mapping[str, Any], default: float = 10.0) -> aiohttp.ClientTimeout:
+    try:
+        seconds = float(settings.get("timeout_seconds", default))
+    except (TypeError, ValueError):
+        seconds = default
+    return aiohttp.ClientTimeout(total=seconds if seconds > 0 else default)
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    limit: aiohttp.ClientTimeout,
+) -> tuple[int, Headers, bytes]:
+    """One HTTP exchange; no answer at all (timeout, reset, refused) is Retryable."""
+    try:
+        async with session.request(method, url, data=body, headers=headers, timeout=limit) as resp:
+            return resp.status, resp.headers, await resp.read()
+    except TimeoutError as exc:
+        message = f"no answer within {limit.total}s: {method} {url}"
+        raise Retryable(message, code="TIMEOUT") from exc
+    except aiohttp.ClientError as exc:
+        detail = str(exc) or type(exc).__name__
+        raise Retryable(f"connection failed: {detail}", code="CONNECTION") from exc
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)

@@ -1,0 +1,113 @@
+"""Strict per-account request limits of the mock CRMs, counted at arrival.
+
+Every window is an exact sliding log of admitted arrival times (a deque), so
+"100 per second" means no 1-second interval ever holds 101 admitted requests.
+Daily windows are a counter that resets at midnight UTC, as HubSpot's does.
+Alongside, every arrival (admitted or not) is logged for one second so the
+stats can tell the largest number of requests seen in any sliding second.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from crmsync.errors import UserError
+from crmsync.ratelimit import parse_rate_limit
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    limit: int  # 0 = unlimited
+    window_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    window: Window
+    retry_after: float  # seconds until the oldest admitted request leaves the window
+
+
+def parse_limit(spec: str) -> Window:
+    """``100/s``, ``1000/10s``, ``250000/day`` (crmsync's spelling), or ``0`` = unlimited."""
+    if spec.strip().lower() in ("0", "", "none", "unlimited"):
+        return Window(0, 1000)
+    try:
+        w = parse_rate_limit(spec)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+    return Window(w.limit, w.window_ms)
+
+
+@dataclass(slots=True)
+class _Log:
+    window: Window
+    seconds: float
+    times: deque[float] = field(default_factory=deque)
+
+    def count(self, now: float) -> int:
+        edge = now - self.seconds
+        times = self.times
+        while times and times[0] <= edge:
+            times.popleft()
+        return len(times)
+
+
+class AccountLimits:
+    """The windows of one account plus the arrival statistics."""
+
+    def __init__(self, windows: list[Window], daily_limit: int = 0) -> None:
+        self.windows = [w for w in windows if w.limit > 0]
+        short = sorted((w for w in self.windows if w.window_ms < DAY_MS), key=lambda w: w.window_ms)
+        self.logs = [_Log(w, w.window_ms / 1000.0) for w in short]
+        daily = [w.limit for w in self.windows if w.window_ms >= DAY_MS]
+        self.daily_limit = min([*daily, daily_limit] if daily_limit else daily, default=0)
+        self.day = -1
+        self.day_count = 0
+        self.arrivals: deque[float] = deque()
+        self.max_in_any_1s = 0
+        self.violations = 0
+
+    def arrive(self, now: float) -> None:
+        """Log one arrival (any request for this account) for the 1-second maximum."""
+        arrivals = self.arrivals
+        arrivals.append(now)
+        edge = now - 1.0
+        while arrivals[0] <= edge:
+            arrivals.popleft()
+        if len(arrivals) > self.max_in_any_1s:
+            self.max_in_any_1s = len(arrivals)
+
+    def admit(self, now: float, wall: float) -> Refusal | None:
+        """Admit one request now, or tell which window refuses it (a violation)."""
+        day = int(wall // 86_400)
+        if day != self.day:
+            self.day, self.day_count = day, 0
+        if self.daily_limit and self.day_count >= self.daily_limit:
+            self.violations += 1
+            return Refusal(Window(self.daily_limit, DAY_MS), (day + 1) * 86_400 - wall)
+        for log in self.logs:
+            if log.count(now) >= log.window.limit:
+                self.violations += 1
+                return Refusal(log.window, max(0.0, log.times[0] + log.seconds - now))
+        for log in self.logs:
+            log.times.append(now)
+        self.day_count += 1
+        return None
+
+    def primary(self, now: float) -> tuple[Window, int] | None:
+        """The shortest window and how many requests it still admits now."""
+        if not self.logs:
+            return None
+        log = self.logs[0]
+        return log.window, max(0, log.window.limit - log.count(now))
+
+    def reset_stats(self) -> None:
+        self.arrivals.clear()
+        self.max_in_any_1s = 0
+        self.violations = 0
+        for log in self.logs:
+            log.times.clear()
+        self.day_count = 0
