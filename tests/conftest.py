@@ -4,12 +4,14 @@ template) and a private, flushed Redis database per test. Real servers only."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
-from typing import Any
+from typing import IO, Any
 
 import asyncpg
 import pytest
@@ -20,9 +22,32 @@ from crmsync.settings import Settings
 
 # Where tests find the servers: the URLs `make setup` wrote, or the defaults.
 BASE_DSN = os.environ.get("CRMSYNC_DATABASE_URL", "postgresql://127.0.0.1:5432/crmsync")
-TEST_REDIS_URL = os.environ.get("CRMSYNC_TEST_REDIS_URL") or (
-    os.environ.get("CRMSYNC_REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/9"
-)
+_REDIS_BASE = os.environ.get("CRMSYNC_REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
+
+
+def _claim_redis_db() -> str:
+    """A Redis db number no other test run on this machine is using (9..15).
+
+    Each test flushes its db, so two runs at once (two terminals, a CI job
+    beside a developer) must not share one. An flock per db number arbitrates.
+    """
+    explicit = os.environ.get("CRMSYNC_TEST_REDIS_URL")
+    if explicit:
+        return explicit
+    for n in range(9, 16):
+        fh = open(os.path.join(tempfile.gettempdir(), f"crmsync-test-redis-{n}.lock"), "w")  # noqa: SIM115
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        _LOCKS.append(fh)  # held until the process exits
+        return f"{_REDIS_BASE}/{n}"
+    raise RuntimeError("all test Redis dbs 9-15 are in use by other test runs")
+
+
+_LOCKS: list[IO[str]] = []
+TEST_REDIS_URL = _claim_redis_db()
 
 
 def _dsn_for(dbname: str) -> str:
@@ -96,7 +121,7 @@ def database_url(template_db: str) -> Iterator[str]:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A flushed Redis database reserved for tests (db 9 unless CRMSYNC_TEST_REDIS_URL)."""
+    """A flushed Redis database reserved for this test run (see _claim_redis_db)."""
 
     async def flush() -> None:
         r = aioredis.from_url(TEST_REDIS_URL)
