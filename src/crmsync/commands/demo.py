@@ -1,0 +1,88 @@
+"""`crmsync demo`: the zero-configuration showcase (see crmsync.demo)."""
+
+from __future__ import annotations
+
+import typer
+
+from crmsync.cli import _run, app
+from crmsync.errors import UserError
+
+
+@app.command()
+def demo(
+    contacts: int = typer.Option(
+        500,
+        "--contacts",
+        min=1,
+        max=100_000,
+        envvar="CRMSYNC_DEMO_CONTACTS",
+        help="Contacts to create (some later edited and deleted).",
+    ),
+    scenario: str = typer.Option(
+        "default",
+        "--scenario",
+        envvar="CRMSYNC_DEMO_SCENARIO",
+        help="default: 2 Salesforce + 2 HubSpot accounts; seed: all 50 (25 + 25).",
+    ),
+    faults: bool = typer.Option(
+        False,
+        "--faults",
+        envvar="CRMSYNC_DEMO_FAULTS",
+        help="Inject a CRM outage and a 429 storm to show the breaker and the limiter.",
+    ),
+    batch_size: int = typer.Option(
+        1,
+        "--batch-size",
+        min=1,
+        max=200,
+        envvar="CRMSYNC_BATCH_SIZE",
+        help="Records per CRM request (1 = single-record mode).",
+    ),
+    processes: int = typer.Option(
+        1,
+        "--processes",
+        "-p",
+        min=1,
+        max=64,
+        envvar="CRMSYNC_WORKER_PROCESSES",
+        help="Worker processes.",
+    ),
+    keep: bool = typer.Option(
+        False,
+        "--keep",
+        envvar="CRMSYNC_DEMO_KEEP",
+        help="Leave everything running after the summary, until Ctrl-C.",
+    ),
+    database: str = typer.Option(
+        "crmsync_demo",
+        "--database",
+        envvar="CRMSYNC_DEMO_DATABASE",
+        help="Database the demo drops and recreates on the CRMSYNC_DATABASE_URL server.",
+    ),
+    timeout: float = typer.Option(
+        180.0,
+        "--timeout",
+        min=1,
+        envvar="CRMSYNC_DEMO_TIMEOUT",
+        help="Seconds to wait for every CRM to reach its final state.",
+    ),
+) -> None:
+    """Showcase: mock CRMs, API, relay and workers; contacts in; live progress; checked summary."""
+    from crmsync.contacts import ID_RE
+    from crmsync.demo import DemoOptions, run_demo
+
+    if scenario not in ("default", "seed"):
+        raise UserError(f"--scenario {scenario!r} must be default or seed")
+    if not ID_RE.match(database) or database in ("postgres", "template0", "template1"):
+        raise UserError(f"--database {database!r} must be a plain name of a database to recreate")
+    options = DemoOptions(
+        contacts=contacts,
+        scenario="seed" if scenario == "seed" else "default",
+        faults=faults,
+        batch_size=batch_size,
+        processes=processes,
+        keep=keep,
+        database=database,
+        timeout=timeout,
+    )
+    raise typer.Exit(_run(run_demo(options)))
