@@ -81,6 +81,37 @@ def span_ms(w: RateWindow, margin: float) -> int:
     return math.ceil(round(w.window_ms * (1.0 + margin), 6))
 
 
+PACING_PARTS = 5  # the tightest window is also enforced over each fifth of it
+
+
+def with_pacing(windows: Sequence[RateWindow]) -> tuple[RateWindow, ...]:
+    """The configured windows plus a pacing window: ceil(limit/5) per window/5.
+
+    A full sliding window could otherwise be taken in one burst and freed in
+    one burst a window later. The CRM counts arrivals, and a burst arrives
+    spread by whatever stalls the sender or the CRM (GC, a busy core), so the
+    tail of one burst and the head of the next can land inside one CRM window.
+    Spreading the same rate over the window keeps any stall's bunching small
+    enough for the margin. Never tighter on average than the window it paces.
+    """
+    if not windows:
+        return ()
+    tight = min(windows, key=lambda w: w.window_ms)
+    if tight.limit < 2 * PACING_PARTS or tight.window_ms < 50 * PACING_PARTS:
+        return tuple(windows)
+    pace = RateWindow(math.ceil(tight.limit / PACING_PARTS), tight.window_ms // PACING_PARTS)
+    if any(w.window_ms == pace.window_ms for w in windows):
+        return tuple(windows)
+    return (*windows, pace)
+
+
+def min_room(w: RateWindow, windows: Sequence[RateWindow]) -> int:
+    """Permits a connection waits for before it is claimed again: half a pacing
+    window's worth, so each claim carries several requests (fewer round trips)."""
+    is_pacing = w not in windows
+    return max(1, w.limit // 2) if is_pacing else 1
+
+
 def bucket_ms(w: RateWindow) -> int:
     return max(1, w.window_ms // BUCKETS_PER_WINDOW)
 

@@ -22,15 +22,19 @@ CREATED, UPDATED, DELETED, SKIPPED = "created", "updated", "deleted", "skipped"
 RETRIED, DEAD, RATE_LIMITED, REQUESTS = "retried", "dead_lettered", "crm_rate_limited", "requests"
 
 
-def latency_field(ms: float) -> str:
+def latency_field(ms: float, prefix: str = "lat") -> str:
+    """Histogram field of ``ms``: ``lat_*`` CRM request latency, ``lag_*`` the
+    delay from rate-limit admission to the send (what the limit margin must cover)."""
     i = bisect.bisect_left(LATENCY_BOUNDS_MS, ms)
-    return f"lat_{LATENCY_BOUNDS_MS[i]}" if i < len(LATENCY_BOUNDS_MS) else "lat_inf"
+    return f"{prefix}_{LATENCY_BOUNDS_MS[i]}" if i < len(LATENCY_BOUNDS_MS) else f"{prefix}_inf"
 
 
-def percentile(hist: Mapping[str, int], q: float) -> float | None:
+def percentile(hist: Mapping[str, int], q: float, prefix: str = "lat") -> float | None:
     """Upper bound (ms) of the bucket holding the q-quantile of the histogram."""
-    buckets = [(b, hist.get(f"lat_{b}", 0)) for b in LATENCY_BOUNDS_MS]
-    buckets.append((float("inf"), hist.get("lat_inf", 0)))  # type: ignore[arg-type]
+    buckets: list[tuple[float, int]] = [
+        (float(b), hist.get(f"{prefix}_{b}", 0)) for b in LATENCY_BOUNDS_MS
+    ]
+    buckets.append((float("inf"), hist.get(f"{prefix}_inf", 0)))
     total = sum(n for _, n in buckets)
     if total == 0:
         return None

@@ -60,10 +60,13 @@ async def collect(pool: asyncpg.Pool[Any], redis: Redis | None) -> dict[str, Any
             c["breaker"] = depth.breaker
             c["blocked_for_s"] = round(max(0.0, (blocked - depth.now_ms) / 1000), 1)
             c["limits"] = [dataclasses.asdict(w) for w in depth.windows]
-            c["counters"] = {k: v for k, v in counters.items() if not k.startswith("lat_")}
+            c["counters"] = {
+                k: v for k, v in counters.items() if not k.startswith(("lat_", "lag_"))
+            }
             c["latency_ms"] = {
                 "p50": stats.percentile(counters, 0.50),
                 "p99": stats.percentile(counters, 0.99),
+                "send_lag_p99": stats.percentile(counters, 0.99, "lag"),
             }
     except (RedisError, OSError) as exc:
         report["redis_error"] = str(exc)

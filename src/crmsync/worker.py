@@ -338,6 +338,9 @@ class Worker:
             sent = requests[: claim.permits]
             for ops, _ in requests[claim.permits :]:
                 rec.release.extend(op.contact_id for op in ops)
+            if sent:
+                lag = now_ms() - claim.admitted_ms
+                rec.counts[stats.latency_field(lag, "lag")] += len(sent)
             results = await asyncio.gather(*(self._send(adapter, ops) for ops, _ in sent))
             for (ops, by_id), (res, ms) in zip(sent, results, strict=True):
                 rec.counts[stats.latency_field(ms)] += 1

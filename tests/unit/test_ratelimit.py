@@ -242,3 +242,19 @@ def test_block_seconds_from_headers(
 ) -> None:
     got = block_seconds_from_headers(crm, status, headers, body, now=NOW)
     assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_pacing_window_spreads_the_tightest_window() -> None:
+    from crmsync.ratelimit import min_room, with_pacing
+
+    sec, day = RateWindow(100, 1000), RateWindow(100_000, 86_400_000)
+    enforced = with_pacing([sec, day])
+    assert enforced == (sec, day, RateWindow(20, 200))
+    assert min_room(RateWindow(20, 200), [sec, day]) == 10
+    assert min_room(sec, [sec, day]) == 1
+    # Never tighter on average than the window it paces (ceil of the share).
+    assert with_pacing([RateWindow(52, 1000)])[-1] == RateWindow(11, 200)
+    # Tiny limits or windows are left alone.
+    assert with_pacing([RateWindow(5, 1000)]) == (RateWindow(5, 1000),)
+    assert with_pacing([RateWindow(100, 100)]) == (RateWindow(100, 100),)
+    assert with_pacing([]) == ()

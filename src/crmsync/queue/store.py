@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.scripts import Arg, Call, Scripts
-from crmsync.ratelimit import RateWindow, bucket_ms, normalize, span_ms
+from crmsync.ratelimit import RateWindow, bucket_ms, min_room, normalize, span_ms, with_pacing
 
 BAND_SCALE = 10**13  # ready score = band * BAND_SCALE + enqueue ms
 ENQUEUE_CHUNK = 5000  # ids per script call: bounded ARGV and script run time
@@ -71,6 +71,11 @@ class _Config:
     threshold: int
     recovery_ms: int
     paused: str | None
+
+    @property
+    def enforced(self) -> tuple[RateWindow, ...]:
+        """What the scripts enforce: the configured windows and the pacing window."""
+        return with_pacing(self.windows)
 
 
 def _text(v: Any) -> str:
@@ -152,7 +157,7 @@ class QueueStore:
 
     def _window_keys(self, connection_id: str, cfg: _Config) -> list[str]:
         ck = keys.connection(connection_id)
-        return [*ck.script_keys(), *(ck.window(w.window_ms) for w in cfg.windows)]
+        return [*ck.script_keys(), *(ck.window(w.window_ms) for w in cfg.enforced)]
 
     async def _wake(self, connection_ids: Sequence[str]) -> None:
         if connection_ids:
@@ -194,8 +199,8 @@ class QueueStore:
             cfg.paused or "",
             repr(self.margin),
         ]
-        for w in cfg.windows:
-            args += [w.limit, w.window_ms, span_ms(w, self.margin)]
+        for w in cfg.enforced:
+            args += [w.limit, w.window_ms, span_ms(w, self.margin), min_room(w, cfg.windows)]
         raw = await self.scripts.call("claim", self._window_keys(connection_id, cfg), args)
         refused = _text(raw[0]) or None
         nxt = int(raw[1])
@@ -219,8 +224,8 @@ class QueueStore:
             return
         cid = claim.connection_id
         cfg = await self._config_for(cid)
-        args: list[Arg] = [claim.token, refund, claim.admitted_ms, len(cfg.windows)]
-        args += [w.window_ms for w in cfg.windows]
+        args: list[Arg] = [claim.token, refund, claim.admitted_ms, len(cfg.enforced)]
+        args += [w.window_ms for w in cfg.enforced]
         args += list(ids)
         again = await self.scripts.call("ack", self._window_keys(cid, cfg), args)
         if int(again) > 0:
@@ -348,5 +353,5 @@ class QueueStore:
         windows = await self._known_windows(connection_id)
         self._config.pop(connection_id, None)
         await self.redis.delete(
-            *keys.connection(connection_id).all_keys(w.window_ms for w in windows)
+            *keys.connection(connection_id).all_keys(w.window_ms for w in with_pacing(windows))
         )

@@ -141,9 +141,9 @@ local function win_refund(key, window_ms, admitted_ms, n)
   redis.call('HSET', key, 'total', math.max(0, total - dec))
 end
 
--- Earliest time at which the window has room for one more request.
-local function win_next(w, now)
-  local excess = w.total - (w.limit - 1)
+-- Earliest time at which the window has room for m more requests.
+local function win_next(w, now, m)
+  local excess = w.total - (w.limit - math.min(m or 1, w.limit))
   if excess <= 0 then return now end
   local last = math.floor(now / w.g)
   local freed = 0

@@ -10,7 +10,8 @@ ARGV[6] breaker recovery ms (open -> half-open)
 ARGV[7] limits spec "limit:window_ms,..." (restores a flushed state hash)
 ARGV[8] paused reason of the caller's config, '' = none (restore only)
 ARGV[9] margin (restore only)
-ARGV[10..] per window: limit, window_ms, span_ms (window stretched by the margin)
+ARGV[10..] per window: limit, window_ms, span_ms (window stretched by the margin),
+           min_room (permits to wait for before the next claim)
 Returns {refused ('' = granted), next_eligible_ms (-1 = only on wake-up),
          admitted_ms, permits, probe (0/1), id1, score1, id2, score2, ...}
 ]]
@@ -71,15 +72,16 @@ local room = math.min(max_requests, math.ceil(ready_n / batch))
 
 local wins = {}
 for i = 1, #KEYS - 8 do
-  local a = 10 + (i - 1) * 3
+  local a = 10 + (i - 1) * 4
   local w = win_load(KEYS[8 + i], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
+  w.min_room = tonumber(ARGV[a + 3])
   wins[i] = w
   room = math.min(room, win_room(w))
 end
 
 local function room_returns()
   local t = now
-  for _, w in ipairs(wins) do t = math.max(t, win_next(w, now)) end
+  for _, w in ipairs(wins) do t = math.max(t, win_next(w, now, w.min_room)) end
   return t
 end
 
