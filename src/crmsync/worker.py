@@ -146,6 +146,9 @@ class Worker:
             cap=settings.retry_cap_seconds,
         )
         self.lease_ms = int(settings.lease_seconds * 1000)
+        # Admission-to-send delay above which permits are re-taken before sending:
+        # half of what the limit margin absorbs on a 1-second window.
+        self.max_lag_ms = max(2.0, settings.limit_margin * 1000 / 2)
         self.sched = Scheduler()
         self.reserved = 0
         self.kick = asyncio.Event()
@@ -338,6 +341,12 @@ class Worker:
             sent = requests[: claim.permits]
             for ops, _ in requests[claim.permits :]:
                 rec.release.extend(op.contact_id for op in ops)
+            if sent and now_ms() - claim.admitted_ms > self.max_lag_ms:
+                # The read took long: re-admit at the time of sending.
+                claim = await self.store.readmit(claim, len(sent))
+                for ops, _ in sent[claim.permits :]:
+                    rec.release.extend(op.contact_id for op in ops)
+                sent = sent[: claim.permits]
             if sent:
                 lag = now_ms() - claim.admitted_ms
                 rec.counts[stats.latency_field(lag, "lag")] += len(sent)

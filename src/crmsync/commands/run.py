@@ -69,7 +69,9 @@ def up(
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
 ) -> None:
-    """API + relay + workers in one command (single-node production)."""
+    """API + relay + workers in one command (single-node production).
+
+    The API and the relay share this process; each worker is a child process."""
     from crmsync.logging import configure_logging
 
     s = _settings(
@@ -89,7 +91,7 @@ async def _up(s: Settings, processes: int, concurrency: int) -> None:
     from crmsync import db
     from crmsync.api.app import serve
     from crmsync.capture.relay import run_relay
-    from crmsync.runner import install_stop, run_worker, spawn_workers, stop_workers
+    from crmsync.runner import install_stop, spawn_workers, stop_workers
 
     await db.ensure_database(s.database_url)
     conn = await db.connect(s.database_url)
@@ -99,22 +101,20 @@ async def _up(s: Settings, processes: int, concurrency: int) -> None:
         await conn.close()
     stop = asyncio.Event()
     install_stop(stop)
-    # One worker runs in this event loop; --processes N adds N-1 worker processes.
-    children = spawn_workers(s, processes - 1, concurrency) if processes > 1 else []
+    # Workers run in their own processes: a burst of API or relay work in this
+    # event loop must never delay a send the rate limiter has just admitted.
+    children = spawn_workers(s, processes, concurrency)
     api_task = asyncio.create_task(serve(s, handle_signals=False))
-    tasks = [
-        api_task,
-        asyncio.create_task(run_relay(s, stop=stop)),
-        asyncio.create_task(run_worker(s, concurrency, stop)),
-    ]
+    tasks = [api_task, asyncio.create_task(run_relay(s, stop=stop))]
     stop_task = asyncio.create_task(stop.wait())
     await asyncio.wait([*tasks, stop_task], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
     stop_workers(children)
     api_task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
+    loop = asyncio.get_running_loop()
     for c in children:
-        await asyncio.get_running_loop().run_in_executor(None, c.join)
+        await loop.run_in_executor(None, c.join)
     for r in results:
         if isinstance(r, Exception):
             raise r

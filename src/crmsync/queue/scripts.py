@@ -21,7 +21,18 @@ Arg = str | int | float | bytes
 # (keys, args) of one script call
 Call = tuple[Sequence[str], Sequence[Arg]]
 
-NAMES = ("claim", "enqueue", "ack", "retry", "release", "renew", "report", "block", "breaker")
+NAMES = (
+    "claim",
+    "enqueue",
+    "ack",
+    "readmit",
+    "retry",
+    "release",
+    "renew",
+    "report",
+    "block",
+    "breaker",
+)
 
 
 @cache

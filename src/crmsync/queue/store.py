@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
@@ -230,6 +230,21 @@ class QueueStore:
         again = await self.scripts.call("ack", self._window_keys(cid, cfg), args)
         if int(again) > 0:
             await self._wake([cid])
+
+    async def readmit(self, claim: Claim, wanted: int) -> Claim:
+        """Give back the claim's permits and take up to ``wanted`` at Redis time now.
+
+        For a claim whose sends were delayed after admission (a slow database
+        read, a busy event loop): the returned claim's ``permits`` and
+        ``admitted_ms`` describe the new admission; send at most ``permits``.
+        """
+        cid = claim.connection_id
+        cfg = await self._config_for(cid)
+        args: list[Arg] = [claim.permits, claim.admitted_ms, max(0, wanted)]
+        for w in cfg.enforced:
+            args += [w.limit, w.window_ms, span_ms(w, self.margin)]
+        raw = await self.scripts.call("readmit", self._window_keys(cid, cfg), args)
+        return replace(claim, permits=int(raw[0]), admitted_ms=int(raw[1]))
 
     async def retry_later(self, claim: Claim, delays: Mapping[str, float]) -> None:
         """Leased ids wait ``delays[id]`` seconds in ``delayed``, band kept."""

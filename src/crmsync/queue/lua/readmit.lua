@@ -1,0 +1,36 @@
+--[[ readmit.lua: swap a claim's unsent permits for permits taken now.
+The claim's admission happened before its database read; when that read was
+slow, sending now would put the requests later than the limiter counted them,
+so they could bunch with the next admissions at the CRM. Giving the old
+permits back and taking new ones at Redis TIME keeps the limiter's view equal
+to the send times. Both steps are atomic here, so the limit is never exceeded.
+KEYS[1..8] the connection's queue keys (layout in _lib.lua)
+KEYS[9..]  one hash per rate window, in the order of the window triples below
+ARGV[1] permits of the claim to give back
+ARGV[2] admitted_ms of the claim (their bucket)
+ARGV[3] permits wanted now
+ARGV[4..] per window: limit, window_ms, span_ms
+Returns {granted, admitted_ms}.
+]]
+local now = now_ms()
+local give = tonumber(ARGV[1])
+local admitted = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local n = #KEYS - 8
+for i = 1, n do
+  local a = 4 + (i - 1) * 3
+  win_refund(KEYS[8 + i], tonumber(ARGV[a + 1]), admitted, give)
+end
+local room = want
+local wins = {}
+for i = 1, n do
+  local a = 4 + (i - 1) * 3
+  local w = win_load(KEYS[8 + i], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
+  wins[i] = w
+  room = math.min(room, win_room(w))
+end
+if room < 0 then room = 0 end
+for _, w in ipairs(wins) do win_take(w, room, now) end
+stat('readmitted', room)
+if room < want then stat('readmit_short', want - room) end
+return {room, now}
