@@ -4,6 +4,7 @@ template) and a private, flushed Redis database per test. Real servers only."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import fcntl
 import hashlib
 import os
@@ -42,6 +43,7 @@ def _claim_redis_db() -> str:
             fh.close()
             continue
         _LOCKS.append(fh)  # held until the process exits
+        atexit.register(fh.close)
         return f"{_REDIS_BASE}/{n}"
     raise RuntimeError("all test Redis dbs 9-15 are in use by other test runs")
 

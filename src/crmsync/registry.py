@@ -112,7 +112,11 @@ class Registry:
                     conn.crm,
                     base_url=conn.base_url,
                     token=conn.token,
-                    settings=conn.settings,
+                    # The global timeout unless the connection sets its own.
+                    settings={
+                        "timeout_seconds": self.settings.http_timeout_seconds,
+                        **conn.settings,
+                    },
                     session=self.session,
                 )
         for cid in set(self.connections) - set(fresh):

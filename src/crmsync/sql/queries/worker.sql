@@ -5,13 +5,21 @@ ORDER BY id;
 
 -- name: worker_load
 -- The current row and ledger row of every claimed id, in one statement.
+-- The ledger lookup is LATERAL ... LIMIT 1 so it stays an index probe per id: the
+-- ledger grows faster than autovacuum re-analyzes it, and with stale statistics
+-- a plain join became a hash join over the connection's whole ledger.
 SELECT i.id,
        c.tenant, c.email, c.first_name, c.last_name, c.company, c.status, c.version,
        c.deleted_at IS NOT NULL AS deleted,
        s.external_id, s.synced_version, s.status AS sync_status, s.attempts
 FROM unnest($2::text[]) AS i(id)
 LEFT JOIN contacts c ON c.id = i.id
-LEFT JOIN sync_state s ON s.connection_id = $1 AND s.contact_id = i.id;
+LEFT JOIN LATERAL (
+    SELECT external_id, synced_version, status, attempts
+    FROM sync_state
+    WHERE connection_id = $1 AND contact_id = i.id
+    LIMIT 1
+) s ON true;
 
 -- name: worker_record
 -- One statement per claim for every outcome. NULL external_id / synced_version
