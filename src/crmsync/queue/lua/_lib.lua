@@ -97,11 +97,14 @@ local function win_load(key, limit, window_ms, span, now)
     redis.call('HSET', key, 'lo', f, 'total', 0)
     redis.call('PEXPIRE', key, span + 2 * g + 1000)
   elseif lo < f then
-    for idx = lo, f - 1 do
-      local c = tonumber(redis.call('HGET', key, idx))
-      if c ~= nil then
-        total = total - c
-        redis.call('HDEL', key, idx)
+    -- Walk the buckets that exist (about one per claim in the span), not every
+    -- bucket index since the last load: fine buckets would cost hundreds of HGETs.
+    local all = redis.call('HGETALL', key)
+    for i = 1, #all, 2 do
+      local idx = tonumber(all[i]) -- nil for the 'lo' and 'total' fields
+      if idx ~= nil and idx < f then
+        total = total - tonumber(all[i + 1])
+        redis.call('HDEL', key, all[i])
       end
     end
     if total < 0 then total = 0 end
@@ -141,20 +144,27 @@ local function win_refund(key, window_ms, admitted_ms, n)
   redis.call('HSET', key, 'total', math.max(0, total - dec))
 end
 
--- Earliest time at which the window has room for m more requests.
+-- Earliest time at which the window has room for m more requests: walk the
+-- live buckets oldest first until enough of them will have left the span.
 local function win_next(w, now, m)
   local excess = w.total - (w.limit - math.min(m or 1, w.limit))
   if excess <= 0 then return now end
-  local last = math.floor(now / w.g)
-  local freed = 0
-  for idx = w.f, last do
-    local c = tonumber(redis.call('HGET', w.key, idx))
-    if c ~= nil then
-      freed = freed + c
-      if freed >= excess then return (idx + 1) * w.g + w.span end
+  local all = redis.call('HGETALL', w.key)
+  local idxs, counts = {}, {}
+  for i = 1, #all, 2 do
+    local idx = tonumber(all[i])
+    if idx ~= nil and idx >= w.f then
+      idxs[#idxs + 1] = idx
+      counts[idx] = tonumber(all[i + 1])
     end
   end
-  return last * w.g + w.g + w.span
+  table.sort(idxs)
+  local freed = 0
+  for _, idx in ipairs(idxs) do
+    freed = freed + counts[idx]
+    if freed >= excess then return (idx + 1) * w.g + w.span end
+  end
+  return math.floor(now / w.g) * w.g + w.g + w.span
 end
 
 -- Circuit breaker (the table of crmsync.breaker.transition) -------------------
