@@ -162,6 +162,7 @@ class Worker:
         # crm -> (valid until ms, verdict): a closed CRM breaker is re-read every
         # 50 ms; an open one is not asked again before its recovery time.
         self._crm_gate: dict[str, tuple[float, bool]] = {}
+        self._crm_failed_at: dict[str, float] = {}
 
     # -- the loop ---------------------------------------------------------------
 
@@ -264,6 +265,14 @@ class Worker:
 
     # -- one claim --------------------------------------------------------------
 
+    def _crm_suspect(self, crm: str) -> bool:
+        """This process saw a failure of the CRM lately (or the gate is not open)."""
+        gate = self._crm_gate.get(crm)
+        if gate is not None and not gate[1]:
+            return True
+        failed = self._crm_failed_at.get(crm)
+        return failed is not None and now_ms() - failed < 60_000
+
     async def _crm_allows(self, crm: str) -> tuple[bool, bool, float]:
         """(may send, is the CRM-wide probe, when to ask again if not)."""
         now = now_ms()
@@ -313,11 +322,13 @@ class Worker:
                 # The work was released (or its lease will expire): nothing lost.
                 log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
                 return
-            if outcomes:
-                # A CRM-wide probe that sent nothing proves nothing: its slot
-                # expires after probe_ms and another worker probes.
+            if outcomes and (crm_probe or False in outcomes or self._crm_suspect(conn.crm)):
+                # Successes only matter to the CRM breaker while failures may be
+                # counting (a success resets them): skip the round trip otherwise.
+                # A probe that sent nothing proves nothing: its slot expires.
                 await self.crm_breaker.record(conn.crm, outcomes)
                 if False in outcomes:
+                    self._crm_failed_at[conn.crm] = now_ms()
                     self._crm_gate.pop(conn.crm, None)
         finally:
             self._free(held)
@@ -491,15 +502,15 @@ class Worker:
                 log.warning("worker.record_failed", connection=conn.id, error=str(exc))
                 await self.store.release(claim, claim.ids)
                 return
-        if rec.ack or refund > 0:
-            await self.store.ack(claim, rec.ack, refund=max(0, refund))
-        if rec.retry:
-            await self.store.retry_later(claim, rec.retry)
-        if rec.release:
-            await self.store.release(claim, rec.release)
-        if rec.outcomes:
-            await self.store.report(claim, rec.outcomes)
-        await stats.add(self.redis, conn.id, rec.counts)
+        await self.store.finish(
+            claim,
+            ack=rec.ack,
+            refund=max(0, refund),
+            retry=rec.retry,
+            release=rec.release,
+            outcomes=rec.outcomes,
+            counters=rec.counts,
+        )
 
     async def _renew(self, claim: Claim) -> None:
         interval = self.lease_ms / 3000.0

@@ -82,6 +82,32 @@ class Scripts:
                 raise r
         return results
 
+    async def call_mixed(
+        self,
+        calls: Sequence[tuple[str, Sequence[str], Sequence[Arg]]],
+        *,
+        extra: Sequence[tuple[Arg, ...]] = (),
+    ) -> list[Any]:
+        """Calls of several scripts, then plain commands (``extra``), in one
+        pipeline; returns the scripts' results in order, errors raised."""
+        if not calls and not extra:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(sha(name), len(keys), *keys, *args)
+        for command in extra:
+            pipe.execute_command(*command)
+        results = list(await pipe.execute(raise_on_error=False))[: len(calls)]
+        for i, r in enumerate(results):
+            if isinstance(r, NoScriptError):
+                # Scripts flushed (Redis restarted): an unfound script did not run.
+                name, keys, args = calls[i]
+                results[i] = await self.call(name, keys, args)
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
     async def _pipeline(self, name: str, calls: Sequence[Call]) -> list[Any]:
         digest = sha(name)
         pipe = self.redis.pipeline(transaction=False)

@@ -246,6 +246,52 @@ class QueueStore:
         raw = await self.scripts.call("readmit", self._window_keys(cid, cfg), args)
         return replace(claim, permits=int(raw[0]), admitted_ms=int(raw[1]))
 
+    async def finish(
+        self,
+        claim: Claim,
+        *,
+        ack: Sequence[str] = (),
+        refund: int = 0,
+        retry: Mapping[str, float] | None = None,
+        release: Sequence[str] = (),
+        outcomes: Sequence[bool] = (),
+        counters: Mapping[str, int] | None = None,
+    ) -> None:
+        """Everything a processed claim hands back, in one pipelined round trip:
+        ack (with refund), retry_later, release, breaker report and counters.
+        Same effects, in the same order, as the separate calls."""
+        cid = claim.connection_id
+        cfg = await self._config_for(cid)
+        ck = keys.connection(cid)
+        ks = ck.script_keys()
+        refund = max(0, min(refund, claim.permits))
+        calls: list[tuple[str, Sequence[str], list[Arg]]] = []
+        if ack or refund:
+            args: list[Arg] = [claim.token, refund, claim.admitted_ms, len(cfg.enforced)]
+            args += [w.window_ms for w in cfg.enforced]
+            calls.append(("ack", self._window_keys(cid, cfg), [*args, *ack]))
+        if retry:
+            rargs: list[Arg] = [claim.token]
+            for contact_id, seconds in retry.items():
+                rargs += [contact_id, max(0, math.ceil(seconds * 1000))]
+            calls.append(("retry", ks, rargs))
+        if release:
+            calls.append(("release", ks, [claim.token, *release]))
+        if outcomes:
+            flags = "".join("1" if ok else "0" for ok in outcomes)
+            calls.append(("report", ks, [claim.token, cfg.threshold, flags]))
+        results = await self.scripts.call_mixed(
+            calls, extra=[("HINCRBY", ck.stats, f, n) for f, n in (counters or {}).items() if n]
+        )
+        wake = False
+        for (name, _, _), res in zip(calls, results, strict=True):
+            if name == "report":
+                wake = wake or (claim.probe and _text(res) == "closed")
+            else:
+                wake = wake or int(res) > 0
+        if wake:
+            await self._wake([cid])
+
     async def retry_later(self, claim: Claim, delays: Mapping[str, float]) -> None:
         """Leased ids wait ``delays[id]`` seconds in ``delayed``, band kept."""
         if not delays:
