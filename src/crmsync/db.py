@@ -62,10 +62,24 @@ async def connect(dsn: str) -> asyncpg.Connection[Any]:
     return conn
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool[Any]:
+async def _rollback_if_needed(conn: asyncpg.Connection[Any]) -> None:
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, light_reset: bool = False
+) -> asyncpg.Pool[Any]:
+    """``light_reset``: on release only roll back an open transaction, instead of
+    asyncpg's full reset query (a round trip per release). For pools whose
+    users never change session state, LISTEN or take advisory locks (workers)."""
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            reset=_rollback_if_needed if light_reset else None,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise UserError(

@@ -55,7 +55,7 @@ def install_stop(stop: asyncio.Event) -> None:
 
 async def run_worker(settings: Settings, concurrency: int, stop: asyncio.Event) -> None:
     """One worker process's event loop until ``stop`` is set."""
-    pool = await db.create_pool(settings.database_url, min_size=2, max_size=8)
+    pool = await db.create_pool(settings.database_url, min_size=2, max_size=8, light_reset=True)
     redis = await open_redis(settings.redis_url)
     session = http_session(concurrency, settings.http_timeout_seconds)
     try:

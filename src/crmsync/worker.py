@@ -490,13 +490,16 @@ class Worker:
     async def _write(self, conn: Connection, claim: Claim, rec: _Record, *, refund: int) -> None:
         if rec.ledger or rec.dead:
             try:
-                async with self.pool.acquire() as pg, pg.transaction():
-                    if rec.ledger:
-                        cols = list(zip(*rec.ledger, strict=True))
-                        await pg.execute(db.q("worker_record"), conn.id, *cols)
-                    if rec.dead:
+                if rec.dead:
+                    async with self.pool.acquire() as pg, pg.transaction():
+                        if rec.ledger:
+                            cols = list(zip(*rec.ledger, strict=True))
+                            await pg.execute(db.q("worker_record"), conn.id, *cols)
                         cols = list(zip(*rec.dead, strict=True))
                         await pg.execute(db.q("worker_dead_letters"), conn.id, *cols)
+                else:  # the common case: one statement, atomic by itself
+                    cols = list(zip(*rec.ledger, strict=True))
+                    await self.pool.execute(db.q("worker_record"), conn.id, *cols)
             except DB_ERRORS as exc:
                 # Nothing recorded: give everything back; the CRM calls were idempotent.
                 log.warning("worker.record_failed", connection=conn.id, error=str(exc))

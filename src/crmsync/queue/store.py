@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from functools import cached_property
 from typing import Any
 
 from redis.asyncio import Redis
@@ -72,7 +73,7 @@ class _Config:
     recovery_ms: int
     paused: str | None
 
-    @property
+    @cached_property
     def enforced(self) -> tuple[RateWindow, ...]:
         """What the scripts enforce: the configured windows and the pacing window."""
         return with_pacing(self.windows)
