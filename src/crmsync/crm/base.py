@@ -9,14 +9,15 @@ documented example answers without a server.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import aiohttp
 import orjson
 
-from crmsync.errors import CrmError, Retryable
+from crmsync.errors import AuthFailed, CrmError, RateLimited, Retryable
 
 Headers = Mapping[str, str]
 
@@ -121,3 +122,27 @@ async def call(
 
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
+
+
+async def send_singles(
+    ops: Sequence[Op],
+    send_one: Callable[[Op], Awaitable[SendResult]],
+    by_contact: dict[str, RecordResult],
+    blocks: list[float],
+) -> None:
+    """Send ``ops`` one request each, concurrently, merging into ``by_contact``.
+
+    A CRM error of one record stays with that record; a rate limit or an auth
+    failure concerns the whole connection and is raised.
+    """
+    outs = await asyncio.gather(*(send_one(op) for op in ops), return_exceptions=True)
+    for op, out in zip(ops, outs, strict=True):
+        if isinstance(out, RateLimited | AuthFailed):
+            raise out
+        if isinstance(out, CrmError):
+            by_contact[op.contact_id] = RecordResult(op.contact_id, False, error=out)
+        elif isinstance(out, BaseException):
+            raise out
+        else:
+            by_contact[op.contact_id] = out.results[0]
+            blocks.extend(b for b in [out.block_for] if b)

@@ -12,7 +12,6 @@ updates the record it created instead of creating a second one.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +28,7 @@ from crmsync.crm.base import (
     dumps,
     field_map,
     loads,
+    send_singles,
     timeout_from,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
@@ -228,17 +228,5 @@ class SalesforceAdapter:
             blocks.extend(b for b in [res.block_for] if b)
         else:
             unknown = known + unknown
-        singles = await asyncio.gather(
-            *(self._delete_one(op) for op in unknown), return_exceptions=True
-        )
-        for op, out in zip(unknown, singles, strict=True):
-            if isinstance(out, RateLimited | AuthFailed):
-                raise out
-            if isinstance(out, CrmError):
-                by_contact[op.contact_id] = RecordResult(op.contact_id, False, error=out)
-            elif isinstance(out, BaseException):
-                raise out
-            else:
-                by_contact[op.contact_id] = out.results[0]
-                blocks.extend(b for b in [out.block_for] if b)
+        await send_singles(unknown, self._delete_one, by_contact, blocks)
         return SendResult([by_contact[op.contact_id] for op in ops], max(blocks, default=None))
