@@ -151,6 +151,7 @@ class Worker:
         self.max_lag_ms = max(2.0, settings.limit_margin * 1000 / 2)
         self.sched = Scheduler()
         self.reserved = 0
+        self.inflight: Counter[str] = Counter()  # slots held per connection
         self.kick = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.crm_breaker = CrmBreaker(
@@ -202,12 +203,18 @@ class Worker:
                     if conn is None or adapter is None:
                         self.sched.remove(cid)
                         continue
-                    want = min(free, CLAIM_CAP)
+                    # One connection may not hold every slot: a quiet tenant's
+                    # change must find room beside a tenant with a huge backlog.
+                    cap = self.concurrency
+                    if len(self.registry.connections) > 1:
+                        cap = max(CLAIM_CAP, self.concurrency * 3 // 4)
+                    want = min(free, CLAIM_CAP, cap - self.inflight[cid])
                     if want <= 0:
-                        self.sched.done(cid, now, now)
+                        self.sched.done(cid, now + 20, now)  # its own claims free slots
                         continue
                     free -= want
                     self.reserved += want
+                    self.inflight[cid] += want
                     task = asyncio.create_task(self._claim_and_process(conn, adapter, want))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
@@ -259,8 +266,9 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    def _free(self, n: int) -> None:
+    def _free(self, cid: str, n: int) -> None:
         self.reserved -= n
+        self.inflight[cid] -= n
         self.kick.set()
 
     # -- one claim --------------------------------------------------------------
@@ -310,9 +318,12 @@ class Worker:
                 return
             # Hand the connection back to the scheduler at once: other claims on
             # it may proceed while this one is sending.
-            self.sched.done(conn.id, claim.next_eligible_ms, now_ms())
+            # Due again "now" at the earliest, so ties go round-robin behind the
+            # connections already waiting rather than ahead of them.
+            nxt = claim.next_eligible_ms
+            self.sched.done(conn.id, None if nxt is None else max(nxt, now_ms()), now_ms())
             self.kick.set()
-            self._free(held - claim.permits)
+            self._free(conn.id, held - claim.permits)
             held = claim.permits
             if not claim.ids:
                 return
@@ -331,7 +342,7 @@ class Worker:
                     self._crm_failed_at[conn.crm] = now_ms()
                     self._crm_gate.pop(conn.crm, None)
         finally:
-            self._free(held)
+            self._free(conn.id, held)
 
     async def _process(
         self, conn: Connection, adapter: CrmAdapter, claim: Claim, batch: int
