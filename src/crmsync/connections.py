@@ -49,7 +49,8 @@ def format_rate_limits(windows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` adapter settings; JSON numbers and booleans keep their type."""
+    """``KEY=VALUE`` adapter settings; JSON numbers, booleans and objects
+    (e.g. ``field_map={"company": "Account_Name__c"}``) keep their type."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -59,7 +60,7 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
         value: Any = raw
         try:
             parsed = orjson.loads(raw)
-            if isinstance(parsed, bool | int | float):
+            if isinstance(parsed, bool | int | float | dict):
                 value = parsed
         except orjson.JSONDecodeError:
             pass
