@@ -81,25 +81,31 @@ def span_ms(w: RateWindow, margin: float) -> int:
     return math.ceil(round(w.window_ms * (1.0 + margin), 6))
 
 
-PACING_PARTS = 5  # the tightest window is also enforced over each fifth of it
+PACING_BURST = 20  # at most about this many requests admitted per pacing window
+PACING_PARTS = (5, 25)  # the tightest window is enforced over 1/5 .. 1/25 of it
+PACING_MIN_MS = 40  # no pacing window shorter than this
 
 
 def with_pacing(windows: Sequence[RateWindow]) -> tuple[RateWindow, ...]:
-    """The configured windows plus a pacing window: ceil(limit/5) per window/5.
+    """The configured windows plus a pacing window over a part of the tightest.
 
     A full sliding window could otherwise be taken in one burst and freed in
     one burst a window later. The CRM counts arrivals, and a burst arrives
     spread by whatever stalls the sender or the CRM (GC, a busy core), so the
     tail of one burst and the head of the next can land inside one CRM window.
-    Spreading the same rate over the window keeps any stall's bunching small
+    Spreading the same rate over the window, about ``PACING_BURST`` requests
+    per part (5 parts at 100/s, 25 at 500/s), keeps any stall's bunching small
     enough for the margin. Never tighter on average than the window it paces.
     """
     if not windows:
         return ()
     tight = min(windows, key=lambda w: w.window_ms)
-    if tight.limit < 2 * PACING_PARTS or tight.window_ms < 50 * PACING_PARTS:
+    lo, hi = PACING_PARTS
+    parts = min(hi, max(lo, math.ceil(tight.limit / PACING_BURST)))
+    parts = min(parts, tight.window_ms // PACING_MIN_MS)
+    if parts < lo or tight.limit < 2 * lo:
         return tuple(windows)
-    pace = RateWindow(math.ceil(tight.limit / PACING_PARTS), tight.window_ms // PACING_PARTS)
+    pace = RateWindow(math.ceil(tight.limit / parts), tight.window_ms // parts)
     if any(w.window_ms == pace.window_ms for w in windows):
         return tuple(windows)
     return (*windows, pace)

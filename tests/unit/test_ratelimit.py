@@ -254,6 +254,9 @@ def test_pacing_window_spreads_the_tightest_window() -> None:
     assert min_room(sec, [sec, day]) == 1
     # Never tighter on average than the window it paces (ceil of the share).
     assert with_pacing([RateWindow(52, 1000)])[-1] == RateWindow(11, 200)
+    # Higher rates are paced finer: about 20 per part, up to 25 parts.
+    assert with_pacing([RateWindow(500, 1000)])[-1] == RateWindow(20, 40)
+    assert with_pacing([RateWindow(5000, 1000)])[-1] == RateWindow(200, 40)
     # Tiny limits or windows are left alone.
     assert with_pacing([RateWindow(5, 1000)]) == (RateWindow(5, 1000),)
     assert with_pacing([RateWindow(100, 100)]) == (RateWindow(100, 100),)
