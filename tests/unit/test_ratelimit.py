@@ -250,7 +250,7 @@ def test_pacing_window_spreads_the_tightest_window() -> None:
     sec, day = RateWindow(100, 1000), RateWindow(100_000, 86_400_000)
     enforced = with_pacing([sec, day])
     assert enforced == (sec, day, RateWindow(20, 200))
-    assert min_room(RateWindow(20, 200), [sec, day]) == 10
+    assert min_room(RateWindow(20, 200), [sec, day]) == 20
     assert min_room(sec, [sec, day]) == 1
     # Never tighter on average than the window it paces (ceil of the share).
     assert with_pacing([RateWindow(52, 1000)])[-1] == RateWindow(11, 200)
