@@ -81,6 +81,7 @@ def span_ms(w: RateWindow, margin: float) -> int:
     return math.ceil(round(w.window_ms * (1.0 + margin), 6))
 
 
+MAX_REQUESTS_PER_CLAIM = 64  # a worker asks for at most this many requests per claim
 PACING_BURST = 20  # at most about this many requests admitted per pacing window
 PACING_PARTS = (5, 25)  # the tightest window is enforced over 1/5 .. 1/25 of it
 PACING_MIN_MS = 40  # no pacing window shorter than this
@@ -113,10 +114,12 @@ def with_pacing(windows: Sequence[RateWindow]) -> tuple[RateWindow, ...]:
 
 def min_room(w: RateWindow, windows: Sequence[RateWindow]) -> int:
     """Permits a connection waits for before it is claimed again: a whole pacing
-    window's worth, so each claim carries as many requests as pacing allows
-    (the per-claim round trips are a third of a worker's CPU)."""
+    window's worth, up to what one claim can take, so each claim carries as many
+    requests as pacing allows (per-claim round trips are a third of a worker's
+    CPU) and a connection with a huge limit is never made to wait for room it
+    could not use."""
     is_pacing = w not in windows
-    return w.limit if is_pacing else 1
+    return min(w.limit, MAX_REQUESTS_PER_CLAIM) if is_pacing else 1
 
 
 def bucket_ms(w: RateWindow) -> int:

@@ -29,6 +29,7 @@ from crmsync.crm.base import ContactFields, CrmAdapter, Op, SendResult
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
 from crmsync.queue import keys
 from crmsync.queue.store import Claim, QueueStore
+from crmsync.ratelimit import MAX_REQUESTS_PER_CLAIM
 from crmsync.registry import Connection, Registry
 from crmsync.retry import RetryPolicy
 from crmsync.rules import ContactRow, Decision, LedgerRow, decide
@@ -37,7 +38,8 @@ from crmsync.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-CLAIM_CAP = 64  # requests per claim: keeps claims short and connections interleaved
+# Requests per claim: keeps claims short and connections interleaved.
+CLAIM_CAP = MAX_REQUESTS_PER_CLAIM
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 

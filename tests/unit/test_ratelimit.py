@@ -252,6 +252,9 @@ def test_pacing_window_spreads_the_tightest_window() -> None:
     assert enforced == (sec, day, RateWindow(20, 200))
     assert min_room(RateWindow(20, 200), [sec, day]) == 20
     assert min_room(sec, [sec, day]) == 1
+    # A huge limit: wait only for what one claim can take, never for the window.
+    huge = with_pacing([RateWindow(1_000_000, 1000)])[-1]
+    assert min_room(huge, [RateWindow(1_000_000, 1000)]) == 64
     # Never tighter on average than the window it paces (ceil of the share).
     assert with_pacing([RateWindow(52, 1000)])[-1] == RateWindow(11, 200)
     # Higher rates are paced finer: about 20 per part, up to 25 parts.
