@@ -100,7 +100,14 @@ def decide(crm: str, contact: ContactRow | None, state: LedgerRow | None) -> Dec
         raise ValueError(f"no sync rules for CRM {crm!r}; known: {', '.join(RULES)}")
     in_crm = state is not None and state.external_id is not None and state.status != "deleted"
     if contact is None or contact.deleted:
-        return Decision("delete", rule_name(crm, "delete")) if in_crm else Decision("noop", None)
+        # A create that failed with a timeout or a lost answer may have reached the
+        # CRM without us learning its id: delete by our id (a 404 is a success).
+        maybe_in_crm = (
+            state is not None and state.external_id is None and state.status in ("retrying", "dead")
+        )
+        if in_crm or maybe_in_crm:
+            return Decision("delete", rule_name(crm, "delete"))
+        return Decision("noop", None)
     # This version was already synced, or deliberately skipped.
     if (
         state is not None

@@ -158,7 +158,14 @@ CASES: list[tuple[str, str, ContactRow | None, LedgerRow | None, Decision]] = [
     ),
     ("delete never synced", "salesforce", contact(deleted=True), None, Decision("noop", None)),
     ("delete skipped create", "hubspot", None, SKIPPED_CREATE_V2, Decision("noop", None)),
-    ("delete retrying create", "salesforce", None, RETRYING_CREATE, Decision("noop", None)),
+    # A create that timed out may have reached the CRM: delete by our id to be sure.
+    (
+        "delete retrying create",
+        "salesforce",
+        None,
+        RETRYING_CREATE,
+        Decision("delete", "salesforce.delete.always"),
+    ),
     (
         "delete already deleted",
         "salesforce",
