@@ -11,7 +11,8 @@ ARGV[7] limits spec "limit:window_ms,..." (restores a flushed state hash)
 ARGV[8] paused reason of the caller's config, '' = none (restore only)
 ARGV[9] margin (restore only)
 ARGV[10..] per window: limit, window_ms, span_ms (window stretched by the margin),
-           min_room (permits to wait for before the next claim)
+           min_room (permits to wait for before the next claim, at most what
+           this claim asked for: the next one is likely to ask as much)
 Returns {refused ('' = granted), next_eligible_ms (-1 = only on wake-up),
          admitted_ms, permits, probe (0/1), id1, score1, id2, score2, ...}
 ]]
@@ -81,7 +82,7 @@ end
 
 local function room_returns()
   local t = now
-  for _, w in ipairs(wins) do t = math.max(t, win_next(w, now, w.min_room)) end
+  for _, w in ipairs(wins) do t = math.max(t, win_next(w, now, math.min(w.min_room, max_requests))) end
   return t
 end
 
