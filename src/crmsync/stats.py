@@ -1,14 +1,13 @@
 """Per-connection counters in Redis, shared by every worker process.
 
 ``crmsync status``, the API and the demo read them; each claim adds its counts
-in one pipelined round trip. Latency is kept as a small histogram so p50/p99
-come out without storing samples.
+with its hand-back (``QueueStore.finish``), in the same pipelined round trip.
+Latency is kept as a small histogram so p50/p99 come out without storing samples.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import Counter
 from collections.abc import Mapping
 
 from redis.asyncio import Redis
@@ -45,17 +44,6 @@ def percentile(hist: Mapping[str, int], q: float, prefix: str = "lat") -> float 
         if seen >= rank:
             return float(bound)
     return float("inf")
-
-
-async def add(redis: Redis, connection_id: str, counts: Counter[str]) -> None:
-    if not counts:
-        return
-    key = keys.connection(connection_id).stats
-    pipe = redis.pipeline(transaction=False)
-    for field, n in counts.items():
-        if n:
-            pipe.hincrby(key, field, n)
-    await pipe.execute()
 
 
 async def read(redis: Redis, connection_id: str) -> dict[str, int]:
