@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from multiprocessing.context import SpawnProcess
 
+import structlog
 import typer
 
 from crmsync.cli import DB_OPT, REDIS_OPT, _run, _settings, app
@@ -105,7 +108,11 @@ async def _up(s: Settings, processes: int, concurrency: int) -> None:
     # event loop must never delay a send the rate limiter has just admitted.
     children = spawn_workers(s, processes, concurrency)
     api_task = asyncio.create_task(serve(s, handle_signals=False))
-    tasks = [api_task, asyncio.create_task(run_relay(s, stop=stop))]
+    tasks = [
+        api_task,
+        asyncio.create_task(run_relay(s, stop=stop)),
+        asyncio.create_task(_supervise(children, s, concurrency, stop)),
+    ]
     stop_task = asyncio.create_task(stop.wait())
     await asyncio.wait([*tasks, stop_task], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
@@ -118,3 +125,20 @@ async def _up(s: Settings, processes: int, concurrency: int) -> None:
     for r in results:
         if isinstance(r, Exception):
             raise r
+
+
+async def _supervise(
+    children: list[SpawnProcess], s: Settings, concurrency: int, stop: asyncio.Event
+) -> None:
+    """Replace a worker process that died (crash, OOM kill): its leases expire
+    and its work returns to the queues, so a new worker is all that is needed."""
+    from crmsync.runner import spawn_workers
+
+    log = structlog.get_logger(__name__)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        for i, child in enumerate(children):
+            if not stop.is_set() and not child.is_alive():
+                log.warning("up.worker_replaced", pid=child.pid, exitcode=child.exitcode)
+                children[i] = spawn_workers(s, 1, concurrency)[0]
