@@ -71,3 +71,90 @@ async def collect(pool: asyncpg.Pool[Any], redis: Redis | None) -> dict[str, Any
     except (RedisError, OSError) as exc:
         report["redis_error"] = str(exc)
     return report
+
+
+# Counters the workers and the claim script keep per connection, as Prometheus
+# counters: crmsync_connection_<name>_total{connection, crm}.
+EXPORTED_COUNTERS = (
+    "created",
+    "updated",
+    "deleted",
+    "skipped",
+    "retried",
+    "dead_lettered",
+    "crm_rate_limited",
+    "requests",
+    "claims",
+    "admitted",
+    "breaker_trips",
+    "leases_expired",
+)
+
+
+class _ReportCollector:
+    """Renders one status report as Prometheus metric families."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.report = report
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["connection", "crm"]
+        queue = GaugeMetricFamily(
+            "crmsync_queue_depth",
+            "Contacts waiting per connection, by queue.",
+            labels=[*labels, "queue"],
+        )
+        ledger = GaugeMetricFamily(
+            "crmsync_ledger_rows",
+            "Ledger rows per connection, by status.",
+            labels=[*labels, "status"],
+        )
+        dead = GaugeMetricFamily(
+            "crmsync_dead_letters", "Dead letters per connection.", labels=labels
+        )
+        paused = GaugeMetricFamily("crmsync_connection_paused", "1 when paused.", labels=labels)
+        breaker = GaugeMetricFamily(
+            "crmsync_breaker_open",
+            "1 when the connection's breaker is open or half-open.",
+            labels=labels,
+        )
+        blocked = GaugeMetricFamily(
+            "crmsync_rate_limit_blocked_seconds",
+            "Seconds a 429 still blocks the connection.",
+            labels=labels,
+        )
+        counters = {
+            name: CounterMetricFamily(
+                f"crmsync_connection_{name}",
+                f"Per-connection count of {name.replace('_', ' ')}.",
+                labels=labels,
+            )
+            for name in EXPORTED_COUNTERS
+        }
+        for c in self.report["connections"]:
+            lv = [c["id"], c["crm"]]
+            for status, n in c["sync"].items():
+                ledger.add_metric([*lv, status], n)
+            dead.add_metric(lv, c["dead_letters"])
+            paused.add_metric(lv, 1 if c["paused"] else 0)
+            if "queue" in c:
+                for q, n in c["queue"].items():
+                    queue.add_metric([*lv, q], n or 0)
+                breaker.add_metric(lv, 0 if c["breaker"] in (None, "closed") else 1)
+                blocked.add_metric(lv, c["blocked_for_s"])
+                for name, fam in counters.items():
+                    fam.add_metric(lv, c["counters"].get(name, 0))
+        outbox = GaugeMetricFamily("crmsync_outbox_pending", "Captured changes not yet relayed.")
+        outbox.add_metric([], self.report["totals"]["outbox"])
+        yield from (queue, ledger, dead, paused, breaker, blocked, *counters.values(), outbox)
+
+
+def prometheus_text(report: dict[str, Any]) -> bytes:
+    """The report in the Prometheus text format (for GET /metrics)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ReportCollector(report))
+    return generate_latest(registry)

@@ -22,6 +22,7 @@ from crmsync.mock.server import MockHandle, start_mock
 from crmsync.queue.store import QueueStore
 from crmsync.runner import run_worker
 from crmsync.settings import Settings
+from crmsync.status import collect, prometheus_text
 
 
 @dataclass
@@ -160,6 +161,12 @@ async def test_create_update_delete_reach_both_crms(system: System) -> None:
     ledger = await system.ledger("sf")
     assert ledger["c1"]["synced_version"] == 2
     assert ledger["c2"]["status"] == "deleted"
+    # What operators scrape: the workers' counters and the ledger, per connection.
+    text = prometheus_text(await collect(system.pool, system.redis)).decode()
+    assert 'crmsync_connection_created_total{connection="sf",crm="salesforce"} 40.0' in text
+    assert 'crmsync_ledger_rows{connection="hs",crm="hubspot",status="deleted"} 2.0' in text
+    assert 'crmsync_queue_depth{connection="sf",crm="salesforce",queue="ready"} 0.0' in text
+    assert "crmsync_outbox_pending 0.0" in text
 
 
 async def test_rules_skip_and_later_create(system: System) -> None:

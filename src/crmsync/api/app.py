@@ -34,7 +34,7 @@ from crmsync.api.metrics import (
 from crmsync.contacts import ID_PATTERN, BatchIn, ContactPut, ContactWithId, columns, duplicate_ids
 from crmsync.errors import UserError
 from crmsync.settings import Settings
-from crmsync.status import collect
+from crmsync.status import collect, prometheus_text
 
 log = structlog.get_logger(__name__)
 
@@ -139,8 +139,19 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
         return _json({"status": "ok"})
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        # This process's own metrics, then every connection's state and the
+        # workers' counters (kept in Redis, so any API instance can export them).
+        body = generate_latest()
+        settings: Settings = request.app.state.settings
+        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2)
+        try:
+            body += prometheus_text(await collect(_pool(request), client))
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("metrics.status_failed", error=str(exc))
+        finally:
+            await client.aclose()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.put("/v1/contacts/{id}")
     async def put_contact(id: ContactIdPath, body: ContactPut, request: Request) -> Response:
