@@ -120,6 +120,21 @@ async def call(
         raise Retryable(f"connection failed: {detail}", code="CONNECTION") from exc
 
 
+class JsonClient:
+    """One JSON exchange with a CRM on the process's shared session."""
+
+    session: aiohttp.ClientSession
+    headers: dict[str, str]
+    timeout: aiohttp.ClientTimeout
+
+    async def _call(self, method: str, url: str, payload: Any = None) -> tuple[int, Headers, Any]:
+        body = None if payload is None else dumps(payload)
+        status, headers, raw = await call(
+            self.session, method, url, headers=self.headers, body=body, limit=self.timeout
+        )
+        return status, headers, loads(raw)
+
+
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 

@@ -21,13 +21,11 @@ import aiohttp
 from crmsync.crm.base import (
     CONTACT_ATTRS,
     Headers,
+    JsonClient,
     Op,
     RecordResult,
     SendResult,
-    call,
-    dumps,
     field_map,
-    loads,
     send_singles,
     timeout_from,
 )
@@ -191,7 +189,7 @@ def parse_delete(op: Op, status: int, headers: Headers, body: Any) -> SendResult
     raise error_for(status, headers, body)
 
 
-class HubSpotAdapter:
+class HubSpotAdapter(JsonClient):
     crm = "hubspot"
     max_batch = MAX_BATCH
 
@@ -222,13 +220,6 @@ class HubSpotAdapter:
         props = {self.props[a]: getattr(f, a) or "" for a in CONTACT_ATTRS if a in self.props}
         props[self.id_property] = op.contact_id
         return props
-
-    async def _call(self, method: str, url: str, payload: Any = None) -> tuple[int, Headers, Any]:
-        body = None if payload is None else dumps(payload)
-        status, headers, raw = await call(
-            self.session, method, url, headers=self.headers, body=body, limit=self.timeout
-        )
-        return status, headers, loads(raw)
 
     def _url(self, record: str) -> str:
         return f"{self.contacts}/{quote(record, safe='')}"

@@ -21,13 +21,11 @@ import aiohttp
 from crmsync.crm.base import (
     CONTACT_ATTRS,
     Headers,
+    JsonClient,
     Op,
     RecordResult,
     SendResult,
-    call,
-    dumps,
     field_map,
-    loads,
     send_singles,
     timeout_from,
 )
@@ -146,7 +144,7 @@ def parse_collection(
     return SendResult(results, _block(status, headers, body))
 
 
-class SalesforceAdapter:
+class SalesforceAdapter(JsonClient):
     crm = "salesforce"
     max_batch = MAX_BATCH
 
@@ -179,13 +177,6 @@ class SalesforceAdapter:
         assert op.fields is not None, "upserts carry fields"
         f = op.fields
         return {self.fields[a]: getattr(f, a) for a in CONTACT_ATTRS if a in self.fields}
-
-    async def _call(self, method: str, url: str, payload: Any = None) -> tuple[int, Headers, Any]:
-        body = None if payload is None else dumps(payload)
-        status, headers, raw = await call(
-            self.session, method, url, headers=self.headers, body=body, limit=self.timeout
-        )
-        return status, headers, loads(raw)
 
     async def send(self, ops: Sequence[Op]) -> SendResult:
         if not ops:
