@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     # Extra fraction added to every rate-limit window: the CRM counts arrivals,
     # which jitter relative to our admissions.
-    limit_margin: float = Field(default=0.03, ge=0, le=0.5)
+    limit_margin: float = Field(default=0.04, ge=0, le=0.5)
     http_timeout_seconds: float = Field(default=10.0, gt=0)
     worker_processes: int = Field(default=1, ge=1, le=256)
     worker_concurrency: int = Field(default=200, ge=1, le=10000)

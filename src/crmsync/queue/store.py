@@ -97,7 +97,7 @@ def _parse_limits(spec: str) -> tuple[RateWindow, ...]:
 
 
 class QueueStore:
-    def __init__(self, redis: Redis, *, margin: float = 0.03) -> None:
+    def __init__(self, redis: Redis, *, margin: float = 0.04) -> None:
         self.redis = redis
         self.margin = margin
         self.scripts = Scripts(redis)
