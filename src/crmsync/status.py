@@ -86,6 +86,8 @@ EXPORTED_COUNTERS = (
     "requests",
     "claims",
     "admitted",
+    "readmitted",
+    "restamped",
     "breaker_trips",
     "leases_expired",
 )

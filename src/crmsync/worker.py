@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from crmsync import db, stats
 from crmsync.breaker import CrmBreaker
-from crmsync.crm.base import ContactFields, CrmAdapter, Op, SendResult
+from crmsync.crm.base import WRITE_WATCH, ContactFields, CrmAdapter, Op, SendResult, WriteWatch
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
 from crmsync.queue import keys
 from crmsync.queue.store import Claim, QueueStore
@@ -374,7 +374,7 @@ class Worker:
             if sent:
                 lag = now_ms() - claim.admitted_ms
                 rec.counts[stats.latency_field(lag, "lag")] += len(sent)
-            results = await asyncio.gather(*(self._send(adapter, ops) for ops, _ in sent))
+            results = await asyncio.gather(*(self._send(adapter, ops, claim) for ops, _ in sent))
             for (ops, by_id), (res, ms) in zip(sent, results, strict=True):
                 rec.counts[stats.latency_field(ms)] += 1
                 await self._outcome(conn, ops, by_id, res, rec)
@@ -423,14 +423,34 @@ class Worker:
         return requests
 
     async def _send(
-        self, adapter: CrmAdapter, ops: Sequence[Op]
+        self, adapter: CrmAdapter, ops: Sequence[Op], claim: Claim
     ) -> tuple[SendResult | CrmError, float]:
+        # Runs in its own task (gather), so the watch belongs to this request only.
+        WRITE_WATCH.set(WriteWatch(lambda: self._written(claim)))
         t0 = time.perf_counter()
         try:
             res: SendResult | CrmError = await adapter.send(ops)
         except CrmError as exc:
             res = exc
         return res, (time.perf_counter() - t0) * 1000.0
+
+    def _written(self, claim: Claim) -> None:
+        """The request is being written now. When that is later than its admission
+        by more than the lag the margin absorbs (a busy loop, a descheduled
+        process), move its permit to now, so the limiter counts what the CRM
+        counts. The move is atomic and needs no room (``restamp.lua``)."""
+        if now_ms() - claim.admitted_ms <= self.max_lag_ms:
+            return
+        task = asyncio.create_task(self._restamp(claim.connection_id, claim.admitted_ms))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _restamp(self, cid: str, admitted_ms: int) -> None:
+        try:
+            await self.store.restamp(cid, admitted_ms)
+        except RedisError as exc:
+            # Best effort: the margin still covers most of the delay.
+            log.warning("worker.restamp_failed", connection=cid, error=str(exc))
 
     async def _outcome(
         self,

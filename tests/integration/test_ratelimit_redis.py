@@ -147,3 +147,30 @@ async def test_batches_take_one_permit_per_request(redis_client: aioredis.Redis)
     assert c.next_eligible_ms is None or c.next_eligible_ms >= c.admitted_ms
     nothing = await store.claim(cid, max_requests=1, batch_size=100, lease_ms=30_000)
     assert nothing.refused == "empty"
+
+
+async def test_restamp_moves_permits_to_the_write_time(redis_client: aioredis.Redis) -> None:
+    """A request written 250 ms after its admission is counted from its write:
+    once the admission leaves the window the limiter still refuses, until the
+    write leaves it; the move neither adds nor loses permits."""
+    store = QueueStore(redis_client, margin=0.0)
+    cid = f"rl-{uuid.uuid4().hex[:8]}"
+    await store.configure(
+        cid, [RateWindow(5, 500)], breaker_threshold=5, breaker_recovery_ms=1000, paused=None
+    )
+    await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(20)])
+    first = await store.claim(cid, max_requests=5, batch_size=1, lease_ms=30_000)
+    assert first.permits == 5
+    await store.ack(first, first.ids)
+    await asyncio.sleep(0.25)
+    written = await store.restamp(cid, first.admitted_ms, 5)
+    assert written >= first.admitted_ms + 250
+    # The admission has left the window; the writes have not.
+    await asyncio.sleep(max(0.0, (first.admitted_ms + 560) / 1000 - time.time()))
+    held = await store.claim(cid, max_requests=5, batch_size=1, lease_ms=30_000)
+    assert held.refused == "rate_limited" and held.permits == 0
+    assert held.next_eligible_ms is not None and held.next_eligible_ms >= written + 490
+    # After the writes leave it the full limit is back, not more.
+    await asyncio.sleep(max(0.0, (held.next_eligible_ms + 20) / 1000 - time.time()))
+    again = await store.claim(cid, max_requests=10, batch_size=1, lease_ms=30_000)
+    assert again.permits == 5

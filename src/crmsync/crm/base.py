@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -118,6 +119,53 @@ async def call(
     except aiohttp.ClientError as exc:
         detail = str(exc) or type(exc).__name__
         raise Retryable(f"connection failed: {detail}", code="CONNECTION") from exc
+
+
+@dataclass(slots=True)
+class WriteWatch:
+    """Told once, when the current task's request leaves for the CRM: the moment
+    the CRM starts counting it (see ``write_trace``)."""
+
+    on_write: Callable[[], None]
+    fired: bool = False
+
+    def fire(self) -> None:
+        if not self.fired:
+            self.fired = True
+            self.on_write()
+
+
+# Set by a sender in its own task; read by the session's trace hooks.
+WRITE_WATCH: ContextVar[WriteWatch | None] = ContextVar("crmsync_write_watch", default=None)
+
+
+def _fire() -> None:
+    watch = WRITE_WATCH.get()
+    if watch is not None:
+        watch.fire()
+
+
+async def _on_headers_sent(
+    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestHeadersSentParams
+) -> None:
+    # aiohttp calls the hooks just before the bytes are written. Without a body
+    # the headers are the whole request; with one, the body's write is the moment.
+    if params.headers.get("Content-Length", "0") == "0":
+        _fire()
+
+
+async def _on_chunk_sent(
+    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestChunkSentParams
+) -> None:
+    _fire()
+
+
+def write_trace() -> aiohttp.TraceConfig:
+    """Trace hooks that tell the task's ``WRITE_WATCH`` when its request is written."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_on_headers_sent)
+    trace.on_request_chunk_sent.append(_on_chunk_sent)
+    return trace
 
 
 class JsonClient:

@@ -26,6 +26,7 @@ NAMES = (
     "enqueue",
     "ack",
     "readmit",
+    "restamp",
     "retry",
     "release",
     "renew",

@@ -247,6 +247,17 @@ class QueueStore:
         raw = await self.scripts.call("readmit", self._window_keys(cid, cfg), args)
         return replace(claim, permits=int(raw[0]), admitted_ms=int(raw[1]))
 
+    async def restamp(self, connection_id: str, admitted_ms: int, n: int = 1) -> int:
+        """Move ``n`` permits taken at ``admitted_ms`` to Redis time now (the time
+        their request was written, when that was later than the admission); returns
+        the new stamp. Needs no room: see ``restamp.lua``."""
+        cfg = await self._config_for(connection_id)
+        args: list[Arg] = [n, admitted_ms]
+        for w in cfg.enforced:
+            args += [w.window_ms, span_ms(w, self.margin)]
+        raw = await self.scripts.call("restamp", self._window_keys(connection_id, cfg), args)
+        return int(raw)
+
     async def finish(
         self,
         claim: Claim,
