@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 import structlog
 
 from crmsync import db
-from crmsync.crm.base import write_trace
 from crmsync.errors import UserError
 from crmsync.queue.store import QueueStore
 from crmsync.registry import Registry
@@ -41,7 +40,6 @@ async def open_redis(url: str) -> aioredis.Redis:
 def http_session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
     """One pooled HTTP session per process, sized to the number of sends in flight."""
     return aiohttp.ClientSession(
-        trace_configs=[write_trace()],
         connector=aiohttp.TCPConnector(limit=concurrency + 16, ttl_dns_cache=300),
         timeout=aiohttp.ClientTimeout(total=timeout),
         json_serialize=lambda o: orjson.dumps(o).decode(),

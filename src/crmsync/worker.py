@@ -426,7 +426,7 @@ class Worker:
         self, adapter: CrmAdapter, ops: Sequence[Op], claim: Claim
     ) -> tuple[SendResult | CrmError, float]:
         # Runs in its own task (gather), so the watch belongs to this request only.
-        WRITE_WATCH.set(WriteWatch(lambda: self._written(claim)))
+        WRITE_WATCH.set(WriteWatch(lambda: self._written(claim), lambda: self._extra_permit(claim)))
         t0 = time.perf_counter()
         try:
             res: SendResult | CrmError = await adapter.send(ops)
@@ -444,6 +444,16 @@ class Worker:
         task = asyncio.create_task(self._restamp(claim.connection_id, claim.admitted_ms))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def _extra_permit(self, claim: Claim) -> None:
+        """Wait for one more permit for a follow-up request of a send (HubSpot's
+        update after a 409, its lookup before a delete). Not granted within the
+        HTTP timeout: the ids go back as rate limited, which is not an attempt."""
+        deadline = time.monotonic() + self.settings.http_timeout_seconds
+        while not await self.store.take(claim.connection_id, 1):
+            if time.monotonic() > deadline:
+                raise RateLimited("no rate-limit permit for a follow-up request", retry_after=1.0)
+            await asyncio.sleep(0.02)
 
     async def _restamp(self, cid: str, admitted_ms: int) -> None:
         try:

@@ -174,3 +174,18 @@ async def test_restamp_moves_permits_to_the_write_time(redis_client: aioredis.Re
     await asyncio.sleep(max(0.0, (held.next_eligible_ms + 20) / 1000 - time.time()))
     again = await store.claim(cid, max_requests=10, batch_size=1, lease_ms=30_000)
     assert again.permits == 5
+
+
+async def test_take_counts_follow_up_requests(redis_client: aioredis.Redis) -> None:
+    store = QueueStore(redis_client, margin=0.0)
+    cid = f"rl-{uuid.uuid4().hex[:8]}"
+    await store.configure(
+        cid, [RateWindow(3, 60_000)], breaker_threshold=5, breaker_recovery_ms=1000, paused=None
+    )
+    await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(5)])
+    c = await store.claim(cid, max_requests=2, batch_size=1, lease_ms=30_000)
+    assert c.permits == 2
+    assert await store.take(cid, 2) == 1  # one left in the window
+    assert await store.take(cid, 1) == 0
+    nothing = await store.claim(cid, max_requests=1, batch_size=1, lease_ms=30_000)
+    assert nothing.refused == "rate_limited"

@@ -1,5 +1,6 @@
-"""The session's trace hooks tell a sender when its request is written: once,
-for requests with and without a body, and only the task that asked."""
+"""``call`` tells the sending task when its request is written (once, with or
+without a body, only the task that asked) and asks for a permit before every
+further request of the same send."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from crmsync.crm.base import WRITE_WATCH, WriteWatch, write_trace
+from crmsync.crm.base import WRITE_WATCH, WriteWatch, call
+
+LIMIT = aiohttp.ClientTimeout(total=5)
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[str]:
+async def server() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
+    seen: list[tuple[str, str]] = []
+
     async def echo(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"ok": True})
+        body = await request.read()
+        seen.append((request.method, request.headers.get("Content-Type", "")))
+        return web.json_response({"len": len(body)})
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
@@ -27,13 +34,14 @@ async def server() -> AsyncIterator[str]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", seen
     await runner.cleanup()
 
 
-async def test_watch_fires_once_at_the_write(server: str) -> None:
-    # A stall between the caller and the write (as a busy loop would make it):
-    # the watch must see the late write time, not the call time.
+async def test_watch_fires_once_at_the_write(server: tuple[str, list[tuple[str, str]]]) -> None:
+    url, seen = server
+    # A stall inside aiohttp before the write (as a busy loop or a descheduled
+    # process would make it): the watch must see the late write, not the call.
     stall = aiohttp.TraceConfig()
 
     async def block(*_: object) -> None:
@@ -45,20 +53,42 @@ async def test_watch_fires_once_at_the_write(server: str) -> None:
     async def send(method: str, body: bytes | None) -> float:
         WRITE_WATCH.set(WriteWatch(lambda: fired.append((method, time.monotonic()))))
         t0 = time.monotonic()
-        async with session.request(method, f"{server}/x", data=body) as r:
-            await r.read()
+        status, _, raw = await call(
+            session, method, f"{url}/x", headers=JSON, body=body, limit=LIMIT
+        )
+        assert status == 200 and raw == b'{"len": %d}' % len(body or b"")
         return t0
 
-    async with aiohttp.ClientSession(trace_configs=[stall, write_trace()]) as session:
+    async with aiohttp.ClientSession(trace_configs=[stall]) as session:
         starts = await asyncio.gather(
             asyncio.create_task(send("POST", b'{"a": 1}')),
-            asyncio.create_task(send("DELETE", None)),
             asyncio.create_task(send("PATCH", b"x" * 200_000)),
         )
+        # Without a body the headers are the request: fired within the call.
+        await send("DELETE", None)
         # A request from a task without a watch fires nothing.
-        async with session.get(f"{server}/y") as r:
-            await r.read()
+        await call(session, "GET", f"{url}/y", headers=JSON, body=None, limit=LIMIT)
     assert sorted(m for m, _ in fired) == ["DELETE", "PATCH", "POST"]
     by_method = dict(fired)
-    for (method, _), t0 in zip((("POST", 0), ("DELETE", 0), ("PATCH", 0)), starts, strict=True):
-        assert by_method[method] >= t0 + 0.07, method
+    assert by_method["POST"] >= starts[0] + 0.07
+    assert by_method["PATCH"] >= starts[1] + 0.07
+    assert ("POST", "application/json") in seen  # the body keeps its content type
+
+
+async def test_follow_up_requests_wait_for_a_permit(
+    server: tuple[str, list[tuple[str, str]]],
+) -> None:
+    url, seen = server
+    events: list[str] = []
+
+    async def permit() -> None:
+        events.append("permit")
+        await asyncio.sleep(0.01)
+
+    async with aiohttp.ClientSession() as session:
+        WRITE_WATCH.set(WriteWatch(lambda: events.append("written"), permit))
+        await call(session, "POST", f"{url}/a", headers=JSON, body=b"{}", limit=LIMIT)
+        await call(session, "PATCH", f"{url}/a", headers=JSON, body=b"{}", limit=LIMIT)
+        await call(session, "DELETE", f"{url}/a", headers=JSON, body=None, limit=LIMIT)
+    assert events == ["written", "permit", "permit"]
+    assert [m for m, _ in seen] == ["POST", "PATCH", "DELETE"]

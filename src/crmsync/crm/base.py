@@ -109,9 +109,25 @@ async def call(
     body: bytes | None,
     limit: aiohttp.ClientTimeout,
 ) -> tuple[int, Headers, bytes]:
-    """One HTTP exchange; no answer at all (timeout, reset, refused) is Retryable."""
+    """One HTTP exchange; no answer at all (timeout, reset, refused) is Retryable.
+
+    A ``WRITE_WATCH`` set by the calling task is told when its first request is
+    written: by the body as it goes out, or now for a request without one (its
+    headers go out within this call, waiting on nothing but a pooled connection).
+    A further request of the same task first awaits the watch's extra permit."""
+    data: bytes | WatchedBody | None = body
+    watch = WRITE_WATCH.get()
+    if watch is not None:
+        if not watch.started:
+            watch.started = True
+            if body is None:
+                watch.fire()
+            else:
+                data = WatchedBody(body, watch, headers.get("Content-Type", "application/json"))
+        elif watch.extra_permit is not None:
+            await watch.extra_permit()
     try:
-        async with session.request(method, url, data=body, headers=headers, timeout=limit) as resp:
+        async with session.request(method, url, data=data, headers=headers, timeout=limit) as resp:
             return resp.status, resp.headers, await resp.read()
     except TimeoutError as exc:
         message = f"no answer within {limit.total}s: {method} {url}"
@@ -123,10 +139,16 @@ async def call(
 
 @dataclass(slots=True)
 class WriteWatch:
-    """Told once, when the current task's request leaves for the CRM: the moment
-    the CRM starts counting it (see ``write_trace``)."""
+    """What a sender wants to hear from ``call`` about its requests to the CRM.
+
+    ``on_write`` is told once, when the first request is written (the moment the
+    CRM starts counting it). ``extra_permit`` is awaited before every further
+    request of the same send (a follow-up such as HubSpot's update after a 409),
+    so each request the CRM counts had a permit of the limiter."""
 
     on_write: Callable[[], None]
+    extra_permit: Callable[[], Awaitable[None]] | None = None
+    started: bool = False
     fired: bool = False
 
     def fire(self) -> None:
@@ -135,37 +157,27 @@ class WriteWatch:
             self.on_write()
 
 
-# Set by a sender in its own task; read by the session's trace hooks.
+# Set by a sender in its own task; read by ``call``.
 WRITE_WATCH: ContextVar[WriteWatch | None] = ContextVar("crmsync_write_watch", default=None)
 
 
-def _fire() -> None:
-    watch = WRITE_WATCH.get()
-    if watch is not None:
-        watch.fire()
+class WatchedBody(aiohttp.BytesPayload):
+    """A request body that fires its watch as its bytes are handed to the socket:
+    after the headers are built and the connection is taken, so a stall anywhere
+    before the write (a busy loop, a descheduled process) is seen."""
 
+    def __init__(self, value: bytes, watch: WriteWatch, content_type: str) -> None:
+        super().__init__(value, content_type=content_type)
+        self._watch = watch
 
-async def _on_headers_sent(
-    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestHeadersSentParams
-) -> None:
-    # aiohttp calls the hooks just before the bytes are written. Without a body
-    # the headers are the whole request; with one, the body's write is the moment.
-    if params.headers.get("Content-Length", "0") == "0":
-        _fire()
+    async def write(self, writer: Any) -> None:
+        self._watch.fire()
+        await super().write(writer)
 
-
-async def _on_chunk_sent(
-    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestChunkSentParams
-) -> None:
-    _fire()
-
-
-def write_trace() -> aiohttp.TraceConfig:
-    """Trace hooks that tell the task's ``WRITE_WATCH`` when its request is written."""
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(_on_headers_sent)
-    trace.on_request_chunk_sent.append(_on_chunk_sent)
-    return trace
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        # aiohttp >= 3.12 writes through this; older versions through ``write``.
+        self._watch.fire()
+        await super().write_with_length(writer, content_length)
 
 
 class JsonClient:

@@ -247,6 +247,16 @@ class QueueStore:
         raw = await self.scripts.call("readmit", self._window_keys(cid, cfg), args)
         return replace(claim, permits=int(raw[0]), admitted_ms=int(raw[1]))
 
+    async def take(self, connection_id: str, wanted: int = 1) -> int:
+        """Take up to ``wanted`` permits at Redis time now, outside any claim (a
+        follow-up request of a send); returns how many were granted."""
+        cfg = await self._config_for(connection_id)
+        args: list[Arg] = [0, 0, max(0, wanted)]
+        for w in cfg.enforced:
+            args += [w.limit, w.window_ms, span_ms(w, self.margin)]
+        raw = await self.scripts.call("readmit", self._window_keys(connection_id, cfg), args)
+        return int(raw[0])
+
     async def restamp(self, connection_id: str, admitted_ms: int, n: int = 1) -> int:
         """Move ``n`` permits taken at ``admitted_ms`` to Redis time now (the time
         their request was written, when that was later than the admission); returns
