@@ -155,6 +155,8 @@ class Worker:
         self.reserved = 0
         self.inflight: Counter[str] = Counter()  # slots held per connection
         self.kick = asyncio.Event()
+        # (connection, admitted_ms) -> requests written late, moved once per loop turn
+        self._late: dict[tuple[str, int], int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.crm_breaker = CrmBreaker(
             redis,
@@ -374,7 +376,10 @@ class Worker:
             if sent:
                 lag = now_ms() - claim.admitted_ms
                 rec.counts[stats.latency_field(lag, "lag")] += len(sent)
-            results = await asyncio.gather(*(self._send(adapter, ops, claim) for ops, _ in sent))
+            limited = bool(conn.windows)  # no windows: no permits to move or take
+            results = await asyncio.gather(
+                *(self._send(adapter, ops, claim, limited) for ops, _ in sent)
+            )
             for (ops, by_id), (res, ms) in zip(sent, results, strict=True):
                 rec.counts[stats.latency_field(ms)] += 1
                 await self._outcome(conn, ops, by_id, res, rec)
@@ -423,10 +428,13 @@ class Worker:
         return requests
 
     async def _send(
-        self, adapter: CrmAdapter, ops: Sequence[Op], claim: Claim
+        self, adapter: CrmAdapter, ops: Sequence[Op], claim: Claim, limited: bool
     ) -> tuple[SendResult | CrmError, float]:
-        # Runs in its own task (gather), so the watch belongs to this request only.
-        WRITE_WATCH.set(WriteWatch(lambda: self._written(claim), lambda: self._extra_permit(claim)))
+        if limited:
+            # Runs in its own task (gather), so the watch belongs to this request only.
+            WRITE_WATCH.set(
+                WriteWatch(lambda: self._written(claim), lambda: self._extra_permit(claim))
+            )
         t0 = time.perf_counter()
         try:
             res: SendResult | CrmError = await adapter.send(ops)
@@ -441,9 +449,18 @@ class Worker:
         counts. The move is atomic and needs no room (``restamp.lua``)."""
         if now_ms() - claim.admitted_ms <= self.max_lag_ms:
             return
-        task = asyncio.create_task(self._restamp(claim.connection_id, claim.admitted_ms))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        # The late writes of one claim come together: one move for all of them.
+        if not self._late:
+            asyncio.get_running_loop().call_soon(self._move_late)
+        key = (claim.connection_id, claim.admitted_ms)
+        self._late[key] = self._late.get(key, 0) + 1
+
+    def _move_late(self) -> None:
+        late, self._late = self._late, {}
+        for (cid, admitted_ms), n in late.items():
+            task = asyncio.create_task(self._restamp(cid, admitted_ms, n))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def _extra_permit(self, claim: Claim) -> None:
         """Wait for one more permit for a follow-up request of a send (HubSpot's
@@ -455,9 +472,9 @@ class Worker:
                 raise RateLimited("no rate-limit permit for a follow-up request", retry_after=1.0)
             await asyncio.sleep(0.02)
 
-    async def _restamp(self, cid: str, admitted_ms: int) -> None:
+    async def _restamp(self, cid: str, admitted_ms: int, n: int) -> None:
         try:
-            await self.store.restamp(cid, admitted_ms)
+            await self.store.restamp(cid, admitted_ms, n)
         except RedisError as exc:
             # Best effort: the margin still covers most of the delay.
             log.warning("worker.restamp_failed", connection=cid, error=str(exc))
