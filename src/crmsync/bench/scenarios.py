@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -100,6 +101,9 @@ async def raw_baseline(cluster: Cluster, cfg: BenchConfig, seconds: float) -> Sc
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    if cluster.config.crmsync_nice:
+        # Side by side on equal terms: the same priority as crmsync's workers.
+        os.setpriority(os.PRIO_PROCESS, proc.pid, cluster.config.crmsync_nice)
     async with watch:
         watch.start()
         out, err = await proc.communicate()

@@ -35,8 +35,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Proc:
     """One child process whose stdout and stderr go to ``<log_dir>/<name>.log``."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path):
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        log_dir: Path,
+        *,
+        nice: int = 0,
+    ):
         self.name = name
+        self.nice = nice
         self.argv = list(argv)
         self.env = dict(env)
         self.log_path = log_dir / f"{name}.log"
@@ -53,6 +62,9 @@ class Proc:
                 env=self.env,
                 start_new_session=True,
             )
+        if self.nice:
+            # Children it forks later (workers of `crmsync up`) inherit it.
+            os.setpriority(os.PRIO_PROCESS, self.process.pid, self.nice)
 
     @property
     def pid(self) -> int | None:
