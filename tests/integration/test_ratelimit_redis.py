@@ -57,6 +57,17 @@ def max_in_any_window(times: list[int], window_ms: int) -> int:
     )
 
 
+async def queued(
+    redis: aioredis.Redis, windows: list[RateWindow], n: int, band: int = Band.UPDATE
+) -> tuple[QueueStore, str]:
+    """A fresh connection (margin 0) with these windows and ``n`` ids ready."""
+    store = QueueStore(redis, margin=0.0)
+    cid = f"rl-{uuid.uuid4().hex[:8]}"
+    await store.configure(cid, windows, breaker_threshold=5, breaker_recovery_ms=1000, paused=None)
+    await store.enqueue([(cid, f"c-{i}", band) for i in range(n)])
+    return store, cid
+
+
 async def test_eight_processes_never_exceed_100_per_second(
     redis_client: aioredis.Redis, redis_url: str
 ) -> None:
@@ -112,11 +123,8 @@ async def test_eight_processes_never_exceed_100_per_second(
 
 
 async def test_several_windows_are_checked_together(redis_client: aioredis.Redis) -> None:
-    store = QueueStore(redis_client, margin=0.0)
-    cid = f"rl-{uuid.uuid4().hex[:8]}"
     windows = [RateWindow(4, 200), RateWindow(6, 60_000)]
-    await store.configure(cid, windows, breaker_threshold=5, breaker_recovery_ms=1000, paused=None)
-    await store.enqueue([(cid, f"c-{i}", Band.CREATE) for i in range(50)])
+    store, cid = await queued(redis_client, windows, 50, Band.CREATE)
     times: list[int] = []
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
@@ -136,12 +144,7 @@ async def test_several_windows_are_checked_together(redis_client: aioredis.Redis
 
 
 async def test_batches_take_one_permit_per_request(redis_client: aioredis.Redis) -> None:
-    store = QueueStore(redis_client, margin=0.0)
-    cid = f"rl-{uuid.uuid4().hex[:8]}"
-    await store.configure(
-        cid, [RateWindow(3, 60_000)], breaker_threshold=5, breaker_recovery_ms=1000, paused=None
-    )
-    await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(250)])
+    store, cid = await queued(redis_client, [RateWindow(3, 60_000)], 250)
     c = await store.claim(cid, max_requests=10, batch_size=100, lease_ms=30_000)
     assert (c.permits, len(c.ids)) == (3, 250)
     assert c.next_eligible_ms is None or c.next_eligible_ms >= c.admitted_ms
@@ -153,12 +156,7 @@ async def test_restamp_moves_permits_to_the_write_time(redis_client: aioredis.Re
     """A request written 250 ms after its admission is counted from its write:
     once the admission leaves the window the limiter still refuses, until the
     write leaves it; the move neither adds nor loses permits."""
-    store = QueueStore(redis_client, margin=0.0)
-    cid = f"rl-{uuid.uuid4().hex[:8]}"
-    await store.configure(
-        cid, [RateWindow(5, 500)], breaker_threshold=5, breaker_recovery_ms=1000, paused=None
-    )
-    await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(20)])
+    store, cid = await queued(redis_client, [RateWindow(5, 500)], 20)
     first = await store.claim(cid, max_requests=5, batch_size=1, lease_ms=30_000)
     assert first.permits == 5
     await store.ack(first, first.ids)
@@ -177,12 +175,7 @@ async def test_restamp_moves_permits_to_the_write_time(redis_client: aioredis.Re
 
 
 async def test_take_counts_follow_up_requests(redis_client: aioredis.Redis) -> None:
-    store = QueueStore(redis_client, margin=0.0)
-    cid = f"rl-{uuid.uuid4().hex[:8]}"
-    await store.configure(
-        cid, [RateWindow(3, 60_000)], breaker_threshold=5, breaker_recovery_ms=1000, paused=None
-    )
-    await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(5)])
+    store, cid = await queued(redis_client, [RateWindow(3, 60_000)], 5)
     c = await store.claim(cid, max_requests=2, batch_size=1, lease_ms=30_000)
     assert c.permits == 2
     assert await store.take(cid, 2) == 1  # one left in the window
