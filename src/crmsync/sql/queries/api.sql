@@ -1,35 +1,17 @@
 -- Queries of the HTTP API (crmsync.api).
 
 -- name: api_upsert_contacts
--- One set-based statement for a whole batch. Rows whose fields are all equal
--- are not updated at all (no new version, no outbox row, no dead tuple); a PUT
--- of a soft-deleted contact revives it. Returns every input contact with
--- `changed`; unchanged rows come from the statement's snapshot, which is
--- their current state since the statement did not touch them.
-WITH input AS (
-    SELECT *
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-        AS t (id, tenant, email, first_name, last_name, company, status)
-),
-up AS (
-    INSERT INTO contacts AS c (id, tenant, email, first_name, last_name, company, status, deleted_at)
-    SELECT id, tenant, email, first_name, last_name, company, status, NULL FROM input
-    ON CONFLICT (id) DO UPDATE SET
-        tenant = EXCLUDED.tenant,
-        email = EXCLUDED.email,
-        first_name = EXCLUDED.first_name,
-        last_name = EXCLUDED.last_name,
-        company = EXCLUDED.company,
-        status = EXCLUDED.status,
-        deleted_at = NULL
-    WHERE (c.tenant, c.email, c.first_name, c.last_name, c.company, c.status, c.deleted_at)
-          IS DISTINCT FROM
-          (EXCLUDED.tenant, EXCLUDED.email, EXCLUDED.first_name, EXCLUDED.last_name,
-           EXCLUDED.company, EXCLUDED.status, NULL::timestamptz)
-    RETURNING c.id, c.tenant, c.email, c.first_name, c.last_name, c.company, c.status,
-              c.version, c.updated_at, c.deleted_at
+-- One set-based statement for a whole batch (crmsync_upsert_contacts, migration
+-- 0006). Returns every input contact with `changed`; unchanged rows come from
+-- the statement's snapshot, which is their current state since the upsert did
+-- not touch them.
+WITH up AS (
+    SELECT * FROM crmsync_upsert_contacts(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
 )
-SELECT up.*, true AS changed FROM up
+SELECT up.id, up.tenant, up.email, up.first_name, up.last_name, up.company, up.status,
+       up.version, up.updated_at, up.deleted_at, true AS changed
+FROM up
 UNION ALL
 SELECT c.id, c.tenant, c.email, c.first_name, c.last_name, c.company, c.status,
        c.version, c.updated_at, c.deleted_at, false AS changed

@@ -13,30 +13,25 @@ CREATE TEMP TABLE crmsync_csv_staging (
 ) ON COMMIT DROP
 
 -- name: csv_merge_staging
--- The last line of an id wins. Unchanged contacts are not updated (no new
--- version, no outbox row); soft-deleted contacts in the file are revived, as
--- a PUT would. xmax = 0 marks a freshly inserted row.
+-- The last line of an id wins; written by the one contact upsert
+-- (crmsync_upsert_contacts, migration 0006): unchanged contacts are not
+-- updated, soft-deleted contacts in the file are revived, as a PUT would.
 WITH latest AS (
     SELECT DISTINCT ON (id) id, tenant, email, first_name, last_name, company, status
     FROM crmsync_csv_staging
     ORDER BY id, line_no DESC
 ),
 up AS (
-    INSERT INTO contacts AS c (id, tenant, email, first_name, last_name, company, status, deleted_at)
-    SELECT id, tenant, email, first_name, last_name, company, status, NULL FROM latest
-    ON CONFLICT (id) DO UPDATE SET
-        tenant = EXCLUDED.tenant,
-        email = EXCLUDED.email,
-        first_name = EXCLUDED.first_name,
-        last_name = EXCLUDED.last_name,
-        company = EXCLUDED.company,
-        status = EXCLUDED.status,
-        deleted_at = NULL
-    WHERE (c.tenant, c.email, c.first_name, c.last_name, c.company, c.status, c.deleted_at)
-          IS DISTINCT FROM
-          (EXCLUDED.tenant, EXCLUDED.email, EXCLUDED.first_name, EXCLUDED.last_name,
-           EXCLUDED.company, EXCLUDED.status, NULL::timestamptz)
-    RETURNING (c.xmax = 0) AS inserted
+    SELECT u.inserted
+    FROM crmsync_upsert_contacts(
+        (SELECT array_agg(id ORDER BY id) FROM latest),
+        (SELECT array_agg(tenant ORDER BY id) FROM latest),
+        (SELECT array_agg(email ORDER BY id) FROM latest),
+        (SELECT array_agg(first_name ORDER BY id) FROM latest),
+        (SELECT array_agg(last_name ORDER BY id) FROM latest),
+        (SELECT array_agg(company ORDER BY id) FROM latest),
+        (SELECT array_agg(status ORDER BY id) FROM latest)
+    ) AS u
 )
 SELECT count(*) FILTER (WHERE inserted) AS inserted,
        count(*) FILTER (WHERE NOT inserted) AS updated,
