@@ -183,9 +183,16 @@ class WatchedBody(aiohttp.BytesPayload):
 class JsonClient:
     """One JSON exchange with a CRM on the process's shared session."""
 
-    session: aiohttp.ClientSession
-    headers: dict[str, str]
-    timeout: aiohttp.ClientTimeout
+    def __init__(
+        self, *, token: str, settings: Mapping[str, Any], session: aiohttp.ClientSession
+    ) -> None:
+        self.session = session
+        self.timeout = timeout_from(settings)
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
 
     async def _call(self, method: str, url: str, payload: Any = None) -> tuple[int, Headers, Any]:
         body = None if payload is None else dumps(payload)

@@ -27,7 +27,6 @@ from crmsync.crm.base import (
     SendResult,
     field_map,
     send_singles,
-    timeout_from,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
 from crmsync.ratelimit import DEFAULT_LIMITED_SECONDS, block_seconds_from_headers
@@ -203,13 +202,7 @@ class HubSpotAdapter(JsonClient):
     ) -> None:
         self.id_property = str(settings.get("id_property") or "crmsync_id")
         self.props = field_map(DEFAULT_PROPERTIES, settings.get("field_map"))
-        self.session = session
-        self.timeout = timeout_from(settings)
-        self.headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
+        super().__init__(token=token, settings=settings, session=session)
         self.contacts = f"{base_url.rstrip('/')}/crm/v3/objects/contacts"
         self.by_key = f"?idProperty={quote(self.id_property, safe='')}"
 

@@ -27,7 +27,6 @@ from crmsync.crm.base import (
     SendResult,
     field_map,
     send_singles,
-    timeout_from,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
 from crmsync.ratelimit import DEFAULT_LIMITED_SECONDS, block_seconds_from_headers
@@ -160,13 +159,7 @@ class SalesforceAdapter(JsonClient):
         version = version if version.startswith("v") else f"v{version}"
         self.ext_field = str(settings.get("external_id_field") or "CrmSync_Id__c")
         self.fields = field_map(DEFAULT_FIELDS, settings.get("field_map"))
-        self.session = session
-        self.timeout = timeout_from(settings)
-        self.headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
+        super().__init__(token=token, settings=settings, session=session)
         root = f"{base_url.rstrip('/')}/services/data/{version}"
         self.sobject = f"{root}/sobjects/Contact"
         self.by_ext = f"{self.sobject}/{quote(self.ext_field, safe='')}"
