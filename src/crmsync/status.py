@@ -88,6 +88,7 @@ EXPORTED_COUNTERS = (
     "admitted",
     "readmitted",
     "restamped",
+    "slowdowns",
     "breaker_trips",
     "leases_expired",
 )

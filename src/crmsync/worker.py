@@ -490,7 +490,7 @@ class Worker:
         rec.counts[stats.REQUESTS] += 1
         if isinstance(res, RateLimited):
             # The CRM's view of the limit differs from ours: everyone waits, no attempt.
-            await self.store.block(conn.id, res.retry_after)
+            await self.store.block(conn.id, res.retry_after, slow=True)
             rec.counts[stats.RATE_LIMITED] += 1
             rec.release.extend(op.contact_id for op in ops)
             rec.outcomes.append(True)

@@ -9,8 +9,10 @@ import sys
 import time
 import uuid
 
+import pytest
 import redis.asyncio as aioredis
 
+from crmsync.queue import store as store_module
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
 
@@ -182,3 +184,28 @@ async def test_take_counts_follow_up_requests(redis_client: aioredis.Redis) -> N
     assert await store.take(cid, 1) == 0
     nothing = await store.claim(cid, max_requests=1, batch_size=1, lease_ms=30_000)
     assert nothing.refused == "rate_limited"
+
+
+async def test_a_crm_429_lowers_the_rate_for_a_while(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a 429 every limit is halved, then grows back linearly to the whole."""
+    monkeypatch.setattr(store_module, "SLOW_SECONDS", 2.0)
+    store, cid = await queued(redis_client, [RateWindow(8, 1000)], 60)
+    await store.block(cid, 0.0, slow=True)
+    t0 = time.time()
+    first = await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)
+    assert first.permits == 4  # half of 8
+    # The window is empty again; about 0.78 of the limit is back: 6 of 8.
+    await asyncio.sleep(max(0.0, t0 + 1.1 - time.time()))
+    mid = await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)
+    assert 5 <= mid.permits <= 7
+    # Slow-down over and the window empty: the whole limit.
+    await asyncio.sleep(max(0.0, t0 + 3.2 - time.time()))
+    end = await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)
+    assert end.permits == 8
+    # A quota header's block (no 429) does not slow down.
+    await asyncio.sleep(1.05)
+    await store.block(cid, 0.0)
+    again = await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)
+    assert again.permits == 8

@@ -35,6 +35,12 @@ class Band(IntEnum):
     DELETE = 2
 
 
+# After a CRM's 429: claim at half of every limit at once, back to the whole
+# limit linearly over half a minute.
+SLOW_FACTOR = 0.5
+SLOW_SECONDS = 30.0
+
+
 @dataclass(frozen=True)
 class Claim:
     connection_id: str
@@ -352,9 +358,15 @@ class QueueStore:
         if claim.probe and state == "closed":
             await self._wake([cid])  # the others wait for the probe's verdict
 
-    async def block(self, connection_id: str, seconds: float) -> None:
+    async def block(self, connection_id: str, seconds: float, *, slow: bool = False) -> None:
+        """Hold the connection back for every worker for ``seconds``. ``slow``
+        (a CRM's 429: its view of the limit differs, e.g. other apps share the
+        quota): claims then also run at ``SLOW_FACTOR`` of every limit, growing
+        back to the whole limit over ``SLOW_SECONDS``."""
         ks = keys.connection(connection_id).script_keys()
-        await self.scripts.call("block", ks, [max(0, math.ceil(seconds * 1000))])
+        slow_ms = math.ceil(SLOW_SECONDS * 1000) if slow else 0
+        args: list[Arg] = [max(0, math.ceil(seconds * 1000)), slow_ms, repr(SLOW_FACTOR)]
+        await self.scripts.call("block", ks, args)
 
     async def pause(self, connection_id: str, reason: str) -> None:
         reason = reason or "paused"

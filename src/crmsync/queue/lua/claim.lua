@@ -71,10 +71,22 @@ if verdict == 'probe' then
 end
 local room = math.min(max_requests, math.ceil(ready_n / batch))
 
+-- After a CRM's 429 (block.lua) every limit is lowered for a while: to
+-- slow_factor of itself at once, growing back linearly over slow_ms.
+local share = 1
+local sl = redis.call('HMGET', KEYS[7], 'slow_until_ms', 'slow_ms', 'slow_factor')
+local slow_until = tonumber(sl[1])
+if slow_until ~= nil and slow_until > now then
+  local f = tonumber(sl[3]) or 1
+  share = f + (1 - f) * (1 - (slow_until - now) / math.max(1, tonumber(sl[2]) or 1))
+end
+
 local wins = {}
 for i = 1, #KEYS - 8 do
   local a = 10 + (i - 1) * 4
-  local w = win_load(KEYS[8 + i], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
+  local limit = tonumber(ARGV[a])
+  if share < 1 then limit = math.max(1, math.floor(limit * share)) end
+  local w = win_load(KEYS[8 + i], limit, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
   w.min_room = tonumber(ARGV[a + 3])
   wins[i] = w
   room = math.min(room, win_room(w))
