@@ -73,6 +73,7 @@ class _Record:
     release: list[str] = field(default_factory=list)
     outcomes: list[bool] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    paused: bool = False  # a 401 of this claim paused the connection already
 
 
 def _fields(c: ContactRow) -> ContactFields:
@@ -496,7 +497,9 @@ class Worker:
             rec.outcomes.append(True)
             return
         if isinstance(res, AuthFailed):
-            await self.registry.pause(conn.id, f"CRM rejected the token (401): {res.message}")
+            if not rec.paused:  # once per claim, not once per request of it
+                rec.paused = True
+                await self.registry.pause(conn.id, f"CRM rejected the token (401): {res.message}")
             rec.release.extend(op.contact_id for op in ops)
             rec.outcomes.append(True)
             return
