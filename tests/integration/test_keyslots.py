@@ -80,6 +80,7 @@ async def test_keys_passed_to_each_script_share_one_slot(
 ) -> None:
     seen: list[tuple[str, list[str]]] = []
     call, call_many = scripts.Scripts.call, scripts.Scripts.call_many
+    call_mixed = scripts.Scripts.call_mixed
 
     async def spy_call(self: scripts.Scripts, name: str, keys: Sequence[str], args: Any) -> Any:
         seen.append((name, list(keys)))
@@ -89,8 +90,18 @@ async def test_keys_passed_to_each_script_share_one_slot(
         seen.extend((name, list(k)) for k, _ in calls)
         return await call_many(self, name, calls)
 
+    async def spy_mixed(
+        self: scripts.Scripts,
+        calls: Sequence[tuple[str, Sequence[str], Sequence[scripts.Arg]]],
+        *,
+        extra: Sequence[tuple[scripts.Arg, ...]] = (),
+    ) -> Any:
+        seen.extend((name, list(k)) for name, k, _ in calls)
+        return await call_mixed(self, calls, extra=extra)
+
     monkeypatch.setattr(scripts.Scripts, "call", spy_call)
     monkeypatch.setattr(scripts.Scripts, "call_many", spy_many)
+    monkeypatch.setattr(scripts.Scripts, "call_mixed", spy_mixed)
 
     async def nothing() -> None:
         return None

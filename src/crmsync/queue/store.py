@@ -226,17 +226,7 @@ class QueueStore:
 
     async def ack(self, claim: Claim, ids: Sequence[str], *, refund: int = 0) -> None:
         """Finish leased ids; give back ``refund`` permits that were never sent."""
-        refund = max(0, min(refund, claim.permits))
-        if not ids and refund == 0:
-            return
-        cid = claim.connection_id
-        cfg = await self._config_for(cid)
-        args: list[Arg] = [claim.token, refund, claim.admitted_ms, len(cfg.enforced)]
-        args += [w.window_ms for w in cfg.enforced]
-        args += list(ids)
-        again = await self.scripts.call("ack", self._window_keys(cid, cfg), args)
-        if int(again) > 0:
-            await self._wake([cid])
+        await self.finish(claim, ack=ids, refund=refund)
 
     async def readmit(self, claim: Claim, wanted: int) -> Claim:
         """Give back the claim's permits and take up to ``wanted`` at Redis time now.
@@ -245,23 +235,28 @@ class QueueStore:
         read, a busy event loop): the returned claim's ``permits`` and
         ``admitted_ms`` describe the new admission; send at most ``permits``.
         """
-        cid = claim.connection_id
-        cfg = await self._config_for(cid)
-        args: list[Arg] = [claim.permits, claim.admitted_ms, max(0, wanted)]
-        for w in cfg.enforced:
-            args += [w.limit, w.window_ms, span_ms(w, self.margin)]
-        raw = await self.scripts.call("readmit", self._window_keys(cid, cfg), args)
-        return replace(claim, permits=int(raw[0]), admitted_ms=int(raw[1]))
+        granted, at = await self._swap(
+            claim.connection_id, claim.permits, claim.admitted_ms, wanted
+        )
+        return replace(claim, permits=granted, admitted_ms=at)
 
     async def take(self, connection_id: str, wanted: int = 1) -> int:
         """Take up to ``wanted`` permits at Redis time now, outside any claim (a
         follow-up request of a send); returns how many were granted."""
+        granted, _ = await self._swap(connection_id, 0, 0, wanted)
+        return granted
+
+    async def _swap(
+        self, connection_id: str, give: int, admitted_ms: int, wanted: int
+    ) -> tuple[int, int]:
+        """``readmit.lua``: give ``give`` permits back to their bucket at
+        ``admitted_ms``, take up to ``wanted`` now; (granted, Redis time ms)."""
         cfg = await self._config_for(connection_id)
-        args: list[Arg] = [0, 0, max(0, wanted)]
+        args: list[Arg] = [give, admitted_ms, max(0, wanted)]
         for w in cfg.enforced:
             args += [w.limit, w.window_ms, span_ms(w, self.margin)]
         raw = await self.scripts.call("readmit", self._window_keys(connection_id, cfg), args)
-        return int(raw[0])
+        return int(raw[0]), int(raw[1])
 
     async def restamp(self, connection_id: str, admitted_ms: int, n: int = 1) -> int:
         """Move ``n`` permits taken at ``admitted_ms`` to Redis time now (the time
@@ -286,15 +281,16 @@ class QueueStore:
         counters: Mapping[str, int] | None = None,
     ) -> None:
         """Everything a processed claim hands back, in one pipelined round trip:
-        ack (with refund), retry_later, release, breaker report and counters.
-        Same effects, in the same order, as the separate calls."""
+        ack (with refund), retry, release, breaker report and counters, in that
+        order. ``ack``, ``retry_later``, ``release`` and ``report`` are this with
+        one part; the config is read only for the parts that need it."""
         cid = claim.connection_id
-        cfg = await self._config_for(cid)
         ck = keys.connection(cid)
         ks = ck.script_keys()
         refund = max(0, min(refund, claim.permits))
         calls: list[tuple[str, Sequence[str], list[Arg]]] = []
         if ack or refund:
+            cfg = await self._config_for(cid)
             args: list[Arg] = [claim.token, refund, claim.admitted_ms, len(cfg.enforced)]
             args += [w.window_ms for w in cfg.enforced]
             calls.append(("ack", self._window_keys(cid, cfg), [*args, *ack]))
@@ -306,8 +302,9 @@ class QueueStore:
         if release:
             calls.append(("release", ks, [claim.token, *release]))
         if outcomes:
+            threshold = (await self._config_for(cid)).threshold
             flags = "".join("1" if ok else "0" for ok in outcomes)
-            calls.append(("report", ks, [claim.token, cfg.threshold, flags]))
+            calls.append(("report", ks, [claim.token, threshold, flags]))
         results = await self.scripts.call_mixed(
             calls, extra=[("HINCRBY", ck.stats, f, n) for f, n in (counters or {}).items() if n]
         )
@@ -322,23 +319,11 @@ class QueueStore:
 
     async def retry_later(self, claim: Claim, delays: Mapping[str, float]) -> None:
         """Leased ids wait ``delays[id]`` seconds in ``delayed``, band kept."""
-        if not delays:
-            return
-        args: list[Arg] = [claim.token]
-        for cid, seconds in delays.items():
-            args += [cid, max(0, math.ceil(seconds * 1000))]
-        ks = keys.connection(claim.connection_id).script_keys()
-        if int(await self.scripts.call("retry", ks, args)) > 0:
-            # Idle workers learn the due time from their next claim.
-            await self._wake([claim.connection_id])
+        await self.finish(claim, retry=delays)
 
     async def release(self, claim: Claim, ids: Sequence[str]) -> None:
         """Back to ready with band and age; not an attempt."""
-        if not ids:
-            return
-        ks = keys.connection(claim.connection_id).script_keys()
-        if int(await self.scripts.call("release", ks, [claim.token, *ids])) > 0:
-            await self._wake([claim.connection_id])
+        await self.finish(claim, release=ids)
 
     async def renew(self, claim: Claim, ids: Sequence[str], lease_ms: int) -> None:
         if not ids:
@@ -347,16 +332,9 @@ class QueueStore:
         await self.scripts.call("renew", ks, [claim.token, max(1, lease_ms), *ids])
 
     async def report(self, claim: Claim, outcomes: Sequence[bool]) -> None:
-        """Breaker input, one per request: True answered, False 5xx/timeout/connection."""
-        if not outcomes:
-            return
-        cid = claim.connection_id
-        cfg = await self._config_for(cid)
-        flags = "".join("1" if ok else "0" for ok in outcomes)
-        ks = keys.connection(cid).script_keys()
-        state = _text(await self.scripts.call("report", ks, [claim.token, cfg.threshold, flags]))
-        if claim.probe and state == "closed":
-            await self._wake([cid])  # the others wait for the probe's verdict
+        """Breaker input, one per request: True answered, False 5xx/timeout/connection.
+        The others wait for a probe's verdict: a probe that closes the breaker wakes them."""
+        await self.finish(claim, outcomes=outcomes)
 
     async def block(self, connection_id: str, seconds: float, *, slow: bool = False) -> None:
         """Hold the connection back for every worker for ``seconds``. ``slow``
