@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -74,6 +75,16 @@ class _Record:
     outcomes: list[bool] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     paused: bool = False  # a 401 of this claim paused the connection already
+
+
+async def _write_rows(
+    pg: asyncpg.Pool[Any] | PoolConnectionProxy[Any], connection_id: str, rec: _Record
+) -> None:
+    """The claim's ledger rows and dead letters, one set-based statement each."""
+    if rec.ledger:
+        await pg.execute(db.q("worker_record"), connection_id, *zip(*rec.ledger, strict=True))
+    if rec.dead:
+        await pg.execute(db.q("worker_dead_letters"), connection_id, *zip(*rec.dead, strict=True))
 
 
 def _fields(c: ContactRow) -> ContactFields:
@@ -149,8 +160,9 @@ class Worker:
             cap=settings.retry_cap_seconds,
         )
         self.lease_ms = int(settings.lease_seconds * 1000)
-        # Admission-to-send delay above which permits are re-taken before sending:
-        # half of what the limit margin absorbs on a 1-second window.
+        # Admission-to-send (and to-write) delay above which permits are re-taken
+        # before sending (readmit) or moved to the write (restamp): half of what
+        # the limit margin absorbs on a 1-second window.
         self.max_lag_ms = max(2.0, settings.limit_margin * 1000 / 2)
         self.sched = Scheduler()
         self.reserved = 0
@@ -553,16 +565,11 @@ class Worker:
     async def _write(self, conn: Connection, claim: Claim, rec: _Record, *, refund: int) -> None:
         if rec.ledger or rec.dead:
             try:
-                if rec.dead:
+                if rec.dead:  # ledger and dead letters together or not at all
                     async with self.pool.acquire() as pg, pg.transaction():
-                        if rec.ledger:
-                            cols = list(zip(*rec.ledger, strict=True))
-                            await pg.execute(db.q("worker_record"), conn.id, *cols)
-                        cols = list(zip(*rec.dead, strict=True))
-                        await pg.execute(db.q("worker_dead_letters"), conn.id, *cols)
+                        await _write_rows(pg, conn.id, rec)
                 else:  # the common case: one statement, atomic by itself
-                    cols = list(zip(*rec.ledger, strict=True))
-                    await self.pool.execute(db.q("worker_record"), conn.id, *cols)
+                    await _write_rows(self.pool, conn.id, rec)
             except DB_ERRORS as exc:
                 # Nothing recorded: give everything back; the CRM calls were idempotent.
                 log.warning("worker.record_failed", connection=conn.id, error=str(exc))
