@@ -35,6 +35,14 @@ err = Console(stderr=True)
 
 DB_OPT = typer.Option(None, "--database-url", envvar="CRMSYNC_DATABASE_URL", help="PostgreSQL DSN.")
 REDIS_OPT = typer.Option(None, "--redis-url", envvar="CRMSYNC_REDIS_URL", help="Redis URL.")
+BATCH_SIZE_OPT = typer.Option(
+    1,
+    "--batch-size",
+    min=1,
+    max=200,
+    envvar="CRMSYNC_BATCH_SIZE",
+    help="Records per CRM request (1 = single-record mode).",
+)
 
 
 def _settings(**overrides: Any) -> Settings:

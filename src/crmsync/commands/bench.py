@@ -82,13 +82,12 @@ def bench(
     from crmsync.bench.report import ScenarioResult, render, to_json
     from crmsync.bench.sampler import machine_info
     from crmsync.bench.stage import BenchConfig
-    from crmsync.errors import UserError
     from crmsync.harness.cluster import database_named
+    from crmsync.harness.database import scratch_database
 
     s = _settings(database_url=database_url, redis_url=redis_url)
     names = suite.resolve(scenario)
-    if database in ("", "postgres", "template0", "template1"):
-        raise UserError(f"--database {database!r} cannot be dropped; name a scratch database")
+    scratch_database(database)
     err = Console(stderr=True)
     cfg = BenchConfig(
         database_url=database_named(s.database_url, database),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from crmsync.cli import _run, app
+from crmsync.cli import BATCH_SIZE_OPT, _run, app
 from crmsync.errors import UserError
 
 
@@ -30,14 +30,7 @@ def demo(
         envvar="CRMSYNC_DEMO_FAULTS",
         help="Inject a CRM outage and a 429 storm to show the breaker and the limiter.",
     ),
-    batch_size: int = typer.Option(
-        1,
-        "--batch-size",
-        min=1,
-        max=200,
-        envvar="CRMSYNC_BATCH_SIZE",
-        help="Records per CRM request (1 = single-record mode).",
-    ),
+    batch_size: int = BATCH_SIZE_OPT,
     processes: int = typer.Option(
         1,
         "--processes",
@@ -68,13 +61,12 @@ def demo(
     ),
 ) -> None:
     """Showcase: mock CRMs, API, relay and workers; contacts in; live progress; checked summary."""
-    from crmsync.contacts import ID_RE
     from crmsync.demo import DemoOptions, run_demo
+    from crmsync.harness.database import scratch_database
 
     if scenario not in ("default", "seed"):
         raise UserError(f"--scenario {scenario!r} must be default or seed")
-    if not ID_RE.match(database) or database in ("postgres", "template0", "template1"):
-        raise UserError(f"--database {database!r} must be a plain name of a database to recreate")
+    scratch_database(database)
     options = DemoOptions(
         contacts=contacts,
         scenario="seed" if scenario == "seed" else "default",

@@ -9,7 +9,7 @@ from multiprocessing.context import SpawnProcess
 import structlog
 import typer
 
-from crmsync.cli import DB_OPT, REDIS_OPT, _run, _settings, app
+from crmsync.cli import BATCH_SIZE_OPT, DB_OPT, REDIS_OPT, _run, _settings, app
 from crmsync.settings import Settings
 
 
@@ -26,14 +26,7 @@ def worker(
         envvar="CRMSYNC_WORKER_CONCURRENCY",
         help="CRM requests in flight per process.",
     ),
-    batch_size: int = typer.Option(
-        1,
-        "--batch-size",
-        min=1,
-        max=200,
-        envvar="CRMSYNC_BATCH_SIZE",
-        help="Records per CRM request (1 = single-record mode).",
-    ),
+    batch_size: int = BATCH_SIZE_OPT,
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
 ) -> None:
@@ -66,7 +59,7 @@ def up(
     concurrency: int = typer.Option(
         200, "--concurrency", "-c", min=1, envvar="CRMSYNC_WORKER_CONCURRENCY"
     ),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, max=200, envvar="CRMSYNC_BATCH_SIZE"),
+    batch_size: int = BATCH_SIZE_OPT,
     host: str | None = typer.Option(None, "--host", envvar="CRMSYNC_API_HOST"),
     port: int | None = typer.Option(None, "--port", envvar="CRMSYNC_API_PORT"),
     database_url: str | None = DB_OPT,

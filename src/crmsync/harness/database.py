@@ -3,6 +3,20 @@
 from __future__ import annotations
 
 from crmsync import db
+from crmsync.contacts import ID_RE
+from crmsync.errors import UserError
+
+SYSTEM_DATABASES = ("postgres", "template0", "template1")
+
+
+def scratch_database(name: str) -> str:
+    """``name`` if it may be dropped and recreated (the demo's and the bench's
+    ``--database``), else a one-sentence error naming the flag."""
+    if not ID_RE.match(name) or name in SYSTEM_DATABASES:
+        raise UserError(
+            f"--database {name!r} must be a plain name of a scratch database to drop and recreate"
+        )
+    return name
 
 
 def database_named(url: str, name: str) -> str:
