@@ -76,6 +76,17 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
 
 
+async def _report(request: Request) -> dict[str, Any]:
+    """The status report of ``/v1/status`` and ``/metrics`` (``status.collect``).
+    Not a hot path: one short-lived Redis client per call, nothing to leak."""
+    settings: Settings = request.app.state.settings
+    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2)
+    try:
+        return await collect(_pool(request), client)
+    finally:
+        await client.aclose()
+
+
 def _contact(row: asyncpg.Record) -> dict[str, Any]:
     return {k: row[k] for k in _CONTACT_KEYS}
 
@@ -143,14 +154,10 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
         # This process's own metrics, then every connection's state and the
         # workers' counters (kept in Redis, so any API instance can export them).
         body = generate_latest()
-        settings: Settings = request.app.state.settings
-        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2)
         try:
-            body += prometheus_text(await collect(_pool(request), client))
+            body += prometheus_text(await _report(request))
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("metrics.status_failed", error=str(exc))
-        finally:
-            await client.aclose()
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.put("/v1/contacts/{id}")
@@ -226,13 +233,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
 
     @app.get("/v1/status")
     async def status(request: Request) -> Response:
-        # Not a hot path: one short-lived Redis client per call, nothing to leak.
-        settings: Settings = request.app.state.settings
-        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2)
-        try:
-            return _json(await collect(_pool(request), client))
-        finally:
-            await client.aclose()
+        return _json(await _report(request))
 
     return app
 
