@@ -75,6 +75,8 @@ class _Record:
     outcomes: list[bool] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     paused: bool = False  # a 401 of this claim paused the connection already
+    limited_for: float = 0.0  # longest wait a CRM's 429 of this claim asked for
+    block_for: float = 0.0  # longest pause the CRM's quota headers asked for
 
 
 async def _write_rows(
@@ -396,6 +398,10 @@ class Worker:
             for (ops, by_id), (res, ms) in zip(sent, results, strict=True):
                 rec.counts[stats.latency_field(ms)] += 1
                 await self._outcome(conn, ops, by_id, res, rec)
+            if rec.limited_for:
+                # The CRM's view of the limit differs from ours: everyone waits
+                # (and runs slower for a while), at once, one call for the claim.
+                await self.store.block(conn.id, rec.limited_for, slow=True)
             await self._write(conn, claim, rec, refund=claim.permits - len(sent))
             done = True
             return rec.outcomes
@@ -502,8 +508,8 @@ class Worker:
     ) -> None:
         rec.counts[stats.REQUESTS] += 1
         if isinstance(res, RateLimited):
-            # The CRM's view of the limit differs from ours: everyone waits, no attempt.
-            await self.store.block(conn.id, res.retry_after, slow=True)
+            # Everyone waits (after the claim's outcomes); no attempt.
+            rec.limited_for = max(rec.limited_for, res.retry_after)
             rec.counts[stats.RATE_LIMITED] += 1
             rec.release.extend(op.contact_id for op in ops)
             rec.outcomes.append(True)
@@ -521,8 +527,8 @@ class Worker:
                 self._fail(op, by_id[op.contact_id], res, rec)
             return
         rec.outcomes.append(True)
-        if res.block_for:
-            await self.store.block(conn.id, res.block_for)
+        if res.block_for:  # held back with the claim's hand-back (finish)
+            rec.block_for = max(rec.block_for, res.block_for)
         for op, r in zip(ops, res.results, strict=True):
             it = by_id[op.contact_id]
             if r.ok:
@@ -573,7 +579,7 @@ class Worker:
             except DB_ERRORS as exc:
                 # Nothing recorded: give everything back; the CRM calls were idempotent.
                 log.warning("worker.record_failed", connection=conn.id, error=str(exc))
-                await self.store.release(claim, claim.ids)
+                await self.store.finish(claim, release=claim.ids, block=rec.block_for)
                 return
         await self.store.finish(
             claim,
@@ -583,6 +589,7 @@ class Worker:
             release=rec.release,
             outcomes=rec.outcomes,
             counters=rec.counts,
+            block=rec.block_for,
         )
 
     async def _renew(self, claim: Claim) -> None:

@@ -258,3 +258,18 @@ async def test_no_two_claimers_ever_hold_one_contact(
     claims = await asyncio.gather(*(claim(s, cid, 7) for _ in range(40) for s in (store, other)))
     ids = [i for c in claims for i in c.ids]
     assert len(ids) == len(set(ids)) == 300
+
+
+async def test_finish_holds_the_connection_before_it_releases(store: QueueStore, cid: str) -> None:
+    """A quota header's pause rides on the claim's hand-back, ahead of its release:
+    the released ids must not be claimable before the pause ends."""
+    await store.enqueue([(cid, "c-1", Band.UPDATE), (cid, "c-2", Band.UPDATE)])
+    first = await claim(store, cid, 2)
+    assert sorted(first.ids) == ["c-1", "c-2"]
+    await store.finish(first, ack=["c-1"], release=["c-2"], block=0.3)
+    held = await claim(store, cid)
+    assert held.refused == "blocked" and held.ids == []
+    assert held.next_eligible_ms is not None
+    assert 200 <= held.next_eligible_ms - held.admitted_ms <= 300
+    await asyncio.sleep(0.35)
+    assert (await claim(store, cid)).ids == ["c-2"]

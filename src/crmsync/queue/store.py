@@ -89,6 +89,11 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _block_args(seconds: float, *, slow: bool) -> list[Arg]:
+    slow_ms = math.ceil(SLOW_SECONDS * 1000) if slow else 0
+    return [max(0, math.ceil(seconds * 1000)), slow_ms, repr(SLOW_FACTOR)]
+
+
 def _limits_spec(windows: Sequence[RateWindow]) -> str:
     return ",".join(f"{w.limit}:{w.window_ms}" for w in windows)
 
@@ -279,16 +284,21 @@ class QueueStore:
         release: Sequence[str] = (),
         outcomes: Sequence[bool] = (),
         counters: Mapping[str, int] | None = None,
+        block: float = 0.0,
     ) -> None:
         """Everything a processed claim hands back, in one pipelined round trip:
-        ack (with refund), retry, release, breaker report and counters, in that
-        order. ``ack``, ``retry_later``, ``release`` and ``report`` are this with
-        one part; the config is read only for the parts that need it."""
+        a block the CRM's quota headers asked for (``block`` seconds, as
+        ``block()`` without slowing), ack (with refund), retry, release, breaker
+        report and counters, in that order. ``ack``, ``retry_later``, ``release``
+        and ``report`` are this with one part; the config is read only for the
+        parts that need it."""
         cid = claim.connection_id
         ck = keys.connection(cid)
         ks = ck.script_keys()
         refund = max(0, min(refund, claim.permits))
         calls: list[tuple[str, Sequence[str], list[Arg]]] = []
+        if block > 0:  # first: the ids released below must find the connection held
+            calls.append(("block", ks, _block_args(block, slow=False)))
         if ack or refund:
             cfg = await self._config_for(cid)
             args: list[Arg] = [claim.token, refund, claim.admitted_ms, len(cfg.enforced)]
@@ -312,7 +322,7 @@ class QueueStore:
         for (name, _, _), res in zip(calls, results, strict=True):
             if name == "report":
                 wake = wake or (claim.probe and _text(res) == "closed")
-            else:
+            elif name != "block":
                 wake = wake or int(res) > 0
         if wake:
             await self._wake([cid])
@@ -342,9 +352,7 @@ class QueueStore:
         quota): claims then also run at ``SLOW_FACTOR`` of every limit, growing
         back to the whole limit over ``SLOW_SECONDS``."""
         ks = keys.connection(connection_id).script_keys()
-        slow_ms = math.ceil(SLOW_SECONDS * 1000) if slow else 0
-        args: list[Arg] = [max(0, math.ceil(seconds * 1000)), slow_ms, repr(SLOW_FACTOR)]
-        await self.scripts.call("block", ks, args)
+        await self.scripts.call("block", ks, _block_args(seconds, slow=slow))
 
     async def pause(self, connection_id: str, reason: str) -> None:
         reason = reason or "paused"
