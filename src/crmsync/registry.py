@@ -56,14 +56,20 @@ class Connection:
             paused_reason=row["paused_reason"],
         )
 
+    def _int_setting(self, name: str, default: int) -> int:
+        try:
+            return int(self.settings.get(name, default))
+        except (TypeError, ValueError):
+            return default
+
     def batch_size(self, default: int, adapter_max: int) -> int:
         """Records per request: the connection's setting, else the global one."""
-        raw = self.settings.get("batch_size", default)
-        try:
-            size = int(raw)
-        except (TypeError, ValueError):
-            size = default
-        return max(1, min(size, adapter_max))
+        return max(1, min(self._int_setting("batch_size", default), adapter_max))
+
+    def max_in_flight(self, default: int) -> int:
+        """Requests this connection may have in flight per worker process at most
+        (``max_in_flight``: a CRM's own concurrency cap), else ``default``."""
+        return max(1, min(self._int_setting("max_in_flight", default), default))
 
 
 class Registry:

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -26,11 +27,12 @@ from redis.exceptions import RedisError
 
 from crmsync import db, stats
 from crmsync.breaker import CrmBreaker
+from crmsync.concurrency import AdaptiveLimit, Gate
 from crmsync.crm.base import WRITE_WATCH, ContactFields, CrmAdapter, Op, SendResult, WriteWatch
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
 from crmsync.queue import keys
 from crmsync.queue.store import Claim, QueueStore
-from crmsync.ratelimit import MAX_REQUESTS_PER_CLAIM
+from crmsync.ratelimit import MAX_REQUESTS_PER_CLAIM, PACING_BURST, normalize, with_pacing
 from crmsync.registry import Connection, Registry
 from crmsync.retry import RetryPolicy
 from crmsync.rules import ContactRow, Decision, LedgerRow, decide
@@ -41,7 +43,23 @@ log = structlog.get_logger(__name__)
 
 # Requests per claim: keeps claims short and connections interleaved.
 CLAIM_CAP = MAX_REQUESTS_PER_CLAIM
+# Requests in flight per connection and process (concurrency.py). A connection
+# alone in a process may fill it (at least IN_FLIGHT_ALONE: one whole claim);
+# beside other active connections it keeps only what keeps its CRM's queue short,
+# down to IN_FLIGHT_FLOOR, or to its pacing burst when that is small (what one
+# claim carries and sends at once).
+IN_FLIGHT_ALONE = CLAIM_CAP
+IN_FLIGHT_FLOOR = 4
+ACTIVE_MS = 1000.0  # a connection that sent within this long is active
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class NoPermit(RateLimited):
+    """Our own limiter gave no permit in time: the request was not sent (unlike a
+    CRM's 429, nothing to wait out or slow down for)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=0.0, status=None, code="NO_PERMIT")
 
 
 def now_ms() -> float:
@@ -87,6 +105,21 @@ async def _write_rows(
         await pg.execute(db.q("worker_record"), connection_id, *zip(*rec.ledger, strict=True))
     if rec.dead:
         await pg.execute(db.q("worker_dead_letters"), connection_id, *zip(*rec.dead, strict=True))
+
+
+def in_flight_bounds(conn: Connection, concurrency: int, *, alone: bool) -> tuple[int, int]:
+    """(floor, ceiling) of a connection's adaptive in-flight limit in one process."""
+    ceiling = conn.max_in_flight(concurrency)
+    if alone:
+        floor = IN_FLIGHT_ALONE
+    else:
+        floor = IN_FLIGHT_FLOOR
+        if conn.windows:
+            # Paced in small bursts (limits up to about 500/s): keep one whole.
+            burst = min(w.limit for w in with_pacing(normalize(conn.windows)))
+            if burst <= PACING_BURST:
+                floor = max(floor, burst)
+    return min(floor, ceiling), ceiling
 
 
 def _fields(c: ContactRow) -> ContactFields:
@@ -169,6 +202,11 @@ class Worker:
         self.sched = Scheduler()
         self.reserved = 0
         self.inflight: Counter[str] = Counter()  # slots held per connection
+        # connection -> (the Connection and alone-ness it was bounded for, its gate)
+        self.gates: dict[str, tuple[Connection, bool, Gate]] = {}
+        self.active: dict[str, float] = {}  # connection -> when it last sent
+        self._alone: str | None = None  # the only active connection, if just one
+        self._active_at = 0.0
         self.kick = asyncio.Event()
         # (connection, admitted_ms) -> requests written late, moved once per loop turn
         self._late: dict[tuple[str, int], int] = {}
@@ -392,8 +430,11 @@ class Worker:
                 lag = now_ms() - claim.admitted_ms
                 rec.counts[stats.latency_field(lag, "lag")] += len(sent)
             limited = bool(conn.windows)  # no windows: no permits to move or take
+            if sent:
+                self._mark_active(conn.id, now_ms())
+            gate = self._gate(conn)
             results = await asyncio.gather(
-                *(self._send(adapter, ops, claim, limited) for ops, _ in sent)
+                *(self._send(adapter, ops, claim, limited, gate) for ops, _ in sent)
             )
             for (ops, by_id), (res, ms) in zip(sent, results, strict=True):
                 rec.counts[stats.latency_field(ms)] += 1
@@ -446,32 +487,93 @@ class Worker:
                 requests.append((chunk, {op.contact_id: by_id[op.contact_id] for op in chunk}))
         return requests
 
+    def _mark_active(self, cid: str, now: float) -> None:
+        """Note a sending connection; once a second, forget the quiet ones and
+        see whether a single connection has the process to itself."""
+        self.active[cid] = now
+        if now - self._active_at >= ACTIVE_MS:
+            self._active_at = now
+            self.active = {c: t for c, t in self.active.items() if now - t < ACTIVE_MS}
+        self._alone = next(iter(self.active)) if len(self.active) == 1 else None
+
+    def _gate(self, conn: Connection) -> Gate:
+        """The connection's gate, bounded for its settings and for whether it is
+        alone (history kept when either changes)."""
+        alone = self._alone == conn.id
+        known = self.gates.get(conn.id)
+        if known is not None and known[1] == alone and (known[0] is conn or known[0] == conn):
+            if known[0] is not conn:
+                self.gates[conn.id] = (conn, alone, known[2])
+            return known[2]
+        floor, ceiling = in_flight_bounds(conn, self.concurrency, alone=alone)
+        if known is None:
+            gate = Gate(AdaptiveLimit(floor, ceiling, IN_FLIGHT_ALONE))
+        else:
+            gate = known[2]
+            gate.limit.bound(floor, ceiling)
+        self.gates[conn.id] = (conn, alone, gate)
+        return gate
+
     async def _send(
-        self, adapter: CrmAdapter, ops: Sequence[Op], claim: Claim, limited: bool
+        self, adapter: CrmAdapter, ops: Sequence[Op], claim: Claim, limited: bool, gate: Gate
     ) -> tuple[SendResult | CrmError, float]:
-        if limited:
-            # Runs in its own task (gather), so the watch belongs to this request only.
-            WRITE_WATCH.set(
-                WriteWatch(lambda: self._written(claim), lambda: self._extra_permit(claim))
-            )
+        waited = await gate.acquire()
         t0 = time.perf_counter()
         try:
+            if limited:
+                admitted: int | None = claim.admitted_ms
+                if waited and now_ms() - claim.admitted_ms > self.max_lag_ms:
+                    admitted = await self._permit_now(claim)
+                if admitted is None:
+                    raise NoPermit("no rate-limit permit for a request held back")
+                # Runs in its own task (gather): the watch is this request's only.
+                WRITE_WATCH.set(
+                    WriteWatch(
+                        partial(self._written, claim.connection_id, admitted),
+                        partial(self._extra_permit, claim),
+                    )
+                )
+                t0 = time.perf_counter()
             res: SendResult | CrmError = await adapter.send(ops)
         except CrmError as exc:
             res = exc
-        return res, (time.perf_counter() - t0) * 1000.0
+        finally:
+            gate.release()
+        ms = (time.perf_counter() - t0) * 1000.0
+        if not isinstance(res, NoPermit) and not (
+            isinstance(res, Retryable) and res.code == "CONNECTION"
+        ):
+            # A refused connection answers at once: no measure of the CRM's time.
+            gate.sample(ms, now_ms())
+        return res, ms
 
-    def _written(self, claim: Claim) -> None:
+    async def _permit_now(self, claim: Claim) -> int | None:
+        """A permit for now, for a request held at the gate past the lag the
+        margin absorbs: its claim-time permit is given back and a new one taken
+        with room (a restamp needs none, which is only safe for the short delays
+        of a write). Returns the new admission time, or None when no permit came
+        within the HTTP timeout."""
+        cid = claim.connection_id
+        granted, at = await self.store.retake(cid, claim.admitted_ms)
+        deadline = time.monotonic() + self.settings.http_timeout_seconds
+        while not granted:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.02)
+            granted, at = await self.store.take(cid, 1)
+        return at
+
+    def _written(self, cid: str, admitted_ms: int) -> None:
         """The request is being written now. When that is later than its admission
         by more than the lag the margin absorbs (a busy loop, a descheduled
         process), move its permit to now, so the limiter counts what the CRM
         counts. The move is atomic and needs no room (``restamp.lua``)."""
-        if now_ms() - claim.admitted_ms <= self.max_lag_ms:
+        if now_ms() - admitted_ms <= self.max_lag_ms:
             return
         # The late writes of one claim come together: one move for all of them.
         if not self._late:
             asyncio.get_running_loop().call_soon(self._move_late)
-        key = (claim.connection_id, claim.admitted_ms)
+        key = (cid, admitted_ms)
         self._late[key] = self._late.get(key, 0) + 1
 
     def _move_late(self) -> None:
@@ -484,11 +586,11 @@ class Worker:
     async def _extra_permit(self, claim: Claim) -> None:
         """Wait for one more permit for a follow-up request of a send (HubSpot's
         update after a 409, its lookup before a delete). Not granted within the
-        HTTP timeout: the ids go back as rate limited, which is not an attempt."""
+        HTTP timeout: the ids go back, which is not an attempt."""
         deadline = time.monotonic() + self.settings.http_timeout_seconds
-        while not await self.store.take(claim.connection_id, 1):
+        while not (await self.store.take(claim.connection_id, 1))[0]:
             if time.monotonic() > deadline:
-                raise RateLimited("no rate-limit permit for a follow-up request", retry_after=1.0)
+                raise NoPermit("no rate-limit permit for a follow-up request")
             await asyncio.sleep(0.02)
 
     async def _restamp(self, cid: str, admitted_ms: int, n: int) -> None:
@@ -506,6 +608,11 @@ class Worker:
         res: SendResult | CrmError,
         rec: _Record,
     ) -> None:
+        if isinstance(res, NoPermit):
+            # Our own limiter had no room in time: nothing was sent, no attempt.
+            rec.release.extend(op.contact_id for op in ops)
+            rec.outcomes.append(True)
+            return
         rec.counts[stats.REQUESTS] += 1
         if isinstance(res, RateLimited):
             # Everyone waits (after the claim's outcomes); no attempt.

@@ -180,10 +180,29 @@ async def test_take_counts_follow_up_requests(redis_client: aioredis.Redis) -> N
     store, cid = await queued(redis_client, [RateWindow(3, 60_000)], 5)
     c = await store.claim(cid, max_requests=2, batch_size=1, lease_ms=30_000)
     assert c.permits == 2
-    assert await store.take(cid, 2) == 1  # one left in the window
-    assert await store.take(cid, 1) == 0
+    assert (await store.take(cid, 2))[0] == 1  # one left in the window
+    assert (await store.take(cid, 1))[0] == 0
     nothing = await store.claim(cid, max_requests=1, batch_size=1, lease_ms=30_000)
     assert nothing.refused == "rate_limited"
+
+
+async def test_retake_moves_a_held_request_to_now_only_with_room(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A request held back after its claim gives its old permit back and needs
+    room at the time it goes out (unlike a late write's restamp, which needs none)."""
+    store, cid = await queued(redis_client, [RateWindow(3, 300)], 8)
+    c = await store.claim(cid, max_requests=3, batch_size=1, lease_ms=30_000)
+    assert c.permits == 3
+    granted, at = await store.retake(cid, c.admitted_ms)
+    assert granted == 1 and at >= c.admitted_ms  # its own permit made the room
+    assert (await store.take(cid, 1))[0] == 0  # still 3 in the window, not 4
+    # Held past the window: its old permit has left it and frees nothing, and
+    # the window is full again, so the held request must wait.
+    await asyncio.sleep(0.4)
+    full = await store.claim(cid, max_requests=3, batch_size=1, lease_ms=30_000)
+    assert full.permits == 3
+    assert (await store.retake(cid, c.admitted_ms))[0] == 0
 
 
 async def test_a_crm_429_lowers_the_rate_for_a_while(

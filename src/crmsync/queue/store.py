@@ -245,11 +245,16 @@ class QueueStore:
         )
         return replace(claim, permits=granted, admitted_ms=at)
 
-    async def take(self, connection_id: str, wanted: int = 1) -> int:
+    async def take(self, connection_id: str, wanted: int = 1) -> tuple[int, int]:
         """Take up to ``wanted`` permits at Redis time now, outside any claim (a
-        follow-up request of a send); returns how many were granted."""
-        granted, _ = await self._swap(connection_id, 0, 0, wanted)
-        return granted
+        follow-up request of a send); (granted, Redis time ms)."""
+        return await self._swap(connection_id, 0, 0, wanted)
+
+    async def retake(self, connection_id: str, admitted_ms: int, n: int = 1) -> tuple[int, int]:
+        """Give back ``n`` permits taken at ``admitted_ms`` and take up to ``n`` at
+        Redis time now, with room (requests held back after their claim, so their
+        permits must stand for when they go out); (granted, Redis time ms)."""
+        return await self._swap(connection_id, n, admitted_ms, n)
 
     async def _swap(
         self, connection_id: str, give: int, admitted_ms: int, wanted: int
