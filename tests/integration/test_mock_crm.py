@@ -121,6 +121,21 @@ async def test_limits_answer_with_the_real_errors(
     assert stats["salesforce/acme"]["max_in_any_1s"] == 8
     assert stats["hubspot/acme"]["violations"] == 2
     assert stats["hubspot/acme"]["by_status"] == {"201": 5, "429": 2}
+    # When each violation happened, on the clock of the stats' "now".
+    at = stats["salesforce/acme"]["violations_at"]
+    assert len(at) == 3 and all(0 <= mock.stats()["now"] - t < 5 for t in at)
+
+
+async def test_the_mock_reports_stalls_of_its_own_event_loop(mock: MockHandle) -> None:
+    await asyncio.sleep(0.05)
+    time.sleep(0.08)  # block the loop, as a busy host's scheduler would
+    await asyncio.sleep(0.05)
+    loop = mock.stats()["loop"]
+    assert loop["stalls"] >= 1 and loop["max_stall_ms"] >= 60
+    end, ms = loop["recent"][-1]
+    assert ms >= 60 and 0 <= mock.stats()["now"] - end < 1
+    mock.reset()
+    assert mock.stats()["loop"]["stalls"] == 0
 
 
 async def test_batch_sizes_and_uniqueness_are_enforced(

@@ -18,7 +18,7 @@ from crmsync.bench.report import (
     target,
     to_json,
 )
-from crmsync.bench.stage import limit_per_second
+from crmsync.bench.stage import Measured, limit_per_second
 from crmsync.harness.cluster import ConnectionInfo
 
 
@@ -120,3 +120,22 @@ def test_profile_summary_shares() -> None:
     assert inclusive["send (crmsync/worker.py)"] == 0.8
     assert "run (loop.py)" not in inclusive  # on every stack: says nothing
     assert summarize([])["samples"] == 0
+
+
+def test_violations_are_matched_to_the_mock_stalls_before_them() -> None:
+    m = Measured(
+        seconds=60.0,
+        mock0={},
+        mock1={
+            "salesforce/a": {"violations_at": [100.2, 150.0]},
+            "hubspot/b": {"violations_at": [100.9, 99.0]},
+        },
+        counters0={},
+        counters1={},
+        mock_loop={"recent": [[100.0, 55.0], [149.5, 25.0]]},
+    )
+    # 100.2 and 100.9 follow the 55 ms stall; 150.0 follows only a short one;
+    # 99.0 came before any stall.
+    assert m.violations_after_stalls(40.0) == 2
+    assert m.violations_after_stalls(20.0) == 3
+    assert m.mock_stalls(40.0) == 1

@@ -66,6 +66,18 @@ class Measured:
     series: dict[str, list[float]] = field(default_factory=dict)
     left: dict[str, int] = field(default_factory=dict)  # ready ids at the window's end
     profile: dict[str, Any] = field(default_factory=dict)  # per worker (--profile)
+    mock_loop: dict[str, Any] = field(default_factory=dict)  # the mock's stalls (whole run)
+
+    def violations_after_stalls(self, min_stall_ms: float, within_s: float = 1.0) -> int:
+        """Violations (whole run, the first few per account) that came within
+        ``within_s`` after the mock's event loop resumed from a stall of at least
+        ``min_stall_ms``: arrivals it counted late, bunched with later ones."""
+        ends = [end for end, ms in self.mock_loop.get("recent", []) if ms >= min_stall_ms]
+        times = [t for a in self.mock1.values() for t in a.get("violations_at", [])]
+        return sum(1 for t in times if any(0.0 <= t - e <= within_s for e in ends))
+
+    def mock_stalls(self, min_stall_ms: float) -> int:
+        return sum(1 for _, ms in self.mock_loop.get("recent", []) if ms >= min_stall_ms)
 
     def arrivals(self, c: ConnectionInfo) -> int:
         key = f"{c.crm}/{c.account}"
@@ -258,10 +270,12 @@ class Stage:
         self.procs.stop()
         await rates.stop()
         c1 = await counter_totals(self.cluster.redis, ids)
-        mock1 = (await self.cluster.mock_stats())["accounts"]
+        end = await self.cluster.mock_stats()
         left = await self.ready()
         profile = await profiler.finish() if profiler is not None else {}
-        return Measured(elapsed, mock0, mock1, c0, c1, rates.series(), left, profile)
+        return Measured(
+            elapsed, mock0, end["accounts"], c0, c1, rates.series(), left, profile, end["loop"]
+        )
 
     def conn_rates(self, m: Measured, limits: Mapping[str, float | None]) -> list[ConnRate]:
         out = []

@@ -16,6 +16,7 @@ from crmsync.errors import UserError
 from crmsync.ratelimit import parse_rate_limit
 
 DAY_MS = 86_400_000
+MAX_VIOLATION_TIMES = 20  # violations whose time is kept (stats: violations_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,12 @@ class AccountLimits:
         self.arrivals: deque[float] = deque()
         self.max_in_any_1s = 0
         self.violations = 0
+        self.violations_at: list[float] = []  # monotonic times of the first few
+
+    def _violate(self, now: float) -> None:
+        self.violations += 1
+        if len(self.violations_at) < MAX_VIOLATION_TIMES:
+            self.violations_at.append(now)
 
     def arrive(self, now: float) -> None:
         """Log one arrival (any request for this account) for the 1-second maximum."""
@@ -86,11 +93,11 @@ class AccountLimits:
         if day != self.day:
             self.day, self.day_count = day, 0
         if self.daily_limit and self.day_count >= self.daily_limit:
-            self.violations += 1
+            self._violate(now)
             return Refusal(Window(self.daily_limit, DAY_MS), (day + 1) * 86_400 - wall)
         for log in self.logs:
             if log.count(now) >= log.window.limit:
-                self.violations += 1
+                self._violate(now)
                 return Refusal(log.window, max(0.0, log.times[0] + log.seconds - now))
         for log in self.logs:
             log.times.append(now)
@@ -108,6 +115,7 @@ class AccountLimits:
         self.arrivals.clear()
         self.max_in_any_1s = 0
         self.violations = 0
+        self.violations_at.clear()
         for log in self.logs:
             log.times.clear()
         self.day_count = 0

@@ -30,6 +30,7 @@ from crmsync.mock.http import Finish, Request, response, serve
 from crmsync.mock.hubspot import HubSpotPortal
 from crmsync.mock.hubspot import error as hs_error
 from crmsync.mock.limits import DAY_MS, AccountLimits, Refusal
+from crmsync.mock.loopwatch import LoopWatch
 from crmsync.mock.salesforce import SalesforceOrg
 from crmsync.mock.salesforce import error as sf_error
 
@@ -130,6 +131,7 @@ class Account:
             "requests": self.requests,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items(), key=str)},
             "violations": lim.violations,
+            "violations_at": [round(t, 3) for t in lim.violations_at],
             "max_in_any_1s": lim.max_in_any_1s,
             "limit": first.limit if first else 0,
             "window_ms": first.window_ms if first else 0,
@@ -161,6 +163,7 @@ class MockCrm:
             self.defaults.apply(config.faults)
         self.accounts: dict[tuple[str, str], Account] = {}
         self.base = ""
+        self.loop = LoopWatch()
         for spec in config.accounts:
             self.add_account(spec)
 
@@ -207,9 +210,12 @@ class MockCrm:
             "lost_responses": sum(s["lost_responses"] for s in per.values()),
             "max_in_any_1s": max((s["max_in_any_1s"] for s in per.values()), default=0),
         }
-        return {"accounts": per, "totals": totals}
+        # "now" and the times in "loop" and "violations_at" share one clock.
+        loop = self.loop.stats()
+        return {"accounts": per, "totals": totals, "loop": loop, "now": time.monotonic()}
 
     def reset(self, *, faults: bool = True) -> None:
+        self.loop.reset()
         for acct in self.accounts.values():
             acct.reset()
             if faults:
@@ -317,6 +323,7 @@ class MockHandle:
         self.mock.reset(faults=faults)
 
     async def close(self) -> None:
+        await self.mock.loop.stop()
         self.server.close()
         await self.server.wait_closed()
 
@@ -330,6 +337,7 @@ async def start_mock(
     bound = server.sockets[0].getsockname()
     url = f"http://{host}:{bound[1]}"
     mock.base = url
+    mock.loop.start()
     return MockHandle(mock, server, url)
 
 

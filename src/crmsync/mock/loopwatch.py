@@ -1,0 +1,63 @@
+"""How late the mock's event loop wakes up.
+
+A real CRM counts requests at its own edge; the mock counts them when its event
+loop reads them. If that loop stalls (the host's cores are busy with everything
+else a benchmark runs), requests sent over the stall are counted together when
+it resumes, and a stall longer than the limiter's margin can carry one pacing
+burst into the next window: a violation the sender did not cause. The bench
+reports stalls beside violations so a reader can tell the two apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import Any
+
+TICK_S = 0.01
+REPORT_MS = 20.0  # stalls at least this long are kept
+KEEP = 500
+
+
+class LoopWatch:
+    def __init__(self) -> None:
+        self.stalls: deque[tuple[float, float]] = deque(maxlen=KEEP)  # (end, ms)
+        self.count = 0
+        self.max_ms = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        before = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            late_ms = (now - before - TICK_S) * 1000.0
+            before = now
+            if late_ms >= REPORT_MS:
+                self.count += 1
+                self.max_ms = max(self.max_ms, late_ms)
+                self.stalls.append((now, late_ms))
+
+    def reset(self) -> None:
+        self.stalls.clear()
+        self.count = 0
+        self.max_ms = 0.0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "stalls": self.count,
+            "stall_ms_at_least": REPORT_MS,
+            "max_stall_ms": round(self.max_ms, 1),
+            "recent": [[round(end, 3), round(ms, 1)] for end, ms in self.stalls],
+        }
