@@ -128,7 +128,7 @@ async def test_limits_answer_with_the_real_errors(
 
 async def test_the_mock_reports_stalls_of_its_own_event_loop(mock: MockHandle) -> None:
     await asyncio.sleep(0.05)
-    time.sleep(0.08)  # block the loop, as a busy host's scheduler would
+    time.sleep(0.08)  # noqa: ASYNC251 - block the loop, as a busy host would
     await asyncio.sleep(0.05)
     loop = mock.stats()["loop"]
     assert loop["stalls"] >= 1 and loop["max_stall_ms"] >= 60
