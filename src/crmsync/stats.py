@@ -19,6 +19,7 @@ LATENCY_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000
 # Counter names a worker writes (the claim script writes its own, e.g. breaker_trips).
 CREATED, UPDATED, DELETED, SKIPPED = "created", "updated", "deleted", "skipped"
 RETRIED, DEAD, RATE_LIMITED, REQUESTS = "retried", "dead_lettered", "crm_rate_limited", "requests"
+HELD = "held_in_flight"  # requests that waited for the connection's in-flight limit
 
 
 def latency_field(ms: float, prefix: str = "lat") -> str:

@@ -88,6 +88,7 @@ EXPORTED_COUNTERS = (
     "admitted",
     "readmitted",
     "restamped",
+    "held_in_flight",
     "slowdowns",
     "breaker_trips",
     "leases_expired",

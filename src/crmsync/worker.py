@@ -436,8 +436,9 @@ class Worker:
             results = await asyncio.gather(
                 *(self._send(adapter, ops, claim, limited, gate) for ops, _ in sent)
             )
-            for (ops, by_id), (res, ms) in zip(sent, results, strict=True):
+            for (ops, by_id), (res, ms, held) in zip(sent, results, strict=True):
                 rec.counts[stats.latency_field(ms)] += 1
+                rec.counts[stats.HELD] += held
                 await self._outcome(conn, ops, by_id, res, rec)
             if rec.limited_for:
                 # The CRM's view of the limit differs from ours: everyone waits
@@ -516,7 +517,8 @@ class Worker:
 
     async def _send(
         self, adapter: CrmAdapter, ops: Sequence[Op], claim: Claim, limited: bool, gate: Gate
-    ) -> tuple[SendResult | CrmError, float]:
+    ) -> tuple[SendResult | CrmError, float, bool]:
+        """(outcome, answer time ms, whether it waited at the in-flight limit)."""
         waited = await gate.acquire()
         t0 = time.perf_counter()
         try:
@@ -545,7 +547,7 @@ class Worker:
         ):
             # A refused connection answers at once: no measure of the CRM's time.
             gate.sample(ms, now_ms())
-        return res, ms
+        return res, ms, waited
 
     async def _permit_now(self, claim: Claim) -> int | None:
         """A permit for now, for a request held at the gate past the lag the

@@ -287,3 +287,50 @@ async def test_revoked_token_pauses_connection_and_keeps_queue(system: System) -
 
     await system.wait_for(all_synced)
     assert await system.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_a_connection_keeps_to_its_in_flight_limit(settings: Settings) -> None:
+    """``max_in_flight`` caps the requests waiting on one CRM at once: ten 1-record
+    sends at 150 ms each, two at a time, take five rounds; the rest waited."""
+    mock = await start_mock(
+        MockConfig(
+            accounts=[AccountSpec("salesforce", "slow", limits=(Window(1000, 1000),))],
+            latency_ms=150,
+            jitter_ms=0,
+        )
+    )
+    pool = await db.create_pool(settings.database_url)
+    redis = aioredis.from_url(settings.redis_url)
+    store = QueueStore(redis, margin=settings.limit_margin)
+    await pool.execute(
+        "INSERT INTO connections (id, tenant, crm, account, base_url, token, rate_limits, settings)"
+        " VALUES ('slow', 'default', 'salesforce', 'slow', $1, $2, $3, $4)",
+        mock.base_url("salesforce", "slow"),
+        mock.token("salesforce", "slow"),
+        [{"limit": 1000, "window_ms": 1000}],
+        {"max_in_flight": 2},
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, 50, stop))
+    system = System(settings, pool, redis, store, mock, stop)
+    try:
+        await _insert(pool, [(f"f{i}", f"f{i}@example.com", None, "active") for i in range(10)])
+        t0 = asyncio.get_running_loop().time()
+
+        async def all_synced() -> bool:
+            return len(system.records("salesforce", "slow")) == 10
+
+        await system.wait_for(all_synced)
+        took = asyncio.get_running_loop().time() - t0
+        assert took >= 5 * 0.15 - 0.05  # five rounds of two; all ten at once: ~0.15 s
+        report = await collect(pool, redis)
+        (conn,) = [c for c in report["connections"] if c["id"] == "slow"]
+        assert conn["counters"]["held_in_flight"] >= 8 - 2  # the first two never wait
+        assert conn["sync"].get("synced") == 10
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)
+        await redis.aclose()
+        await pool.close()
+        await mock.close()
