@@ -22,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from crmsync import clock
 from crmsync.errors import UserError
 
@@ -249,6 +251,13 @@ def is_limit_answer(status: int, body: Any) -> bool:
     return status == 429 or (status == 403 and "REQUEST_LIMIT_EXCEEDED" in str(body))
 
 
+def lower_keys(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Headers looked up by lower-case name: aiohttp's are case-insensitive already."""
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        return headers
+    return {k.lower(): v for k, v in headers.items()}
+
+
 def block_seconds_from_headers(
     crm: str,
     status: int,
@@ -263,7 +272,7 @@ def block_seconds_from_headers(
     ``Retry-After`` if given, else for what the CRM's headers imply, else 1 s.
     A success blocks only when the CRM says its quota is used up.
     """
-    h = {k.lower(): v for k, v in headers.items()}
+    h = lower_keys(headers)
     t = clock.now() if now is None else now
     limited = is_limit_answer(status, body)
     if limited:

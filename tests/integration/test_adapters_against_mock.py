@@ -221,3 +221,31 @@ async def test_hubspot_single_create_of_a_taken_email_is_a_conflict(
         await a.send([Op("create", "c2", contact(2, email="same@example.com"), None)])
     assert caught.value.code == "CONFLICT" and caught.value.status == 409
     assert set(fields_of(mock, "hubspot")) == {"c1"}
+
+
+@pytest.mark.parametrize("crm", CRMS)
+async def test_ids_that_need_encoding_reach_the_crm_intact(
+    mock: MockHandle, session: aiohttp.ClientSession, crm: str
+) -> None:
+    """URLs are encoded once by the adapter (quoted parts on an encoded base) and
+    sent as they are: an id with a slash, a space, a '%' or 'é' stays one id."""
+    a = adapter(mock, session, crm)
+    odd = ["a/b", "with space", "50%off", "café", "q?x=1&y"]
+    ops = [
+        Op(
+            "create",
+            cid,
+            ContactFields(cid, f"u{i}@example.com", "Ada", "L", "Acme", "active"),
+            None,
+        )
+        for i, cid in enumerate(odd)
+    ]
+    created = await send_all(a, ops, "single")
+    assert all(r.ok for r in created), created
+    assert set(fields_of(mock, crm)) == set(odd)
+    updates = [
+        Op("update", op.contact_id, op.fields, r.external_id)
+        for op, r in zip(ops, created, strict=True)
+    ]
+    assert all(r.ok and r.created is False for r in await send_all(a, updates, "single"))
+    assert mock.account_stats(crm, ACCOUNTS[crm])["duplicates"] == 0

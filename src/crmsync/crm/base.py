@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from crmsync.errors import AuthFailed, CrmError, RateLimited, Retryable
 
@@ -82,6 +83,12 @@ def field_map(defaults: Mapping[str, str], override: Any) -> dict[str, str]:
     return {k: v for k, v in merged.items() if v}
 
 
+def base_of(url: str) -> str:
+    """A connection's base URL, percent-encoded once (every path and query part the
+    adapters add is quoted by them), so requests skip yarl's encoding pass."""
+    return str(URL(url)).rstrip("/")
+
+
 def loads(body: bytes) -> Any:
     """The JSON of a CRM body, or None when it is empty or not JSON (proxy pages)."""
     if not body:
@@ -127,7 +134,10 @@ async def call(
         elif watch.extra_permit is not None:
             await watch.extra_permit()
     try:
-        async with session.request(method, url, data=data, headers=headers, timeout=limit) as resp:
+        target = URL(url, encoded=True)  # built from base_of() and quoted parts
+        async with session.request(
+            method, target, data=data, headers=headers, timeout=limit
+        ) as resp:
             return resp.status, resp.headers, await resp.read()
     except TimeoutError as exc:
         message = f"no answer within {limit.total}s: {method} {url}"

@@ -25,6 +25,7 @@ from crmsync.crm.base import (
     Op,
     RecordResult,
     SendResult,
+    base_of,
     field_map,
     send_singles,
 )
@@ -203,7 +204,7 @@ class HubSpotAdapter(JsonClient):
         self.id_property = str(settings.get("id_property") or "crmsync_id")
         self.props = field_map(DEFAULT_PROPERTIES, settings.get("field_map"))
         super().__init__(token=token, settings=settings, session=session)
-        self.contacts = f"{base_url.rstrip('/')}/crm/v3/objects/contacts"
+        self.contacts = f"{base_of(base_url)}/crm/v3/objects/contacts"
         self.by_key = f"?idProperty={quote(self.id_property, safe='')}"
 
     def _properties(self, op: Op) -> dict[str, str]:

@@ -25,6 +25,7 @@ from crmsync.crm.base import (
     Op,
     RecordResult,
     SendResult,
+    base_of,
     field_map,
     send_singles,
 )
@@ -160,7 +161,7 @@ class SalesforceAdapter(JsonClient):
         self.ext_field = str(settings.get("external_id_field") or "CrmSync_Id__c")
         self.fields = field_map(DEFAULT_FIELDS, settings.get("field_map"))
         super().__init__(token=token, settings=settings, session=session)
-        root = f"{base_url.rstrip('/')}/services/data/{version}"
+        root = f"{base_of(base_url)}/services/data/{quote(version, safe='.')}"
         self.sobject = f"{root}/sobjects/Contact"
         self.by_ext = f"{self.sobject}/{quote(self.ext_field, safe='')}"
         self.collection = f"{root}/composite/sobjects"
