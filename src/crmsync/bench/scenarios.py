@@ -165,6 +165,7 @@ def fill_window_result(
             # a 1 s window, and the violations that followed one (loopwatch.py).
             "mock_stalls_over_40ms": m.mock_stalls(STALL_MS),
             "mock_max_stall_ms": m.mock_loop.get("max_stall_ms", 0.0),
+            "mock_gc_max_ms": m.mock_loop.get("gc_max_ms", 0.0),
             "violations_after_mock_stall": m.violations_after_stalls(STALL_MS),
         }
     )

@@ -351,6 +351,7 @@ async def run_mock(
 ) -> None:
     """Serve until ``stop`` is set (or the process is interrupted)."""
     handle = await start_mock(config, host=host, port=port)
+    handle.mock.loop.freeze_survivors = True  # this process is the mock's alone
     try:
         if on_ready is not None:
             on_ready(handle)
