@@ -8,10 +8,11 @@ burst into the next window: a violation the sender did not cause. The bench
 reports stalls beside violations so a reader can tell the two apart.
 
 The largest stalls were the mock's own full garbage collections (90 ms with
-~200k records kept), so the mock's own process (``run_mock``; not a mock inside a
-test's process) freezes what survives a full collection (``gc.freeze``): the next one scans only what came after, and pauses stay short.
-Only cyclic garbage that refers to frozen objects' cycles is never collected: a
-mock that lives for one run can afford it.
+~200k records kept), so the mock's own process (``run_mock``; not a mock inside
+a test's process) freezes what survives a full collection (``gc.freeze``): the
+next one scans only what came after, and pauses stay short. Cyclic garbage that
+was alive at a freeze is never collected: a mock that lives for one run can
+afford that.
 """
 
 from __future__ import annotations
