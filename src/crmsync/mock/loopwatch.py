@@ -10,9 +10,9 @@ reports stalls beside violations so a reader can tell the two apart.
 The largest stalls were the mock's own full garbage collections (90 ms with
 ~200k records kept), so the mock's own process (``run_mock``; not a mock inside
 a test's process) freezes what survives a full collection (``gc.freeze``): the
-next one scans only what came after, and pauses stay short. Cyclic garbage that
-was alive at a freeze is never collected: a mock that lives for one run can
-afford that.
+next one scans only what came after, and pauses stay short. Objects alive at a
+freeze that later become cyclic garbage are never collected: a mock that lives
+for one run can afford that.
 """
 
 from __future__ import annotations
