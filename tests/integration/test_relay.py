@@ -241,3 +241,28 @@ async def _until(probe: Any, expected: object, seconds: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"waited {seconds}s for {expected!r}, have {got!r}")
         await asyncio.sleep(0.02)
+
+
+async def test_run_relay_vacuums_the_outbox_after_a_bulk_move(
+    pool: asyncpg.Pool[Any], settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """Dead outbox rows slow every later take until a vacuum: the relay runs one
+    itself after moving ``vacuum_after`` rows."""
+
+    async def vacuums() -> int:
+        await pool.execute("SELECT pg_stat_clear_snapshot()")
+        n = await pool.fetchval(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'"
+        )
+        return int(n or 0)
+
+    before = await vacuums()
+    await insert(pool, *((f"bulk-{i}", "acme") for i in range(30)))
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_relay(settings, stop=stop, poll_seconds=30, vacuum_after=25))
+    try:
+        await _until(lambda: outbox_count(pool), 0)
+        await _until(vacuums, before + 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

@@ -131,6 +131,7 @@ async def run_fair(cfg: BenchConfig) -> list[ScenarioResult]:
         ) as r:
             acct = await r.json()
         big = "bench-big"
+        await cluster.clear_redis([big])
         spec = connections.build_spec(
             id=big,
             crm="salesforce",

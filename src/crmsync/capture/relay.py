@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 OUTBOX_CHANNEL = "crmsync_outbox"
 CONNECTIONS_CHANNEL = "crmsync_connections"
 CONNECTIONS_MAX_AGE = 5.0  # seconds a cached tenant -> connections map is trusted
+VACUUM_AFTER_ROWS = 50_000  # rows moved (deleted from the outbox) before the relay vacuums it
 ERRORS = (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 BANDS = {"insert": int(Band.CREATE), "update": int(Band.UPDATE), "delete": int(Band.DELETE)}
@@ -140,8 +141,10 @@ async def run_relay(
     stop: asyncio.Event | None = None,
     batch: int | None = None,
     poll_seconds: float | None = None,
+    vacuum_after: int = VACUUM_AFTER_ROWS,
 ) -> None:
-    """Relay until ``stop`` is set: drain on every wake-up, poll as a fallback."""
+    """Relay until ``stop`` is set: drain on every wake-up, poll as a fallback;
+    vacuum the outbox in the background after every ``vacuum_after`` rows moved."""
     from crmsync.runner import open_redis
 
     stop = stop or asyncio.Event()
@@ -157,6 +160,8 @@ async def run_relay(
     wake = asyncio.Event()
     cache = TenantCache()
     backfills: set[asyncio.Task[int]] = set()
+    vacuum: asyncio.Task[None] | None = None
+    moved = 0  # since the last vacuum started
 
     def on_notify(_conn: object, _pid: int, channel: str, _payload: str) -> None:
         if channel == CONNECTIONS_CHANNEL:
@@ -177,13 +182,20 @@ async def run_relay(
                     task = asyncio.create_task(reconcile_connection(pool, store, cid, tenant))
                     backfills.add(task)
                     task.add_done_callback(_backfill_done(backfills, cache, cid))
-                while not stop.is_set() and await relay_once(pool, store, batch, tenants) > 0:
-                    pass
+                while not stop.is_set() and (n := await relay_once(pool, store, batch, tenants)):
+                    moved += n
+                if moved >= vacuum_after and (vacuum is None or vacuum.done()):
+                    moved = 0
+                    vacuum = asyncio.create_task(_vacuum_outbox(pool))
             except ERRORS as exc:
                 cache.dirty = True
                 log.warning("relay.batch_failed", error=str(exc))
             await _wait(stop, wake, poll)
     finally:
+        if vacuum is not None:
+            vacuum.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *ERRORS):
+                await vacuum
         for task in backfills:
             task.cancel()
         if backfills:
@@ -194,6 +206,16 @@ async def run_relay(
         await redis.aclose()
         await pool.close()
         log.info("relay.stopped")
+
+
+async def _vacuum_outbox(pool: asyncpg.Pool[Any]) -> None:
+    t0 = time.monotonic()
+    try:
+        await pool.execute(db.q("relay_vacuum_outbox"))
+    except ERRORS as exc:  # autovacuum will do it later
+        log.warning("relay.vacuum_failed", error=str(exc))
+        return
+    log.info("relay.vacuumed_outbox", seconds=round(time.monotonic() - t0, 2))
 
 
 async def _listen(dsn: str, callback: Any) -> asyncpg.Connection[Any] | None:

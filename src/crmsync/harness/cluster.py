@@ -231,9 +231,14 @@ class Cluster:
 
     async def _clear_redis(self) -> None:
         """Forget queue, limiter, breaker and counters of our connections (earlier runs)."""
+        await self.clear_redis([c.id for c in self.connections])
+
+    async def clear_redis(self, ids: Sequence[str]) -> None:
+        """Forget every Redis key of these connections (a scenario's own connections
+        too: an earlier run's queue would otherwise be worked off first)."""
         assert self._redis is not None
-        for c in self.connections:
-            pattern = keys.connection(c.id).tag + ":*"
+        for cid in ids:
+            pattern = keys.connection(cid).tag + ":*"
             found = [k async for k in self._redis.scan_iter(match=pattern, count=500)]
             if found:
                 await self._redis.delete(*found)

@@ -20,3 +20,10 @@ SELECT c.id, c.tenant
 FROM connections c
 WHERE NOT EXISTS (SELECT 1 FROM sync_state s WHERE s.connection_id = c.id)
 ORDER BY c.id
+
+-- name: relay_vacuum_outbox
+-- After a bulk move (a backfill, a big import) the outbox is full of dead rows
+-- until autovacuum comes round (a minute or more); relay_take's index scan walks
+-- them on every batch (measured: 2 ms per take over ~200k dead rows, and
+-- PostgreSQL at half a core beside a 1M-row backlog). The relay vacuums at once.
+VACUUM (ANALYZE) outbox
