@@ -97,6 +97,17 @@ class _Record:
     block_for: float = 0.0  # longest pause the CRM's quota headers asked for
 
 
+@dataclass
+class _Permits:
+    """Where the permits of a claim's requests not yet sent stand: all in one
+    bucket, ``at``, until a request goes out later than the margin absorbs; then
+    they are re-taken together, with room (``QueueStore.retake``)."""
+
+    at: int
+    left: int  # requests not yet sent that hold a permit at ``at``
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 async def _write_rows(
     pg: asyncpg.Pool[Any] | PoolConnectionProxy[Any], connection_id: str, rec: _Record
 ) -> None:
@@ -433,8 +444,12 @@ class Worker:
             if sent:
                 self._mark_active(conn.id, now_ms())
             gate = self._gate(conn)
+            permits = _Permits(claim.admitted_ms, len(sent))
             results = await asyncio.gather(
-                *(self._send(adapter, ops, claim, limited, gate) for ops, _ in sent)
+                *(
+                    self._send(adapter, ops, claim, permits if limited else None, gate)
+                    for ops, _ in sent
+                )
             )
             for (ops, by_id), (res, ms, held) in zip(sent, results, strict=True):
                 rec.counts[stats.latency_field(ms)] += 1
@@ -516,16 +531,20 @@ class Worker:
         return gate
 
     async def _send(
-        self, adapter: CrmAdapter, ops: Sequence[Op], claim: Claim, limited: bool, gate: Gate
+        self,
+        adapter: CrmAdapter,
+        ops: Sequence[Op],
+        claim: Claim,
+        permits: _Permits | None,
+        gate: Gate,
     ) -> tuple[SendResult | CrmError, float, bool]:
-        """(outcome, answer time ms, whether it waited at the in-flight limit)."""
+        """(outcome, answer time ms, whether it waited at the in-flight limit).
+        ``permits``: the claim's, for a connection with rate limits."""
         waited = await gate.acquire()
         t0 = time.perf_counter()
         try:
-            if limited:
-                admitted: int | None = claim.admitted_ms
-                if waited and now_ms() - claim.admitted_ms > self.max_lag_ms:
-                    admitted = await self._permit_now(claim)
+            if permits is not None:
+                admitted = await self._admission(claim, permits, waited)
                 if admitted is None:
                     raise NoPermit("no rate-limit permit for a request held back")
                 # Runs in its own task (gather): the watch is this request's only.
@@ -549,21 +568,30 @@ class Worker:
             gate.sample(ms, now_ms())
         return res, ms, waited
 
-    async def _permit_now(self, claim: Claim) -> int | None:
-        """A permit for now, for a request held at the gate past the lag the
-        margin absorbs: its claim-time permit is given back and a new one taken
-        with room (a restamp needs none, which is only safe for the short delays
-        of a write). Returns the new admission time, or None when no permit came
-        within the HTTP timeout."""
-        cid = claim.connection_id
-        granted, at = await self.store.retake(cid, claim.admitted_ms)
+    async def _admission(self, claim: Claim, permits: _Permits, held: bool) -> int | None:
+        """The admission time of the permit this request goes out on. A request
+        ``held`` at the in-flight gate past the lag the margin absorbs re-takes
+        the claim's remaining permits for now, with room, one Redis call for all
+        of them (a restamp needs no room: only safe for the short delays of a
+        write, which ``_written`` moves). A request left without one takes its
+        own, waiting up to the HTTP timeout; None if none came."""
+        async with permits.lock:
+            late = now_ms() - permits.at > self.max_lag_ms
+            if held and late and permits.left > 0:
+                cid = claim.connection_id
+                granted, at = await self.store.retake(cid, permits.at, permits.left)
+                permits.at, permits.left = at, granted
+            if permits.left > 0:
+                permits.left -= 1
+                return permits.at
         deadline = time.monotonic() + self.settings.http_timeout_seconds
-        while not granted:
+        while True:
+            granted, at = await self.store.take(claim.connection_id, 1)
+            if granted:
+                return at
             if time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.02)
-            granted, at = await self.store.take(cid, 1)
-        return at
 
     def _written(self, cid: str, admitted_ms: int) -> None:
         """The request is being written now. When that is later than its admission
