@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,13 @@ class System:
 
 
 async def _add_connection(
-    pool: asyncpg.Pool[Any], mock: MockHandle, cid: str, crm: str, account: str, batch: int
+    pool: asyncpg.Pool[Any],
+    mock: MockHandle,
+    cid: str,
+    crm: str,
+    account: str,
+    settings: dict[str, Any],
+    limit: int = 200,
 ) -> None:
     await pool.execute(
         "INSERT INTO connections (id, tenant, crm, account, base_url, token, rate_limits, settings)"
@@ -73,9 +79,32 @@ async def _add_connection(
         account,
         mock.base_url(crm, account),
         mock.token(crm, account),
-        [{"limit": 200, "window_ms": 1000}],
-        {"batch_size": batch},
+        [{"limit": limit, "window_ms": 1000}],
+        settings,
     )
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    s: Settings, mock: MockHandle, add: Callable[[asyncpg.Pool[Any]], Awaitable[None]]
+) -> AsyncIterator[System]:
+    """A worker (concurrency 50) on a fresh pool and Redis client, after ``add``
+    wrote the connections; everything closed afterwards, the mock included."""
+    pool = await db.create_pool(s.database_url)
+    redis = aioredis.from_url(s.redis_url)
+    store = QueueStore(redis, margin=s.limit_margin)
+    await add(pool)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(s, 50, stop))
+    try:
+        yield System(s, pool, redis, store, mock, stop)
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)
+        await redis.aclose()
+        await pool.close()
+        await mock.close()
 
 
 @pytest.fixture(params=[1, 50], ids=["single", "batch"])
@@ -102,22 +131,13 @@ async def system(request: pytest.FixtureRequest, settings: Settings) -> AsyncIte
             jitter_ms=1,
         )
     )
-    pool = await db.create_pool(s.database_url)
-    redis = aioredis.from_url(s.redis_url)
-    store = QueueStore(redis, margin=s.limit_margin)
-    for cid, crm in (("sf", "salesforce"), ("hs", "hubspot")):
-        await _add_connection(pool, mock, cid, crm, "acme", request.param)
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(s, 50, stop))
-    try:
-        yield System(s, pool, redis, store, mock, stop)
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 15)
-        await redis.aclose()
-        await pool.close()
-        await mock.close()
+
+    async def add(pool: asyncpg.Pool[Any]) -> None:
+        for cid, crm in (("sf", "salesforce"), ("hs", "hubspot")):
+            await _add_connection(pool, mock, cid, crm, "acme", {"batch_size": request.param})
+
+    async with _running(s, mock, add) as system:
+        yield system
 
 
 async def _insert(
@@ -299,22 +319,14 @@ async def test_a_connection_keeps_to_its_in_flight_limit(settings: Settings) -> 
             jitter_ms=0,
         )
     )
-    pool = await db.create_pool(settings.database_url)
-    redis = aioredis.from_url(settings.redis_url)
-    store = QueueStore(redis, margin=settings.limit_margin)
-    await pool.execute(
-        "INSERT INTO connections (id, tenant, crm, account, base_url, token, rate_limits, settings)"
-        " VALUES ('slow', 'default', 'salesforce', 'slow', $1, $2, $3, $4)",
-        mock.base_url("salesforce", "slow"),
-        mock.token("salesforce", "slow"),
-        [{"limit": 1000, "window_ms": 1000}],
-        {"max_in_flight": 2},
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, 50, stop))
-    system = System(settings, pool, redis, store, mock, stop)
-    try:
-        await _insert(pool, [(f"f{i}", f"f{i}@example.com", None, "active") for i in range(10)])
+
+    async def add(pool: asyncpg.Pool[Any]) -> None:
+        await _add_connection(pool, mock, "slow", "salesforce", "slow", {"max_in_flight": 2}, 1000)
+
+    async with _running(settings, mock, add) as system:
+        await _insert(
+            system.pool, [(f"f{i}", f"f{i}@example.com", None, "active") for i in range(10)]
+        )
         t0 = asyncio.get_running_loop().time()
 
         async def all_synced() -> bool:
@@ -323,14 +335,7 @@ async def test_a_connection_keeps_to_its_in_flight_limit(settings: Settings) -> 
         await system.wait_for(all_synced)
         took = asyncio.get_running_loop().time() - t0
         assert took >= 5 * 0.15 - 0.05  # five rounds of two; all ten at once: ~0.15 s
-        report = await collect(pool, redis)
+        report = await collect(system.pool, system.redis)
         (conn,) = [c for c in report["connections"] if c["id"] == "slow"]
         assert conn["counters"]["held_in_flight"] >= 8 - 2  # the first two never wait
         assert conn["sync"].get("synced") == 10
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 15)
-        await redis.aclose()
-        await pool.close()
-        await mock.close()
