@@ -575,6 +575,10 @@ class Worker:
         of them (a restamp needs no room: only safe for the short delays of a
         write, which ``_written`` moves). A request left without one takes its
         own, waiting up to the HTTP timeout; None if none came."""
+        fresh = not held or now_ms() - permits.at <= self.max_lag_ms
+        if fresh and permits.left > 0 and not permits.lock.locked():
+            permits.left -= 1  # the common case: no re-take under way, nothing to wait for
+            return permits.at
         async with permits.lock:
             late = now_ms() - permits.at > self.max_lag_ms
             if held and late and permits.left > 0:
