@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ CLAIM_CAP = MAX_REQUESTS_PER_CLAIM
 IN_FLIGHT_ALONE = CLAIM_CAP
 IN_FLIGHT_FLOOR = 4
 ACTIVE_MS = 1000.0  # a connection that sent within this long is active
+GATE_LOG_MS = 30_000.0  # how often a worker logs its active connections' in-flight limits
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -218,6 +220,7 @@ class Worker:
         self.active: dict[str, float] = {}  # connection -> when it last sent
         self._alone: str | None = None  # the only active connection, if just one
         self._active_at = 0.0
+        self._gates_logged_at = 0.0
         self.kick = asyncio.Event()
         # (connection, admitted_ms) -> requests written late, moved once per loop turn
         self._late: dict[tuple[str, int], int] = {}
@@ -510,7 +513,28 @@ class Worker:
         if now - self._active_at >= ACTIVE_MS:
             self._active_at = now
             self.active = {c: t for c, t in self.active.items() if now - t < ACTIVE_MS}
+            if now - self._gates_logged_at >= GATE_LOG_MS:
+                self._gates_logged_at = now
+                self._log_gates()
         self._alone = next(iter(self.active)) if len(self.active) == 1 else None
+
+    def _log_gates(self) -> None:
+        """What the in-flight limits settled on, for the active connections."""
+        for cid in sorted(self.active):
+            known = self.gates.get(cid)
+            if known is None:
+                continue
+            lim = known[2].limit
+            log.info(
+                "worker.in_flight",
+                connection=cid,
+                limit=lim.allowed,
+                floor=lim.floor,
+                ceiling=lim.ceiling,
+                no_load_ms=None if math.isinf(lim.no_load_ms) else round(lim.no_load_ms, 1),
+                in_flight=known[2].inflight,
+                waiting=known[2].waiting,
+            )
 
     def _gate(self, conn: Connection) -> Gate:
         """The connection's gate, bounded for its settings and for whether it is

@@ -131,3 +131,22 @@ async def test_a_grown_limit_lets_waiting_sends_go() -> None:
     gate.sample(1.0, 0.0)
     assert await asyncio.wait_for(waiter, 1.0) is True
     assert gate.inflight == 2
+
+
+def test_a_worker_logs_its_active_connections_in_flight_limits() -> None:
+    from structlog.testing import capture_logs
+
+    from crmsync.registry import Connection
+    from crmsync.settings import Settings
+    from crmsync.worker import GATE_LOG_MS, Worker
+
+    w = Worker(Settings(), None, None, None, None, concurrency=200)  # type: ignore[arg-type]
+    conn = Connection("c1", "t", "salesforce", "a", "http://x", "tok", ())
+    w._mark_active("c1", 1.0)
+    gate = w._gate(conn)
+    gate.sample(5.0, 1.0)
+    with capture_logs() as logs:
+        w._mark_active("c1", 1.0 + GATE_LOG_MS)
+    (entry,) = [e for e in logs if e["event"] == "worker.in_flight"]
+    assert entry["connection"] == "c1" and entry["limit"] == gate.limit.allowed
+    assert entry["no_load_ms"] == 5.0 and entry["floor"] == 64  # alone in the process
