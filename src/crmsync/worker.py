@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from crmsync import db, stats
 from crmsync.breaker import CrmBreaker
+from crmsync.clock import RedisClock
 from crmsync.concurrency import AdaptiveLimit, Gate
 from crmsync.crm.base import WRITE_WATCH, ContactFields, CrmAdapter, Op, SendResult, WriteWatch
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
@@ -62,10 +63,6 @@ class NoPermit(RateLimited):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retry_after=0.0, status=None, code="NO_PERMIT")
-
-
-def now_ms() -> float:
-    return time.time() * 1000.0
 
 
 @dataclass
@@ -213,6 +210,8 @@ class Worker:
         # the limit margin absorbs on a 1-second window.
         self.max_lag_ms = max(2.0, settings.limit_margin * 1000 / 2)
         self.sched = Scheduler()
+        self.clock = RedisClock()  # every time below is on Redis's clock
+        self.now_ms = self.clock.now_ms
         self.reserved = 0
         self.inflight: Counter[str] = Counter()  # slots held per connection
         # connection -> (the Connection and alone-ness it was bounded for, its gate)
@@ -239,7 +238,7 @@ class Worker:
     # -- the loop ---------------------------------------------------------------
 
     def on_connections_changed(self, cids: set[str]) -> None:
-        now = now_ms()
+        now = self.now_ms()
         known = set(self.registry.connections)
         for cid in cids:
             if cid in known:
@@ -248,7 +247,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         touched = await self.registry.refresh()
-        self.sched.add(touched, now_ms())
+        self.sched.add(touched, self.now_ms())
         helpers = [
             asyncio.create_task(self.registry.watch(stop, self.on_connections_changed)),
             asyncio.create_task(self._listen_wakeups(stop)),
@@ -265,7 +264,7 @@ class Worker:
 
     async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            now = now_ms()
+            now = self.now_ms()
             free = self.concurrency - self.reserved
             if free > 0:
                 for cid in self.sched.take_due(now, limit=free):
@@ -293,7 +292,7 @@ class Worker:
             if free <= 0 or due is None:
                 timeout = 1.0
             else:
-                timeout = max(0.0, min(1.0, (due - now_ms()) / 1000.0))
+                timeout = max(0.0, min(1.0, (due - self.now_ms()) / 1000.0))
             self.kick.clear()
             stop_wait = asyncio.ensure_future(stop.wait())
             kick_wait = asyncio.ensure_future(self.kick.wait())
@@ -320,7 +319,7 @@ class Worker:
             try:
                 await pubsub.subscribe(keys.WAKE_CHANNEL)
                 # A message may have been missed while (re)subscribing.
-                self.sched.wake(list(self.registry.connections), now_ms())
+                self.sched.wake(list(self.registry.connections), self.now_ms())
                 self.kick.set()
                 while not stop.is_set():
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -328,7 +327,7 @@ class Worker:
                         continue
                     data = msg["data"]
                     text = data.decode() if isinstance(data, bytes) else str(data)
-                    self.sched.wake([c for c in text.split(",") if c], now_ms())
+                    self.sched.wake([c for c in text.split(",") if c], self.now_ms())
                     self.kick.set()
             except (RedisError, OSError) as exc:
                 log.warning("worker.wake_listener_error", error=str(exc))
@@ -350,11 +349,11 @@ class Worker:
         if gate is not None and not gate[1]:
             return True
         failed = self._crm_failed_at.get(crm)
-        return failed is not None and now_ms() - failed < 60_000
+        return failed is not None and self.now_ms() - failed < 60_000
 
     async def _crm_allows(self, crm: str) -> tuple[bool, bool, float]:
         """(may send, is the CRM-wide probe, when to ask again if not)."""
-        now = now_ms()
+        now = self.now_ms()
         cached = self._crm_gate.get(crm)
         if cached is not None and cached[0] > now:
             return cached[1], False, cached[0]
@@ -376,23 +375,26 @@ class Worker:
             try:
                 allowed, crm_probe, retry_at = await self._crm_allows(conn.crm)
                 if not allowed:
-                    self.sched.done(conn.id, retry_at, now_ms())
+                    self.sched.done(conn.id, retry_at, self.now_ms())
                     return
                 if crm_probe:
                     want = 1
+                sent_ms = self.clock.local_ms()
                 claim = await self.store.claim(
                     conn.id, max_requests=want, batch_size=batch, lease_ms=self.lease_ms
                 )
+                self.clock.observe(claim.admitted_ms, sent_ms, self.clock.local_ms())
             except Exception as exc:  # Redis down or flushed mid-call: try again soon
                 log.warning("worker.claim_failed", connection=conn.id, error=str(exc))
-                self.sched.done(conn.id, now_ms() + 1000, now_ms())
+                self.sched.done(conn.id, self.now_ms() + 1000, self.now_ms())
                 return
             # Hand the connection back to the scheduler at once: other claims on
             # it may proceed while this one is sending.
             # Due again "now" at the earliest, so ties go round-robin behind the
             # connections already waiting rather than ahead of them.
             nxt = claim.next_eligible_ms
-            self.sched.done(conn.id, None if nxt is None else max(nxt, now_ms()), now_ms())
+            now = self.now_ms()
+            self.sched.done(conn.id, None if nxt is None else max(nxt, now), now)
             self.kick.set()
             self._free(conn.id, held - claim.permits)
             held = claim.permits
@@ -410,7 +412,7 @@ class Worker:
                 # A probe that sent nothing proves nothing: its slot expires.
                 await self.crm_breaker.record(conn.crm, outcomes)
                 if False in outcomes:
-                    self._crm_failed_at[conn.crm] = now_ms()
+                    self._crm_failed_at[conn.crm] = self.now_ms()
                     self._crm_gate.pop(conn.crm, None)
         finally:
             self._free(conn.id, held)
@@ -434,18 +436,18 @@ class Worker:
             sent = requests[: claim.permits]
             for ops, _ in requests[claim.permits :]:
                 rec.release.extend(op.contact_id for op in ops)
-            if sent and now_ms() - claim.admitted_ms > self.max_lag_ms:
+            if sent and self.now_ms() - claim.admitted_ms > self.max_lag_ms:
                 # The read took long: re-admit at the time of sending.
                 claim = await self.store.readmit(claim, len(sent))
                 for ops, _ in sent[claim.permits :]:
                     rec.release.extend(op.contact_id for op in ops)
                 sent = sent[: claim.permits]
             if sent:
-                lag = now_ms() - claim.admitted_ms
+                lag = self.now_ms() - claim.admitted_ms
                 rec.counts[stats.latency_field(lag, "lag")] += len(sent)
             limited = bool(conn.windows)  # no windows: no permits to move or take
             if sent:
-                self._mark_active(conn.id, now_ms())
+                self._mark_active(conn.id, self.now_ms())
             gate = self._gate(conn)
             permits = _Permits(claim.admitted_ms, len(sent))
             results = await asyncio.gather(
@@ -589,7 +591,7 @@ class Worker:
             isinstance(res, Retryable) and res.code == "CONNECTION"
         ):
             # A refused connection answers at once: no measure of the CRM's time.
-            gate.sample(ms, now_ms())
+            gate.sample(ms, self.now_ms())
         return res, ms, waited
 
     async def _admission(self, claim: Claim, permits: _Permits, held: bool) -> int | None:
@@ -599,12 +601,12 @@ class Worker:
         of them (a restamp needs no room: only safe for the short delays of a
         write, which ``_written`` moves). A request left without one takes its
         own, waiting up to the HTTP timeout; None if none came."""
-        fresh = not held or now_ms() - permits.at <= self.max_lag_ms
+        fresh = not held or self.now_ms() - permits.at <= self.max_lag_ms
         if fresh and permits.left > 0 and not permits.lock.locked():
             permits.left -= 1  # the common case: no re-take under way, nothing to wait for
             return permits.at
         async with permits.lock:
-            late = now_ms() - permits.at > self.max_lag_ms
+            late = self.now_ms() - permits.at > self.max_lag_ms
             if held and late and permits.left > 0:
                 cid = claim.connection_id
                 granted, at = await self.store.retake(cid, permits.at, permits.left)
@@ -626,7 +628,7 @@ class Worker:
         by more than the lag the margin absorbs (a busy loop, a descheduled
         process), move its permit to now, so the limiter counts what the CRM
         counts. The move is atomic and needs no room (``restamp.lua``)."""
-        if now_ms() - admitted_ms <= self.max_lag_ms:
+        if self.now_ms() - admitted_ms <= self.max_lag_ms:
             return
         # The late writes of one claim come together: one move for all of them.
         if not self._late:

@@ -339,3 +339,41 @@ async def test_a_connection_keeps_to_its_in_flight_limit(settings: Settings) -> 
         (conn,) = [c for c in report["connections"] if c["id"] == "slow"]
         assert conn["counters"]["held_in_flight"] >= 8 - 2  # the first two never wait
         assert conn["sync"].get("synced") == 10
+
+
+async def test_a_worker_whose_clock_is_off_keeps_to_redis_time(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker host 500 ms ahead of Redis: without the learnt offset every claim
+    would look half a second late (a re-admission per claim, a restamp per write)."""
+    import time
+
+    from crmsync import worker
+    from crmsync.clock import RedisClock
+
+    monkeypatch.setattr(worker, "RedisClock", lambda: RedisClock(lambda: time.time() + 0.5))
+    mock = await start_mock(
+        MockConfig(
+            accounts=[AccountSpec("salesforce", "skew", limits=(Window(100, 1000),))],
+            latency_ms=1,
+            jitter_ms=0,
+        )
+    )
+
+    async def add(pool: asyncpg.Pool[Any]) -> None:
+        await _add_connection(pool, mock, "skew", "salesforce", "skew", {}, 100)
+
+    async with _running(settings, mock, add) as system:
+        await _insert(
+            system.pool, [(f"k{i}", f"k{i}@example.com", None, "active") for i in range(60)]
+        )
+
+        async def all_synced() -> bool:
+            return len(system.records("salesforce", "skew")) == 60
+
+        await system.wait_for(all_synced)
+        report = await collect(system.pool, system.redis)
+        (conn,) = [c for c in report["connections"] if c["id"] == "skew"]
+        counters = conn["counters"]
+        assert counters.get("readmitted", 0) == 0 and counters.get("restamped", 0) == 0, counters
+        assert system.mock.account_stats("salesforce", "skew")["violations"] == 0
