@@ -30,7 +30,7 @@ async def test_single_runs_raw_then_the_worker(
         concurrency=20,
         run_dir=tmp_path / "runs",
     )
-    raw, single = await suite.run(suite.resolve("single"), cfg)
+    raw, after, single = await suite.run(suite.resolve("single"), cfg)
 
     assert raw.scenario == "raw"
     assert raw.metrics["req_per_s"] > 0
@@ -39,8 +39,13 @@ async def test_single_runs_raw_then_the_worker(
     assert raw.metrics["errors"] == 0
     assert {p.name for p in raw.processes} >= {"raw-loop", "mock-crm"}
 
+    # The raw loop again after the window, the worker idle; the ceiling is the mean.
+    assert after.scenario == "raw-after" and after.metrics["req_per_s"] > 0
     assert single.scenario == "single"
-    assert single.metrics["raw_req_per_s"] == raw.metrics["req_per_s"]
+    assert single.metrics["raw_before_req_per_s"] == raw.metrics["req_per_s"]
+    assert single.metrics["raw_after_req_per_s"] == after.metrics["req_per_s"]
+    mean = (raw.metrics["req_per_s"] + after.metrics["req_per_s"]) / 2
+    assert abs(single.metrics["raw_req_per_s"] - mean) <= 0.1
     assert single.metrics["req_per_s"] > 0
     assert single.metrics["synced_per_s"] > 0
     assert single.metrics["worker_counted_req_per_s"] > 0
@@ -56,8 +61,8 @@ async def test_single_runs_raw_then_the_worker(
     assert single.metrics["worker_cpu_s_per_1000_synced"] > 0
     assert [t.name for t in single.targets] == ["ratio_to_raw"]
 
-    doc = orjson.loads(orjson.dumps(to_json([raw, single], {"nproc": 2})))
-    assert [s["scenario"] for s in doc["scenarios"]] == ["raw", "single"]
+    doc = orjson.loads(orjson.dumps(to_json([raw, after, single], {"nproc": 2})))
+    assert [s["scenario"] for s in doc["scenarios"]] == ["raw", "raw-after", "single"]
     charts = plot(single, tmp_path / "plots")
     assert [p.name for p in charts] == ["single-total.png", "single-connections.png"]
     assert all(p.stat().st_size > 1000 for p in charts)

@@ -118,11 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("token")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--prefix", default="raw", help="record ids are PREFIX-<n>")
     args = parser.parse_args(argv)
 
     async def go() -> dict[str, Any]:
         res = await run_raw(
-            args.base_url, args.token, concurrency=args.concurrency, duration=args.duration
+            args.base_url,
+            args.token,
+            concurrency=args.concurrency,
+            duration=args.duration,
+            prefix=args.prefix,
         )
         return asdict(res)
 
