@@ -443,11 +443,10 @@ class Worker:
                     rec.release.extend(op.contact_id for op in ops)
                 sent = sent[: claim.permits]
             if sent:
-                lag = self.now_ms() - claim.admitted_ms
-                rec.counts[stats.latency_field(lag, "lag")] += len(sent)
+                now = self.now_ms()
+                rec.counts[stats.latency_field(now - claim.admitted_ms, "lag")] += len(sent)
+                self._mark_active(conn.id, now)
             limited = bool(conn.windows)  # no windows: no permits to move or take
-            if sent:
-                self._mark_active(conn.id, self.now_ms())
             gate = self._gate(conn)
             permits = _Permits(claim.admitted_ms, len(sent))
             results = await asyncio.gather(
@@ -614,9 +613,14 @@ class Worker:
             if permits.left > 0:
                 permits.left -= 1
                 return permits.at
+        return await self._take_one(claim.connection_id)
+
+    async def _take_one(self, cid: str) -> int | None:
+        """One permit at Redis time now, waiting for room up to the HTTP timeout;
+        its admission time, or None when none came."""
         deadline = time.monotonic() + self.settings.http_timeout_seconds
         while True:
-            granted, at = await self.store.take(claim.connection_id, 1)
+            granted, at = await self.store.take(cid, 1)
             if granted:
                 return at
             if time.monotonic() > deadline:
@@ -647,11 +651,8 @@ class Worker:
         """Wait for one more permit for a follow-up request of a send (HubSpot's
         update after a 409, its lookup before a delete). Not granted within the
         HTTP timeout: the ids go back, which is not an attempt."""
-        deadline = time.monotonic() + self.settings.http_timeout_seconds
-        while not (await self.store.take(claim.connection_id, 1))[0]:
-            if time.monotonic() > deadline:
-                raise NoPermit("no rate-limit permit for a follow-up request")
-            await asyncio.sleep(0.02)
+        if await self._take_one(claim.connection_id) is None:
+            raise NoPermit("no rate-limit permit for a follow-up request")
 
     async def _restamp(self, cid: str, admitted_ms: int, n: int) -> None:
         try:
