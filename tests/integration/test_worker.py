@@ -107,6 +107,42 @@ async def _running(
         await mock.close()
 
 
+@contextlib.asynccontextmanager
+async def _one_salesforce(
+    s: Settings, account: str, *, latency_ms: float, limit: int, conn_settings: dict[str, Any]
+) -> AsyncIterator[System]:
+    """One Salesforce account at ``limit``/s, its connection (id = the account) and
+    a worker."""
+    mock = await start_mock(
+        MockConfig(
+            accounts=[AccountSpec("salesforce", account, limits=(Window(limit, 1000),))],
+            latency_ms=latency_ms,
+            jitter_ms=0,
+        )
+    )
+
+    async def add(pool: asyncpg.Pool[Any]) -> None:
+        await _add_connection(pool, mock, account, "salesforce", account, conn_settings, limit)
+
+    async with _running(s, mock, add) as system:
+        yield system
+
+
+async def _sync_new(system: System, account: str, n: int) -> dict[str, Any]:
+    """Insert ``n`` active contacts, wait until the account holds them all; the
+    connection's status report."""
+    rows = [(f"{account}-{i}", f"{account}{i}@example.com", None, "active") for i in range(n)]
+    await _insert(system.pool, rows)
+
+    async def all_synced() -> bool:
+        return len(system.records("salesforce", account)) == n
+
+    await system.wait_for(all_synced)
+    report = await collect(system.pool, system.redis)
+    (conn,) = [c for c in report["connections"] if c["id"] == account]
+    return conn  # type: ignore[no-any-return]
+
+
 @pytest.fixture(params=[1, 50], ids=["single", "batch"])
 async def system(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[System]:
     s = settings.model_copy(
@@ -312,31 +348,13 @@ async def test_revoked_token_pauses_connection_and_keeps_queue(system: System) -
 async def test_a_connection_keeps_to_its_in_flight_limit(settings: Settings) -> None:
     """``max_in_flight`` caps the requests waiting on one CRM at once: ten 1-record
     sends at 150 ms each, two at a time, take five rounds; the rest waited."""
-    mock = await start_mock(
-        MockConfig(
-            accounts=[AccountSpec("salesforce", "slow", limits=(Window(1000, 1000),))],
-            latency_ms=150,
-            jitter_ms=0,
-        )
-    )
-
-    async def add(pool: asyncpg.Pool[Any]) -> None:
-        await _add_connection(pool, mock, "slow", "salesforce", "slow", {"max_in_flight": 2}, 1000)
-
-    async with _running(settings, mock, add) as system:
-        await _insert(
-            system.pool, [(f"f{i}", f"f{i}@example.com", None, "active") for i in range(10)]
-        )
+    async with _one_salesforce(
+        settings, "slow", latency_ms=150, limit=1000, conn_settings={"max_in_flight": 2}
+    ) as system:
         t0 = asyncio.get_running_loop().time()
-
-        async def all_synced() -> bool:
-            return len(system.records("salesforce", "slow")) == 10
-
-        await system.wait_for(all_synced)
+        conn = await _sync_new(system, "slow", 10)
         took = asyncio.get_running_loop().time() - t0
         assert took >= 5 * 0.15 - 0.05  # five rounds of two; all ten at once: ~0.15 s
-        report = await collect(system.pool, system.redis)
-        (conn,) = [c for c in report["connections"] if c["id"] == "slow"]
         assert conn["counters"]["held_in_flight"] >= 8 - 2  # the first two never wait
         assert conn["sync"].get("synced") == 10
 
@@ -352,28 +370,9 @@ async def test_a_worker_whose_clock_is_off_keeps_to_redis_time(
     from crmsync.clock import RedisClock
 
     monkeypatch.setattr(worker, "RedisClock", lambda: RedisClock(lambda: time.time() + 0.5))
-    mock = await start_mock(
-        MockConfig(
-            accounts=[AccountSpec("salesforce", "skew", limits=(Window(100, 1000),))],
-            latency_ms=1,
-            jitter_ms=0,
-        )
-    )
-
-    async def add(pool: asyncpg.Pool[Any]) -> None:
-        await _add_connection(pool, mock, "skew", "salesforce", "skew", {}, 100)
-
-    async with _running(settings, mock, add) as system:
-        await _insert(
-            system.pool, [(f"k{i}", f"k{i}@example.com", None, "active") for i in range(60)]
-        )
-
-        async def all_synced() -> bool:
-            return len(system.records("salesforce", "skew")) == 60
-
-        await system.wait_for(all_synced)
-        report = await collect(system.pool, system.redis)
-        (conn,) = [c for c in report["connections"] if c["id"] == "skew"]
-        counters = conn["counters"]
+    async with _one_salesforce(
+        settings, "skew", latency_ms=1, limit=100, conn_settings={}
+    ) as system:
+        counters = (await _sync_new(system, "skew", 60))["counters"]
         assert counters.get("readmitted", 0) == 0 and counters.get("restamped", 0) == 0, counters
         assert system.mock.account_stats("salesforce", "skew")["violations"] == 0
