@@ -72,12 +72,16 @@ class Measured:
         """Violations (whole run, the first few per account) that came within
         ``within_s`` after the mock's event loop resumed from a stall of at least
         ``min_stall_ms``: arrivals it counted late, bunched with later ones."""
-        ends = [end for end, ms in self.mock_loop.get("recent", []) if ms >= min_stall_ms]
+        ends = self._stall_ends(min_stall_ms)
         times = [t for a in self.mock1.values() for t in a.get("violations_at", [])]
         return sum(1 for t in times if any(0.0 <= t - e <= within_s for e in ends))
 
     def mock_stalls(self, min_stall_ms: float) -> int:
-        return sum(1 for _, ms in self.mock_loop.get("recent", []) if ms >= min_stall_ms)
+        return len(self._stall_ends(min_stall_ms))
+
+    def _stall_ends(self, min_stall_ms: float) -> list[float]:
+        """When the mock's loop resumed from each stall of at least ``min_stall_ms``."""
+        return [end for end, ms in self.mock_loop.get("recent", []) if ms >= min_stall_ms]
 
     def arrivals(self, c: ConnectionInfo) -> int:
         key = f"{c.crm}/{c.account}"
