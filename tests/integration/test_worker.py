@@ -362,17 +362,27 @@ async def test_a_connection_keeps_to_its_in_flight_limit(settings: Settings) -> 
 async def test_a_worker_whose_clock_is_off_keeps_to_redis_time(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker host 500 ms ahead of Redis: without the learnt offset every claim
-    would look half a second late (a re-admission per claim, a restamp per write)."""
+    """A worker host 500 ms ahead of Redis learns the offset from its first claim.
+    Without it every claim would look half a second late: a re-admission per claim
+    and a restamp per write. (A write may still be late for real on a busy machine,
+    e.g. the first burst opening its connections: so not "none", but not all.)"""
     import time
 
     from crmsync import worker
     from crmsync.clock import RedisClock
 
-    monkeypatch.setattr(worker, "RedisClock", lambda: RedisClock(lambda: time.time() + 0.5))
+    clocks: list[RedisClock] = []
+
+    def skewed() -> RedisClock:
+        clocks.append(RedisClock(lambda: time.time() + 0.5))
+        return clocks[-1]
+
+    monkeypatch.setattr(worker, "RedisClock", skewed)
     async with _one_salesforce(
         settings, "skew", latency_ms=1, limit=100, conn_settings={}
     ) as system:
         counters = (await _sync_new(system, "skew", 60))["counters"]
-        assert counters.get("readmitted", 0) == 0 and counters.get("restamped", 0) == 0, counters
+        assert len(clocks) == 1 and abs(clocks[0].offset_ms + 500) < 50, clocks[0].offset_ms
+        assert counters.get("readmitted", 0) < 60, counters  # counted per request
+        assert counters.get("restamped", 0) < 60, counters
         assert system.mock.account_stats("salesforce", "skew")["violations"] == 0
