@@ -88,6 +88,8 @@ EXPORTED_COUNTERS = (
     "admitted",
     "readmitted",
     "restamped",
+    "backdated",
+    "backdated_ms",
     "held_in_flight",
     "slowdowns",
     "breaker_trips",

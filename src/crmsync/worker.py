@@ -209,6 +209,11 @@ class Worker:
         # before sending (readmit) or moved to the write (restamp): half of what
         # the limit margin absorbs on a 1-second window.
         self.max_lag_ms = max(2.0, settings.limit_margin * 1000 / 2)
+        # A claim later than its room opened is stamped when the room opened, at
+        # most half the lag budget ago: a late wake-up no longer costs its time
+        # for good (a pacing cycle would stretch by it), and the database read and
+        # the writes keep the other half before they count as late.
+        self.backdate_ms = int(self.max_lag_ms / 2)
         self.sched = Scheduler()
         self.clock = RedisClock()  # every time below is on Redis's clock
         self.now_ms = self.clock.now_ms
@@ -381,9 +386,13 @@ class Worker:
                     want = 1
                 sent_ms = self.clock.local_ms()
                 claim = await self.store.claim(
-                    conn.id, max_requests=want, batch_size=batch, lease_ms=self.lease_ms
+                    conn.id,
+                    max_requests=want,
+                    batch_size=batch,
+                    lease_ms=self.lease_ms,
+                    backdate_ms=self.backdate_ms,
                 )
-                self.clock.observe(claim.admitted_ms, sent_ms, self.clock.local_ms())
+                self.clock.observe(claim.redis_ms, sent_ms, self.clock.local_ms())
             except Exception as exc:  # Redis down or flushed mid-call: try again soon
                 log.warning("worker.claim_failed", connection=conn.id, error=str(exc))
                 self.sched.done(conn.id, self.now_ms() + 1000, self.now_ms())

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from crmsync.errors import UserError
 from crmsync.ratelimit import (
+    KEEP_MS,
     LimiterModel,
     RateWindow,
     block_seconds_from_headers,
@@ -18,6 +19,7 @@ from crmsync.ratelimit import (
     normalize,
     parse_rate_limit,
     span_ms,
+    with_pacing,
 )
 
 
@@ -125,6 +127,60 @@ def test_no_sliding_window_ever_holds_more_than_the_limit(
     for i, t in enumerate(admitted):
         # admissions in [t, t + window_ms)
         assert bisect.bisect_left(admitted, t + window_ms) - i <= limit
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    limit=st.integers(1, 30),
+    window_ms=st.sampled_from([1000, 1700, 10_000]),
+    margin=st.sampled_from([0.02, 0.04, 0.1]),
+    back=st.integers(0, 2 * KEEP_MS),
+    steps=st.lists(st.tuples(st.integers(0, 400), st.integers(1, 8)), min_size=1, max_size=120),
+)
+def test_back_dated_stamps_keep_every_span_and_every_arrival_window(
+    limit: int, window_ms: int, margin: float, back: int, steps: list[tuple[int, int]]
+) -> None:
+    """Stamped up to ``back`` ms before its claim, an admission still leaves no span
+    with more than the limit; so requests sent at their claim (within ``back`` of
+    their stamp) arrive at most ``limit`` per window whenever ``back`` fits in the
+    margin's stretch of the window."""
+    model = LimiterModel([RateWindow(limit, window_ms)], margin)
+    span = span_ms(RateWindow(limit, window_ms), margin)
+    now = 1_700_000_000_000
+    stamps: list[int] = []
+    arrivals: list[int] = []
+    for gap, requested in steps:
+        now += gap
+        k, nxt = model.admit(requested, now, back)
+        assert nxt >= now
+        if k:
+            assert now - min(back, KEEP_MS) <= model.stamp <= now
+        stamps += [model.stamp] * k
+        arrivals += [now] * k
+    stamps.sort()
+    for i, t in enumerate(stamps):
+        assert bisect.bisect_left(stamps, t + span) - i <= limit
+    if min(back, KEEP_MS) <= span - window_ms:
+        for i, t in enumerate(arrivals):
+            assert bisect.bisect_left(arrivals, t + window_ms) - i <= limit
+
+
+def test_back_dating_gives_a_late_claimer_its_rate_back() -> None:
+    """A claimer that always comes 8 ms after the room opened loses 8 ms of every
+    pacing cycle (20 per 200 ms); stamped when the room opened it loses none."""
+    windows = with_pacing([RateWindow(100, 1000)])
+
+    def used(back: int) -> int:
+        model = LimiterModel(windows, 0.0)
+        now, total = 0, 0
+        while now < 20_000:
+            k, nxt = model.admit(20, now, back)
+            total += k
+            now = max(now + 1, nxt + 8)
+        return total
+
+    late, back_dated = used(0), used(10)
+    assert late <= 0.97 * 2000 and back_dated >= 0.99 * 2000, (late, back_dated)
 
 
 def test_limit_is_well_used_under_constant_demand() -> None:

@@ -48,10 +48,11 @@ class Claim:
     ids: list[str]
     bands: list[int]
     permits: int
-    admitted_ms: int
+    admitted_ms: int  # the permits' stamp: Redis time, or earlier for a late claim
     next_eligible_ms: int | None
     probe: bool
     refused: str | None
+    redis_ms: int = 0  # Redis time when the claim ran
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,18 @@ class QueueStore:
     # -- worker -------------------------------------------------------------------
 
     async def claim(
-        self, connection_id: str, *, max_requests: int, batch_size: int, lease_ms: int
+        self,
+        connection_id: str,
+        *,
+        max_requests: int,
+        batch_size: int,
+        lease_ms: int,
+        backdate_ms: int = 0,
     ) -> Claim:
+        """Lease up to ``max_requests`` requests' worth of ids if the connection may
+        send now. A claim later than the moment its room opened may be stamped
+        that moment, at most ``backdate_ms`` ago (it then has that much less of
+        the lag the margin absorbs before its sends count as late)."""
         cfg = await self._config_for(connection_id)
         token = secrets.token_hex(8)
         args: list[Arg] = [
@@ -210,13 +221,14 @@ class QueueStore:
             _limits_spec(cfg.windows),
             cfg.paused or "",
             repr(self.margin),
+            max(0, int(backdate_ms)),
         ]
         for w in cfg.enforced:
             args += [w.limit, w.window_ms, span_ms(w, self.margin), min_room(w, cfg.windows)]
         raw = await self.scripts.call("claim", self._window_keys(connection_id, cfg), args)
         refused = _text(raw[0]) or None
         nxt = int(raw[1])
-        pairs = raw[5:]
+        pairs = raw[6:]
         return Claim(
             connection_id=connection_id,
             token=token,
@@ -227,6 +239,7 @@ class QueueStore:
             next_eligible_ms=nxt if nxt >= 0 else None,
             probe=bool(int(raw[4])),
             refused=refused,
+            redis_ms=int(raw[5]),
         )
 
     async def ack(self, claim: Claim, ids: Sequence[str], *, refund: int = 0) -> None:

@@ -79,38 +79,59 @@ end
 -- with index >= floor((t - span) / g), span = window stretched by the margin:
 -- every admission inside (t - span, t] is counted, so no sliding span ever
 -- holds more than the limit (at most one bucket is counted too long).
+-- A late claim may be stamped up to KEEP_MS in the past (claim.lua, win_since),
+-- so buckets that left the span less than KEEP_MS ago stay in the hash; the
+-- 'total' field sums every bucket kept, w.total only those counted now.
+
+local KEEP_MS = 32
 
 local function win_width(window_ms)
   return math.max(1, math.floor(window_ms / 250))
 end
 
--- Expires old buckets; returns the window's live view.
+-- Expires old buckets; returns the window's live view: w.total is the count at
+-- now, w.back the kept buckets that left the span ({idx, count}, oldest first).
 local function win_load(key, limit, window_ms, span, now)
   local g = win_width(window_ms)
   local f = math.floor((now - span) / g)
+  local keep = math.floor((now - span - KEEP_MS) / g)
   local v = redis.call('HMGET', key, 'total', 'lo')
   local total = tonumber(v[1]) or 0
   local lo = tonumber(v[2])
-  if lo == nil or f - lo > 2 * (span / g) + 8 then
+  if lo == nil or keep - lo > 2 * (span / g) + 8 then
     if lo ~= nil then redis.call('DEL', key) end
     total = 0
-    redis.call('HSET', key, 'lo', f, 'total', 0)
-    redis.call('PEXPIRE', key, span + 2 * g + 1000)
-  elseif lo < f then
+    redis.call('HSET', key, 'lo', keep, 'total', 0)
+    redis.call('PEXPIRE', key, span + KEEP_MS + 2 * g + 1000)
+  elseif lo < keep then
     -- Walk the buckets that exist (about one per claim in the span), not every
     -- bucket index since the last load: fine buckets would cost hundreds of HGETs.
     local all = redis.call('HGETALL', key)
     for i = 1, #all, 2 do
       local idx = tonumber(all[i]) -- nil for the 'lo' and 'total' fields
-      if idx ~= nil and idx < f then
+      if idx ~= nil and idx < keep then
         total = total - tonumber(all[i + 1])
         redis.call('HDEL', key, all[i])
       end
     end
     if total < 0 then total = 0 end
-    redis.call('HSET', key, 'lo', f, 'total', total)
+    redis.call('HSET', key, 'lo', keep, 'total', total)
   end
-  return {key = key, limit = limit, g = g, f = f, span = span, total = total}
+  local back = {}
+  if f > keep then
+    local idxs = {}
+    for idx = keep, f - 1 do idxs[#idxs + 1] = idx end
+    local counts = redis.call('HMGET', key, unpack(idxs))
+    for j = 1, #idxs do
+      local c = tonumber(counts[j])
+      if c ~= nil and c > 0 then
+        back[#back + 1] = {idxs[j], c}
+        total = total - c
+      end
+    end
+    if total < 0 then total = 0 end
+  end
+  return {key = key, limit = limit, g = g, f = f, span = span, total = total, back = back}
 end
 
 local function win_room(w)
@@ -122,7 +143,7 @@ local function win_take(w, k, now)
   redis.call('HINCRBY', w.key, math.floor(now / w.g), k)
   redis.call('HINCRBY', w.key, 'total', k)
   w.total = w.total + k
-  redis.call('PEXPIRE', w.key, w.span + 2 * w.g + 1000)
+  redis.call('PEXPIRE', w.key, w.span + KEEP_MS + 2 * w.g + 1000)
 end
 
 -- Gives back n permits taken at admitted_ms (never below zero, never an
@@ -165,6 +186,28 @@ local function win_next(w, now, m)
     if freed >= excess then return (idx + 1) * w.g + w.span end
   end
   return math.floor(now / w.g) * w.g + w.g + w.span
+end
+
+-- Earliest time t >= t0 at which k more requests fit: counted at t are the
+-- admissions in (t - span, now]. Only for k that fit at now (the claim checked
+-- its room), and t0 no earlier than KEEP_MS before now. A claim stamped at t
+-- puts its requests into every span that holds t, and each of those spans holds
+-- no more than what was counted here: so a late claim may be stamped when its
+-- room opened, not when it came, without any span holding more than the limit.
+local function win_since(w, t0, k)
+  local first = math.floor((t0 - w.span) / w.g)
+  local c = w.total
+  for _, b in ipairs(w.back) do
+    if b[1] >= first then c = c + b[2] end
+  end
+  if c + k <= w.limit then return t0 end
+  for _, b in ipairs(w.back) do
+    if b[1] >= first then
+      c = c - b[2]
+      if c + k <= w.limit then return math.max(t0, (b[1] + 1) * w.g + w.span) end
+    end
+  end
+  return math.max(t0, w.f * w.g + w.span)
 end
 
 -- Circuit breaker (the table of crmsync.breaker.transition) -------------------

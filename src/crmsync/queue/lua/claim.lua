@@ -10,11 +10,15 @@ ARGV[6] breaker recovery ms (open -> half-open)
 ARGV[7] limits spec "limit:window_ms,..." (restores a flushed state hash)
 ARGV[8] paused reason of the caller's config, '' = none (restore only)
 ARGV[9] margin (restore only)
-ARGV[10..] per window: limit, window_ms, span_ms (window stretched by the margin),
+ARGV[10] back-dating allowed, ms (at most KEEP_MS): a claim that comes later than
+         its room opened (a late wake-up, a busy loop) is stamped when the room
+         opened, at most this long ago, instead of losing that time for good
+ARGV[11..] per window: limit, window_ms, span_ms (window stretched by the margin),
            min_room (permits to wait for before the next claim, at most what
            this claim asked for: the next one is likely to ask as much)
 Returns {refused ('' = granted), next_eligible_ms (-1 = only on wake-up),
-         admitted_ms, permits, probe (0/1), id1, score1, id2, score2, ...}
+         admitted_ms (the permits' stamp), permits, probe (0/1), Redis time ms,
+         id1, score1, id2, score2, ...}
 ]]
 local now = now_ms()
 local token = ARGV[1]
@@ -33,7 +37,7 @@ end
 
 local function refuse(reason, next_ms)
   stat('refused_' .. reason, 1)
-  return {reason, next_ms or -1, now, 0, 0}
+  return {reason, next_ms or -1, now, 0, 0, now}
 end
 
 local function later_work()
@@ -83,7 +87,7 @@ end
 
 local wins = {}
 for i = 1, #KEYS - 8 do
-  local a = 10 + (i - 1) * 4
+  local a = 11 + (i - 1) * 4
   local limit = tonumber(ARGV[a])
   if share < 1 then limit = math.max(1, math.floor(limit * share)) end
   local w = win_load(KEYS[8 + i], limit, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
@@ -101,7 +105,7 @@ end
 if room <= 0 then return refuse('rate_limited', room_returns()) end
 
 local popped = redis.call('ZPOPMIN', KEYS[1], room * batch)
-local out = {'', -1, now, 0, 0}
+local out = {'', -1, now, 0, 0, now}
 local deadline = now + lease_ms
 for i = 1, #popped, 2 do
   local id = popped[i]
@@ -112,7 +116,20 @@ for i = 1, #popped, 2 do
   out[#out + 1] = popped[i + 1]
 end
 local permits = math.ceil((#popped / 2) / batch)
-for _, w in ipairs(wins) do win_take(w, permits, now) end
+local stamp = now
+local back = math.min(tonumber(ARGV[10]) or 0, KEEP_MS)
+if back > 0 and #wins > 0 then
+  -- Never before a CRM's block ended: what it refused must not count as sent then.
+  local t0 = math.max(now - back, blocked or 0)
+  stamp = t0
+  for _, w in ipairs(wins) do stamp = math.max(stamp, win_since(w, t0, permits)) end
+  if stamp < now then
+    stat('backdated', 1)
+    stat('backdated_ms', now - stamp)
+  end
+end
+for _, w in ipairs(wins) do win_take(w, permits, stamp) end
+out[3] = stamp
 out[4] = permits
 stat('claims', 1)
 stat('admitted', permits)
