@@ -117,6 +117,14 @@ async def run_many(cfg: BenchConfig) -> list[ScenarioResult]:
     return [res]
 
 
+def _mock_stalls(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """The mock CRM's event-loop stalls (>= 20 ms) between two of its stats: a
+    stalled mock delays every tenant's answers, the quiet ones' too."""
+    t0, t1 = first.get("now", 0.0), last.get("now", 0.0)
+    ms = [m for end, m in last.get("loop", {}).get("recent", []) if t0 <= end <= t1]
+    return {"mock_stalls_over_20ms": len(ms), "mock_stall_ms_total": round(sum(ms), 1)}
+
+
 async def run_fair(cfg: BenchConfig) -> list[ScenarioResult]:
     args = ["--salesforce", str(QUIET_TENANTS), "--sf-limit", "100/s"]
     ccfg = cluster_config(cfg, "fair", mock_scenario="none", mock_args=args, processes=2)
@@ -164,14 +172,16 @@ async def run_fair(cfg: BenchConfig) -> list[ScenarioResult]:
             await stage.resume_all([big])
             await asyncio.sleep(cfg.warmup)
             cfg.say("fair: quiet tenants beside the backlog")
-            before = (await cluster.mock_stats())["accounts"]["salesforce/big"]["requests"]
+            mock0 = await cluster.mock_stats()
+            before = mock0["accounts"]["salesforce/big"]["requests"]
             since = await stage.db_now()
             stage.procs.start()
             t1 = time.monotonic()
             await stage.feed(quiet, rate_all, cfg.duration, "busy")
             busy_s = time.monotonic() - t1
             stage.procs.stop()
-            after = (await cluster.mock_stats())["accounts"]["salesforce/big"]["requests"]
+            mock1 = await cluster.mock_stats()
+            after = mock1["accounts"]["salesforce/big"]["requests"]
             drained = await stage.wait_idle(within=60, ids=quiet)
             busy = await stage.commit_to_ack(quiet, since)
             left = await cluster.redis.zcard(keys.connection(big).ready)
@@ -191,6 +201,7 @@ async def run_fair(cfg: BenchConfig) -> list[ScenarioResult]:
         "busy_p50_s": rounded(percentile(busy, 0.5)),
         "busy_p99_s": rounded(p99_busy),
         "quiet_drained": drained,
+        **_mock_stalls(mock0, mock1),
     }
     res.metrics["p99_busy_over_alone"] = rounded(ratio(p99_busy, p99_alone))
     res.processes = stage.procs.usage()
