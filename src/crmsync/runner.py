@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -62,6 +63,10 @@ async def run_worker(settings: Settings, concurrency: int, stop: asyncio.Event) 
         store = QueueStore(redis, margin=settings.limit_margin)
         registry = Registry(pool, store, session, settings)
         worker = Worker(settings, pool, redis, store, registry, concurrency=concurrency)
+        # Everything alive now (modules, classes, pools) lives as long as the
+        # process: out of the collector's sight, a full collection scans only what
+        # came since, a few ms instead of 40-55 ms of stalled event loop.
+        gc.freeze()
         log.info("worker.started", concurrency=concurrency)
         await worker.run(stop)
         log.info("worker.stopped")
