@@ -21,6 +21,7 @@ class Scheduler:
         self._heap: list[tuple[float, int, str]] = []
         self._entry: dict[str, tuple[int, float]] = {}  # cid -> (seq, at) of its live entry
         self._busy: set[str] = set()
+        self._woken_busy: set[str] = set()  # woken while a claim was in flight
         self._known: set[str] = set()
         self._seq = itertools.count()
 
@@ -38,11 +39,17 @@ class Scheduler:
     def remove(self, cid: str) -> None:
         self._known.discard(cid)
         self._entry.pop(cid, None)
+        self._woken_busy.discard(cid)
 
     def wake(self, cids: Iterable[str], now_ms: float) -> None:
-        """New work arrived: make these connections due now (unless already sooner)."""
+        """New work arrived: make these connections due now (unless already sooner).
+        A connection whose claim is in flight is due again as soon as it is done:
+        that claim may have run before the work arrived."""
         for cid in cids:
-            if cid not in self._known or cid in self._busy:
+            if cid not in self._known:
+                continue
+            if cid in self._busy:
+                self._woken_busy.add(cid)
                 continue
             live = self._entry.get(cid)
             if live is not None and live[1] <= now_ms:
@@ -71,6 +78,9 @@ class Scheduler:
         self._busy.discard(cid)
         if cid not in self._known:
             return
+        if cid in self._woken_busy:
+            self._woken_busy.discard(cid)
+            next_ms = now_ms
         self._push(cid, next_ms if next_ms is not None else now_ms + IDLE_RECHECK_MS)
 
     def next_due_ms(self) -> float | None:

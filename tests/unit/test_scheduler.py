@@ -25,10 +25,23 @@ def test_busy_connection_is_not_handed_out_twice() -> None:
     s = Scheduler()
     s.add(["a"], now_ms=0)
     assert s.take_due(0, 5) == ["a"]
-    s.wake(["a"], now_ms=1)  # wake while a claim is in flight: ignored
     assert s.take_due(10, 5) == []
-    s.done("a", None, now_ms=10)
+    s.done("a", None, now_ms=10)  # nothing queued: asked again on a wake-up only
     assert s.next_due_ms() == 10 + IDLE_RECHECK_MS
+
+
+def test_a_wake_during_a_claim_makes_the_connection_due_when_it_is_done() -> None:
+    """The claim in flight may have run before the woken work was queued: a wake
+    it swallowed would leave that work until the idle recheck (5 s)."""
+    s = Scheduler()
+    s.add(["a"], now_ms=0)
+    assert s.take_due(0, 5) == ["a"]
+    s.wake(["a"], now_ms=1)  # while a claim is in flight: not handed out twice
+    assert s.take_due(2, 5) == []
+    s.done("a", None, now_ms=3)
+    assert s.take_due(3, 5) == ["a"]
+    s.done("a", None, now_ms=4)  # the wake counts once
+    assert s.next_due_ms() == 4 + IDLE_RECHECK_MS
 
 
 def test_wake_makes_idle_connection_due_now() -> None:
@@ -53,3 +66,16 @@ def test_removed_connection_disappears() -> None:
     s.remove("a")
     assert s.take_due(0, 5) == ["b"]
     assert len(s) == 0
+
+
+def test_a_claim_reserves_twice_what_the_last_one_got() -> None:
+    """A claim holds its slots until it knows what was queued: a quiet connection
+    (one contact per claim) reserves 2, not a whole claim's 64, so the quiet
+    connections due with it find slots; a backlog grows back to 64 in a few claims."""
+    from crmsync.worker import CLAIM_CAP, expected_requests
+
+    assert expected_requests(0) == 1 and expected_requests(1) == 2
+    sizes = [1]
+    while sizes[-1] < CLAIM_CAP:
+        sizes.append(expected_requests(sizes[-1]))
+    assert sizes == [1, 2, 4, 8, 16, 32, CLAIM_CAP]
