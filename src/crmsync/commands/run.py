@@ -48,7 +48,7 @@ def worker(
     async def main() -> None:
         stop = asyncio.Event()
         install_stop(stop)
-        await run_worker(s, concurrency, stop)
+        await run_worker(s, concurrency, stop, own_process=True)
 
     _run(main())
 
