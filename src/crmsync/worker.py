@@ -413,12 +413,14 @@ class Worker:
                 log.warning("worker.claim_failed", connection=conn.id, error=str(exc))
                 self.sched.done(conn.id, self.now_ms() + 1000, self.now_ms())
                 return
+            # (A claim refused for its limits, a pause or the breaker tells nothing
+            # of what is queued.)
+            if claim.refused in (None, "empty"):
+                self.expect[conn.id] = expected_requests(claim.permits)
             # Hand the connection back to the scheduler at once: other claims on
             # it may proceed while this one is sending.
             # Due again "now" at the earliest, so ties go round-robin behind the
             # connections already waiting rather than ahead of them.
-            if claim.refused in (None, "empty"):
-                self.expect[conn.id] = expected_requests(claim.permits)
             nxt = claim.next_eligible_ms
             now = self.now_ms()
             self.sched.done(conn.id, None if nxt is None else max(nxt, now), now)
