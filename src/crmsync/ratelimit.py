@@ -141,9 +141,9 @@ KEEP_MS = 32  # how far back a late claim may be stamped (KEEP_MS in _lib.lua)
 
 @dataclass
 class BucketWindow:
-    """In-memory twin of one window hash of the claim script. ``total`` sums the
-    buckets kept (those counted now and those that left the span less than
-    ``KEEP_MS`` ago, for back-dating); ``count`` is what a stamp would see."""
+    """In-memory twin of one window hash of the claim script. ``buckets`` keeps
+    those counted now and those that left the span less than ``KEEP_MS`` ago
+    (for back-dating); ``count(t)`` is what a stamp at ``t`` would see."""
 
     window: RateWindow
     span: int

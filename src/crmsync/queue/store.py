@@ -52,7 +52,7 @@ class Claim:
     next_eligible_ms: int | None
     probe: bool
     refused: str | None
-    redis_ms: int = 0  # Redis time when the claim ran
+    redis_ms: int  # Redis time when the claim ran
 
 
 @dataclass(frozen=True)
