@@ -26,7 +26,7 @@ from asyncpg.pool import PoolConnectionProxy
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from crmsync import db, stats
+from crmsync import counters, db
 from crmsync.breaker import CrmBreaker
 from crmsync.clock import RedisClock
 from crmsync.concurrency import AdaptiveLimit, Gate
@@ -355,7 +355,7 @@ class Worker:
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     def _free(self, cid: str, n: int) -> None:
         self.reserved -= n
@@ -473,7 +473,7 @@ class Worker:
                 sent = sent[: claim.permits]
             if sent:
                 now = self.now_ms()
-                rec.counts[stats.latency_field(now - claim.admitted_ms, "lag")] += len(sent)
+                rec.counts[counters.latency_field(now - claim.admitted_ms, "lag")] += len(sent)
                 self._mark_active(conn.id, now)
             limited = bool(conn.windows)  # no windows: no permits to move or take
             gate = self._gate(conn)
@@ -485,8 +485,8 @@ class Worker:
                 )
             )
             for (ops, by_id), (res, ms, held) in zip(sent, results, strict=True):
-                rec.counts[stats.latency_field(ms)] += 1
-                rec.counts[stats.HELD] += held
+                rec.counts[counters.latency_field(ms)] += 1
+                rec.counts[counters.HELD] += held
                 await self._outcome(conn, ops, by_id, res, rec)
             if rec.limited_for:
                 # The CRM's view of the limit differs from ours: everyone waits
@@ -521,7 +521,7 @@ class Worker:
                     (it.contact_id, None, it.contact.version, "skipped", d.rule, 0, None)
                 )
                 rec.ack.append(it.contact_id)
-                rec.counts[stats.SKIPPED] += 1
+                rec.counts[counters.SKIPPED] += 1
             elif d.action == "delete":
                 ext = it.ledger.external_id if it.ledger else None
                 deletes.append(Op("delete", it.contact_id, None, ext))
@@ -703,11 +703,11 @@ class Worker:
             rec.release.extend(op.contact_id for op in ops)
             rec.outcomes.append(True)
             return
-        rec.counts[stats.REQUESTS] += 1
+        rec.counts[counters.REQUESTS] += 1
         if isinstance(res, RateLimited):
             # Everyone waits (after the claim's outcomes); no attempt.
             rec.limited_for = max(rec.limited_for, res.retry_after)
-            rec.counts[stats.RATE_LIMITED] += 1
+            rec.counts[counters.RATE_LIMITED] += 1
             rec.release.extend(op.contact_id for op in ops)
             rec.outcomes.append(True)
             return
@@ -734,7 +734,9 @@ class Worker:
                 rec.ledger.append((op.contact_id, r.external_id, version, status, None, 0, None))
                 rec.ack.append(op.contact_id)
                 rec.counts[
-                    {"create": stats.CREATED, "update": stats.UPDATED}.get(op.kind, stats.DELETED)
+                    {"create": counters.CREATED, "update": counters.UPDATED}.get(
+                        op.kind, counters.DELETED
+                    )
                 ] += 1
             else:
                 err = r.error or Permanent("CRM reported failure without an error", status=None)
@@ -747,7 +749,7 @@ class Worker:
         if isinstance(err, Retryable) and not self.policy.exhausted(attempts):
             rec.ledger.append((op.contact_id, None, None, "retrying", None, attempts, message))
             rec.retry[op.contact_id] = self.policy.delay(attempts)
-            rec.counts[stats.RETRIED] += 1
+            rec.counts[counters.RETRIED] += 1
             return
         rec.ledger.append((op.contact_id, None, None, "dead", None, attempts, message))
         rec.dead.append(
@@ -763,7 +765,7 @@ class Worker:
             )
         )
         rec.ack.append(op.contact_id)
-        rec.counts[stats.DEAD] += 1
+        rec.counts[counters.DEAD] += 1
 
     async def _write(self, conn: Connection, claim: Claim, rec: _Record, *, refund: int) -> None:
         if rec.ledger or rec.dead:

@@ -333,9 +333,9 @@ async def dead_letters(cluster: Cluster) -> list[dict[str, Any]]:
 
 
 async def counters(cluster: Cluster, connection_id: str) -> dict[str, int]:
-    from crmsync import stats
+    from crmsync import counters
 
-    return await stats.read(cluster.redis, connection_id)
+    return await counters.read(cluster.redis, connection_id)
 
 
 async def account_stats(cluster: Cluster, crm: str, account: str) -> dict[str, Any]:

@@ -167,7 +167,7 @@ async def test_wake_ups_name_connections_with_new_work(
         assert sorted(got[0].split(",")) == sorted([cid, other])
         assert got[1:] == [other]
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
 
 
 async def test_large_enqueue_is_chunked_and_quick(store: QueueStore, cid: str) -> None:

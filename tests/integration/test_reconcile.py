@@ -12,11 +12,11 @@ import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
 from crmsync import db
+from crmsync.capture.reconcile import reconcile
 from crmsync.cli import app
 from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.store import BAND_SCALE, Band, QueueStore
-from crmsync.reconcile import reconcile
 from crmsync.settings import Settings
 
 
@@ -130,7 +130,7 @@ async def test_reconcile_after_flushdb_restores_and_is_idempotent(
 async def test_reconcile_pages_through_many_contacts(
     pool: asyncpg.Pool[Any], redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("crmsync.reconcile.PAGE", 7)
+    monkeypatch.setattr("crmsync.capture.reconcile.PAGE", 7)
     await pool.execute(
         "INSERT INTO contacts (id, tenant, email) "
         "SELECT 'p' || lpad(g::text, 3, '0'), 'default', 'e' FROM generate_series(1, 50) g"

@@ -19,10 +19,10 @@ from crmsync.capture.relay import relay_once
 from crmsync.mock.config import AccountSpec, MockConfig
 from crmsync.mock.limits import Window
 from crmsync.mock.server import MockHandle, start_mock
+from crmsync.processes import run_worker
 from crmsync.queue.store import QueueStore
-from crmsync.runner import run_worker
+from crmsync.report import collect, prometheus_text
 from crmsync.settings import Settings
-from crmsync.status import collect, prometheus_text
 
 
 @dataclass

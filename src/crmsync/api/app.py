@@ -33,8 +33,8 @@ from crmsync.api.metrics import (
 )
 from crmsync.contacts import ID_PATTERN, BatchIn, ContactPut, ContactWithId, columns, duplicate_ids
 from crmsync.errors import UserError
+from crmsync.report import collect, prometheus_text
 from crmsync.settings import Settings
-from crmsync.status import collect, prometheus_text
 
 log = structlog.get_logger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import psutil
 from redis.asyncio import Redis
 
-from crmsync import stats
+from crmsync import counters
 from crmsync.bench.report import ProcUsage, deltas
 from crmsync.queue import keys
 
@@ -200,7 +200,7 @@ class RateWatch:
 
 async def counter_totals(redis: Redis, connection_ids: Sequence[str]) -> dict[str, dict[str, int]]:
     """The workers' counters (requests, created, updated, ...) of each connection."""
-    return {cid: await stats.read(redis, cid) for cid in connection_ids}
+    return {cid: await counters.read(redis, cid) for cid in connection_ids}
 
 
 def machine_info() -> dict[str, object]:

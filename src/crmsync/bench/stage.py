@@ -21,13 +21,13 @@ from crmsync import connections, db
 from crmsync.bench.profile import Profiler
 from crmsync.bench.report import ConnRate, rate
 from crmsync.bench.sampler import ProcWatch, RateWatch, counter_totals
+from crmsync.capture.reconcile import reconcile_connection
+from crmsync.counters import CREATED, DELETED, REQUESTS, SKIPPED, UPDATED
 from crmsync.errors import UserError
 from crmsync.harness.cluster import Cluster, ConnectionInfo
 from crmsync.queue import keys
 from crmsync.queue.store import QueueStore
 from crmsync.ratelimit import parse_rate_limit
-from crmsync.reconcile import reconcile_connection
-from crmsync.stats import CREATED, DELETED, REQUESTS, SKIPPED, UPDATED
 
 PAUSE_REASON = "benchmark: loading the backlog"
 INSERT_CHUNK = 50_000

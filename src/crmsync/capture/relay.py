@@ -25,8 +25,8 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from crmsync import db
+from crmsync.capture.reconcile import reconcile_connection
 from crmsync.queue.store import Band, QueueStore
-from crmsync.reconcile import reconcile_connection
 from crmsync.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -145,7 +145,7 @@ async def run_relay(
 ) -> None:
     """Relay until ``stop`` is set: drain on every wake-up, poll as a fallback;
     vacuum the outbox in the background after every ``vacuum_after`` rows moved."""
-    from crmsync.runner import open_redis
+    from crmsync.redis_client import open_redis
 
     stop = stop or asyncio.Event()
     batch = batch or settings.relay_batch

@@ -61,7 +61,7 @@ def _with_pool(
             if not redis:
                 return await fn(pool, None)
             from crmsync.queue.store import QueueStore
-            from crmsync.runner import open_redis
+            from crmsync.redis_client import open_redis
 
             client = await open_redis(s.redis_url)
             try:

@@ -28,8 +28,8 @@ def relay(
 ) -> None:
     """Move captured changes from the outbox to the Redis queues (run one or several)."""
     from crmsync.capture.relay import run_relay
-    from crmsync.logging import configure_logging
-    from crmsync.runner import install_stop
+    from crmsync.logs import configure_logging
+    from crmsync.processes import install_stop
 
     s = _settings(
         database_url=database_url,
@@ -57,9 +57,9 @@ def reconcile(
 ) -> None:
     """Queue again every contact whose synced version differs (after Redis lost data)."""
     from crmsync import db
+    from crmsync.capture.reconcile import reconcile as run_reconcile
     from crmsync.queue.store import QueueStore
-    from crmsync.reconcile import reconcile as run_reconcile
-    from crmsync.runner import open_redis
+    from crmsync.redis_client import open_redis
 
     s = _settings(database_url=database_url, redis_url=redis_url)
 

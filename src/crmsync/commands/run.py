@@ -31,8 +31,8 @@ def worker(
     redis_url: str | None = REDIS_OPT,
 ) -> None:
     """Sync queued contacts to the CRMs (stateless: run as many as you like)."""
-    from crmsync.logging import configure_logging
-    from crmsync.runner import install_stop, run_worker, run_worker_processes
+    from crmsync.logs import configure_logging
+    from crmsync.processes import install_stop, run_worker, run_worker_processes
 
     s = _settings(
         database_url=database_url,
@@ -68,7 +68,7 @@ def up(
     """API + relay + workers in one command (single-node production).
 
     The API and the relay share this process; each worker is a child process."""
-    from crmsync.logging import configure_logging
+    from crmsync.logs import configure_logging
 
     s = _settings(
         database_url=database_url,
@@ -87,7 +87,7 @@ async def _up(s: Settings, processes: int, concurrency: int) -> None:
     from crmsync import db
     from crmsync.api.app import serve
     from crmsync.capture.relay import run_relay
-    from crmsync.runner import install_stop, spawn_workers, stop_workers
+    from crmsync.processes import install_stop, spawn_workers, stop_workers
 
     await db.ensure_database(s.database_url)
     conn = await db.connect(s.database_url)
@@ -125,7 +125,7 @@ async def _supervise(
 ) -> None:
     """Replace a worker process that died (crash, OOM kill): its leases expire
     and its work returns to the queues, so a new worker is all that is needed."""
-    from crmsync.runner import spawn_workers
+    from crmsync.processes import spawn_workers
 
     log = structlog.get_logger(__name__)
     while not stop.is_set():

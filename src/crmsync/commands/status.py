@@ -18,8 +18,8 @@ def status(
 ) -> None:
     """Show queues, breakers, limits, paused connections and dead letters."""
     from crmsync import db
-    from crmsync.runner import open_redis
-    from crmsync.status import collect
+    from crmsync.redis_client import open_redis
+    from crmsync.report import collect
 
     s = _settings(database_url=database_url, redis_url=redis_url)
 

@@ -34,7 +34,7 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
-from crmsync import connections, db, status
+from crmsync import connections, db, report
 from crmsync.errors import UserError
 from crmsync.harness import mock_client, progress
 from crmsync.harness.contacts import Contact, ContactBook, chunks
@@ -353,7 +353,7 @@ class Cluster:
     # -- progress and verification -------------------------------------------
     async def status(self) -> dict[str, Any]:
         """``crmsync status --json`` of the running system (queues, ledger, counters)."""
-        return await status.collect(self.pool, self.redis)
+        return await report.collect(self.pool, self.redis)
 
     async def unsettled(self) -> dict[str, int]:
         """Per connection: contacts whose ledger has not reached their current version."""

@@ -1,6 +1,6 @@
 """Rich views of a running cluster: the live progress table and the final summary.
 
-Both read the ``crmsync.status.collect`` snapshot (queues, breaker, ledger,
+Both read the ``crmsync.report.collect`` snapshot (queues, breaker, ledger,
 worker counters, latency) plus, for the summary, the mock CRM's own counts and
 the verification report, so what the demo shows is what an operator's
 ``crmsync status`` and the CRM itself would say.

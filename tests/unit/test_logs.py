@@ -1,4 +1,4 @@
-"""crmsync.logging: JSON lines off a terminal, pretty lines on one, stdlib routed too."""
+"""crmsync.logs: JSON lines off a terminal, pretty lines on one, stdlib routed too."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import structlog
 
-from crmsync.logging import configure_logging, get_logger
+from crmsync.logs import configure_logging, get_logger
 
 
 class FakeTty(io.StringIO):

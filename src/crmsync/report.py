@@ -14,7 +14,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from crmsync import db, stats
+from crmsync import counters, db
 from crmsync.queue.store import QueueStore
 
 
@@ -49,7 +49,7 @@ async def collect(pool: asyncpg.Pool[Any], redis: Redis | None) -> dict[str, Any
     try:
         for c in report["connections"]:
             depth = await store.depth(c["id"])
-            counters = depth.stats  # the workers' and the claim script's counters
+            seen = depth.stats  # the workers' and the claim script's counters
             blocked = depth.blocked_until_ms or 0
             c["queue"] = {
                 "ready": depth.ready,
@@ -60,13 +60,11 @@ async def collect(pool: asyncpg.Pool[Any], redis: Redis | None) -> dict[str, Any
             c["breaker"] = depth.breaker
             c["blocked_for_s"] = round(max(0.0, (blocked - depth.now_ms) / 1000), 1)
             c["limits"] = [dataclasses.asdict(w) for w in depth.windows]
-            c["counters"] = {
-                k: v for k, v in counters.items() if not k.startswith(("lat_", "lag_"))
-            }
+            c["counters"] = {k: v for k, v in seen.items() if not k.startswith(("lat_", "lag_"))}
             c["latency_ms"] = {
-                "p50": stats.percentile(counters, 0.50),
-                "p99": stats.percentile(counters, 0.99),
-                "send_lag_p99": stats.percentile(counters, 0.99, "lag"),
+                "p50": counters.percentile(seen, 0.50),
+                "p99": counters.percentile(seen, 0.99),
+                "send_lag_p99": counters.percentile(seen, 0.99, "lag"),
             }
     except (RedisError, OSError) as exc:
         report["redis_error"] = str(exc)
@@ -131,7 +129,7 @@ class _ReportCollector:
             "Seconds a 429 still blocks the connection.",
             labels=labels,
         )
-        counters = {
+        families = {
             name: CounterMetricFamily(
                 f"crmsync_connection_{name}",
                 f"Per-connection count of {name.replace('_', ' ')}.",
@@ -150,11 +148,11 @@ class _ReportCollector:
                     queue.add_metric([*lv, q], n or 0)
                 breaker.add_metric(lv, 0 if c["breaker"] in (None, "closed") else 1)
                 blocked.add_metric(lv, c["blocked_for_s"])
-                for name, fam in counters.items():
+                for name, fam in families.items():
                     fam.add_metric(lv, c["counters"].get(name, 0))
         outbox = GaugeMetricFamily("crmsync_outbox_pending", "Captured changes not yet relayed.")
         outbox.add_metric([], self.report["totals"]["outbox"])
-        yield from (queue, ledger, dead, paused, breaker, blocked, *counters.values(), outbox)
+        yield from (queue, ledger, dead, paused, breaker, blocked, *families.values(), outbox)
 
 
 def prometheus_text(report: dict[str, Any]) -> bytes:

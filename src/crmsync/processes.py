@@ -13,29 +13,16 @@ from typing import Any
 
 import aiohttp
 import orjson
-import redis.asyncio as aioredis
 import structlog
 
 from crmsync import db
-from crmsync.errors import UserError
 from crmsync.queue.store import QueueStore
+from crmsync.redis_client import open_redis
 from crmsync.registry import Registry
 from crmsync.settings import Settings
 from crmsync.worker import Worker
 
 log = structlog.get_logger(__name__)
-
-
-async def open_redis(url: str) -> aioredis.Redis:
-    client = aioredis.from_url(url, health_check_interval=10)
-    try:
-        await client.ping()
-    except Exception as exc:
-        await client.aclose()
-        raise UserError(
-            f"cannot reach Redis at {url} ({exc}); set CRMSYNC_REDIS_URL or run `make setup`"
-        ) from exc
-    return client
 
 
 def http_session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
@@ -81,7 +68,7 @@ async def run_worker(
 
 
 def _child(settings_json: bytes, concurrency: int) -> None:
-    from crmsync.logging import configure_logging
+    from crmsync.logs import configure_logging
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level, settings.log_json)
