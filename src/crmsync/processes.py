@@ -11,11 +11,10 @@ import signal
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
-import aiohttp
-import orjson
 import structlog
 
 from crmsync import db
+from crmsync.crm.http import http_session
 from crmsync.queue.store import QueueStore
 from crmsync.redis_client import open_redis
 from crmsync.registry import Registry
@@ -23,15 +22,6 @@ from crmsync.settings import Settings
 from crmsync.worker import Worker
 
 log = structlog.get_logger(__name__)
-
-
-def http_session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
-    """One pooled HTTP session per process, sized to the number of sends in flight."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency + 16, ttl_dns_cache=300),
-        timeout=aiohttp.ClientTimeout(total=timeout),
-        json_serialize=lambda o: orjson.dumps(o).decode(),
-    )
 
 
 def install_stop(stop: asyncio.Event) -> None:

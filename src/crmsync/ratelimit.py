@@ -16,15 +16,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
-from typing import Any
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
-from crmsync import clock
 from crmsync.errors import UserError
 
 BUCKETS_PER_WINDOW = 250
@@ -232,95 +226,3 @@ class LimiterModel:
     def refund(self, admitted_ms: int, n: int) -> None:
         for w in self.windows:
             w.refund(admitted_ms, n)
-
-
-# -- learning from CRM answers -------------------------------------------------
-
-DEFAULT_LIMITED_SECONDS = 1.0  # a limit answer without any hint of how long
-SALESFORCE_EXHAUSTED_SECONDS = 300.0  # org quota used up: look again in 5 min
-_SF_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(str(value).strip()) if value is not None else None
-    except ValueError:
-        return None
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date."""
-    if value is None or not value.strip():
-        return None
-    try:
-        return max(0.0, float(value.strip()))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (clock.now() if now is None else now))
-
-
-def seconds_to_midnight_utc(now: float) -> float:
-    t = datetime.fromtimestamp(now, UTC)
-    midnight = (t + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return midnight.timestamp() - now
-
-
-def is_limit_answer(status: int, body: Any) -> bool:
-    """429, or Salesforce's 403 REQUEST_LIMIT_EXCEEDED."""
-    return status == 429 or (status == 403 and "REQUEST_LIMIT_EXCEEDED" in str(body))
-
-
-def lower_keys(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """Headers looked up by lower-case name: aiohttp's are case-insensitive already."""
-    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
-        return headers
-    return {k.lower(): v for k, v in headers.items()}
-
-
-def block_seconds_from_headers(
-    crm: str,
-    status: int,
-    headers: Mapping[str, str],
-    body: Any = None,
-    *,
-    now: float | None = None,
-) -> float | None:
-    """How long every worker should hold this connection back, or None.
-
-    A limit answer (429 / 403 REQUEST_LIMIT_EXCEEDED) always blocks: for
-    ``Retry-After`` if given, else for what the CRM's headers imply, else 1 s.
-    A success blocks only when the CRM says its quota is used up.
-    """
-    h = lower_keys(headers)
-    t = clock.now() if now is None else now
-    limited = is_limit_answer(status, body)
-    if limited:
-        wait = retry_after_seconds(h.get("retry-after"), t)
-        if wait is not None:
-            return wait
-    if crm == "hubspot":
-        if _int(h.get("x-hubspot-ratelimit-daily-remaining")) == 0 or (
-            limited and "DAILY" in str(body)
-        ):
-            return seconds_to_midnight_utc(t)
-        interval = _int(h.get("x-hubspot-ratelimit-interval-milliseconds"))
-        if limited:
-            return interval / 1000.0 if interval else DEFAULT_LIMITED_SECONDS
-        remaining = _int(h.get("x-hubspot-ratelimit-remaining"))
-        if remaining == 0 and interval:
-            # Rolling window: room comes back as the oldest request ages out;
-            # on average one request's share of the interval.
-            most = _int(h.get("x-hubspot-ratelimit-max")) or 1
-            return interval / 1000.0 / max(1, most)
-        return None
-    if crm == "salesforce":
-        m = _SF_USAGE.search(h.get("sforce-limit-info", ""))
-        if m and int(m.group(1)) >= int(m.group(2)):
-            return SALESFORCE_EXHAUSTED_SECONDS
-    return DEFAULT_LIMITED_SECONDS if limited else None

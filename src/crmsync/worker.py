@@ -30,7 +30,8 @@ from crmsync import counters, db
 from crmsync.breaker import CrmBreaker
 from crmsync.clock import RedisClock
 from crmsync.concurrency import AdaptiveLimit, Gate
-from crmsync.crm.base import WRITE_WATCH, ContactFields, CrmAdapter, Op, SendResult, WriteWatch
+from crmsync.crm.base import ContactFields, CrmAdapter, Op, SendResult
+from crmsync.crm.http import WRITE_WATCH, WriteWatch
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
 from crmsync.queue import keys
 from crmsync.queue.store import Claim, QueueStore

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from crmsync.crm.base import WRITE_WATCH, WriteWatch, call
+from crmsync.crm.http import WRITE_WATCH, WriteWatch, call
 
 LIMIT = aiohttp.ClientTimeout(total=5)
 JSON = {"Content-Type": "application/json"}

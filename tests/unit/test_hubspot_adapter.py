@@ -11,7 +11,8 @@ import pytest
 from multidict import CIMultiDict
 
 from crmsync.crm import make_adapter
-from crmsync.crm.base import ContactFields, Headers, Op, loads
+from crmsync.crm.base import ContactFields, Op
+from crmsync.crm.http import Headers, loads
 from crmsync.crm.hubspot import (
     HubSpotAdapter,
     error_for,
@@ -19,9 +20,9 @@ from crmsync.crm.hubspot import (
     parse_batch_upsert,
     parse_delete,
     parse_single,
+    quota_block,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
-from crmsync.ratelimit import block_seconds_from_headers
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "hubspot.json").read_text())
 KEY = "crmsync_id"
@@ -110,7 +111,7 @@ def test_rate_limit_waits() -> None:
     assert isinstance(err, RateLimited) and err.retry_after == 10.0
     status, headers, body = answer("daily")
     noon = 19_000 * 86_400 + 12 * 3600
-    assert block_seconds_from_headers("hubspot", status, headers, body, now=noon) == 12 * 3600
+    assert quota_block(status, headers, body, now=noon) == 12 * 3600
     err = error_for(status, headers, body)
     assert isinstance(err, RateLimited) and 0 < err.retry_after <= 86_400
     told = CIMultiDict(headers)

@@ -11,8 +11,11 @@ import pytest
 from multidict import CIMultiDict
 
 from crmsync.crm import make_adapter
-from crmsync.crm.base import ContactFields, Headers, Op, loads
+from crmsync.crm.base import ContactFields, Op
+from crmsync.crm.http import Headers, loads
+from crmsync.crm.quota import DEFAULT_LIMITED_SECONDS
 from crmsync.crm.salesforce import (
+    SALESFORCE_EXHAUSTED_SECONDS,
     SalesforceAdapter,
     error_for,
     parse_collection,
@@ -20,7 +23,6 @@ from crmsync.crm.salesforce import (
     parse_upsert,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable, UserError
-from crmsync.ratelimit import DEFAULT_LIMITED_SECONDS, SALESFORCE_EXHAUSTED_SECONDS
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "salesforce.json").read_text())
 

@@ -18,19 +18,17 @@ from urllib.parse import quote
 
 import aiohttp
 
-from crmsync.crm.base import (
-    CONTACT_ATTRS,
-    Headers,
-    JsonClient,
-    Op,
-    RecordResult,
-    SendResult,
-    base_of,
-    field_map,
-    send_singles,
+from crmsync import clock
+from crmsync.crm.base import CONTACT_ATTRS, Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.http import Headers, JsonClient, base_of
+from crmsync.crm.quota import (
+    DEFAULT_LIMITED_SECONDS,
+    header_int,
+    lower_keys,
+    retry_after_seconds,
+    seconds_to_midnight_utc,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
-from crmsync.ratelimit import DEFAULT_LIMITED_SECONDS, block_seconds_from_headers
 
 DEFAULT_PROPERTIES = {
     "email": "email",
@@ -45,14 +43,44 @@ RETRYABLE_CATEGORIES = frozenset(
 )
 
 
+def quota_block(
+    status: int, headers: Headers, body: Any = None, *, now: float | None = None
+) -> float | None:
+    """How long every worker should hold the connection back, or None.
+
+    A 429 always blocks: for ``Retry-After`` if given, else until midnight for
+    the daily limit, else for the rate-limit interval, else the default. A
+    success blocks only when the headers say the quota is spent; with a full
+    rolling window, for one request's share of the interval (our own limiter
+    fills the window again)."""
+    h = lower_keys(headers)
+    limited = status == 429
+    if limited:
+        wait = retry_after_seconds(h.get("retry-after"), now)
+        if wait is not None:
+            return wait
+    if header_int(h.get("x-hubspot-ratelimit-daily-remaining")) == 0 or (
+        limited and "DAILY" in str(body)
+    ):
+        return seconds_to_midnight_utc(clock.now() if now is None else now)
+    interval = header_int(h.get("x-hubspot-ratelimit-interval-milliseconds"))
+    if limited:
+        return interval / 1000.0 if interval else DEFAULT_LIMITED_SECONDS
+    remaining = header_int(h.get("x-hubspot-ratelimit-remaining"))
+    if remaining == 0 and interval:
+        most = header_int(h.get("x-hubspot-ratelimit-max")) or 1
+        return interval / 1000.0 / max(1, most)
+    return None
+
+
 def _block(status: int, headers: Headers, body: Any) -> float | None:
     """Quota headers on a success: pause only when the CRM says the quota is spent."""
-    return block_seconds_from_headers("hubspot", status, headers, body)
+    return quota_block(status, headers, body)
 
 
 def _wait(status: int, headers: Headers, body: Any) -> float:
     """A 429: ``Retry-After``, else DAILY until midnight UTC, else the window."""
-    wait = block_seconds_from_headers("hubspot", status, headers, body)
+    wait = quota_block(status, headers, body)
     return DEFAULT_LIMITED_SECONDS if wait is None else wait
 
 

@@ -12,25 +12,17 @@ updates the record it created instead of creating a second one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from crmsync.crm.base import (
-    CONTACT_ATTRS,
-    Headers,
-    JsonClient,
-    Op,
-    RecordResult,
-    SendResult,
-    base_of,
-    field_map,
-    send_singles,
-)
+from crmsync.crm.base import CONTACT_ATTRS, Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.http import Headers, JsonClient, base_of
+from crmsync.crm.quota import DEFAULT_LIMITED_SECONDS, lower_keys, retry_after_seconds
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
-from crmsync.ratelimit import DEFAULT_LIMITED_SECONDS, block_seconds_from_headers
 
 DEFAULT_FIELDS = {
     "email": "Email",
@@ -48,16 +40,41 @@ RETRYABLE_CODES = frozenset(
 GONE_CODES = frozenset({"ENTITY_IS_DELETED", "NOT_FOUND", "INVALID_CROSS_REFERENCE_KEY"})
 
 
+SALESFORCE_EXHAUSTED_SECONDS = 300.0  # org quota used up: look again in 5 min
+_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+
+
+def is_limit_answer(status: int, body: Any) -> bool:
+    """429, or Salesforce's 403 REQUEST_LIMIT_EXCEEDED."""
+    return status == 429 or (status == 403 and "REQUEST_LIMIT_EXCEEDED" in str(body))
+
+
+def quota_block(
+    status: int, headers: Headers, body: Any = None, *, now: float | None = None
+) -> float | None:
+    """How long every worker should hold the connection back, or None: a limit
+    answer for its ``Retry-After`` (else the default); any answer whose
+    ``Sforce-Limit-Info`` says the org's allocation is spent."""
+    h = lower_keys(headers)
+    limited = is_limit_answer(status, body)
+    if limited:
+        wait = retry_after_seconds(h.get("retry-after"), now)
+        if wait is not None:
+            return wait
+    m = _USAGE.search(h.get("sforce-limit-info", ""))
+    if m and int(m.group(1)) >= int(m.group(2)):
+        return SALESFORCE_EXHAUSTED_SECONDS
+    return DEFAULT_LIMITED_SECONDS if limited else None
+
+
 def _block(status: int, headers: Headers, body: Any) -> float | None:
     """``Sforce-Limit-Info`` on a success: pause only when the org's quota is spent."""
-    return block_seconds_from_headers("salesforce", status, headers, body)
+    return quota_block(status, headers, body)
 
 
 def _wait(status: int, headers: Headers, body: Any) -> float:
     """REQUEST_LIMIT_EXCEEDED: ``Retry-After`` if given, else the shared default."""
-    return (
-        block_seconds_from_headers("salesforce", status, headers, body) or DEFAULT_LIMITED_SECONDS
-    )
+    return quota_block(status, headers, body) or DEFAULT_LIMITED_SECONDS
 
 
 def _first_error(body: Any) -> tuple[str | None, str | None]:
