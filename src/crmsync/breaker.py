@@ -4,15 +4,16 @@ closed --N consecutive failures--> open --recovery elapsed, first ask--> half_op
 (exactly one probe, cluster-wide) --probe ok--> closed / --probe failed--> open.
 Only 5xx, timeouts and connection errors are failures; the caller decides.
 
-``transition`` is the table; the Lua helpers in ``queue/lua/_lib.lua`` (used by
-the per-connection breaker inside the claim script and by ``CrmBreaker``)
-implement the same table, and the tests run both against the same cases.
+The breaker is implemented once, in Lua (``queue/lua/_lib.lua``): the
+per-connection breaker inside the claim script and ``CrmBreaker`` share it.
+Its table lives with the tests (``tests/oracles/breaker.py``), which run the
+Lua breaker against it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from redis.asyncio import Redis
@@ -21,8 +22,6 @@ from crmsync.queue import keys
 from crmsync.queue.scripts import Arg, Scripts
 
 State = Literal["closed", "open", "half_open"]
-Event = Literal["allow", "success", "failure"]
-Verdict = Literal["allow", "probe", "refuse"]
 
 
 @dataclass(frozen=True)
@@ -38,49 +37,6 @@ class BreakerState:
     failures: int = 0
     opened_ms: int = 0
     probe_until_ms: int = 0
-
-
-def transition(s: BreakerState, event: Event, now_ms: int, cfg: BreakerConfig) -> BreakerState:
-    """The breaker's state after ``event`` at ``now_ms``."""
-    if event == "allow":
-        if s.state == "closed":
-            return s
-        if s.state == "open" and now_ms < s.opened_ms + cfg.recovery_ms:
-            return s
-        if s.state == "half_open" and now_ms < s.probe_until_ms:
-            return s
-        # Recovered, or the previous probe never reported: this ask is the probe.
-        return replace(s, state="half_open", probe_until_ms=now_ms + cfg.probe_ms)
-    ok = event == "success"
-    if s.state == "open":
-        return s  # late outcomes of requests sent before the trip change nothing
-    if s.state == "closed":
-        if ok:
-            return replace(s, failures=0)
-        if s.failures + 1 < cfg.threshold:
-            return replace(s, failures=s.failures + 1)
-        return BreakerState("open", s.failures + 1, now_ms, 0)
-    if ok:
-        return BreakerState("closed", 0, s.opened_ms, 0)
-    return BreakerState("open", s.failures, now_ms, 0)
-
-
-def verdict(before: BreakerState, after: BreakerState) -> Verdict:
-    """What an ``allow`` event that led from ``before`` to ``after`` answers."""
-    if after.state == "closed":
-        return "allow"
-    if after != before:
-        return "probe"
-    return "refuse"
-
-
-def retry_at_ms(s: BreakerState, cfg: BreakerConfig) -> int | None:
-    """When a refused caller should ask again."""
-    if s.state == "open":
-        return s.opened_ms + cfg.recovery_ms
-    if s.state == "half_open":
-        return s.probe_until_ms
-    return None
 
 
 def _text(v: object) -> str:

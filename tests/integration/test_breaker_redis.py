@@ -1,36 +1,21 @@
-"""Breakers in Redis: the Lua table equals the pure one; cluster-wide trips; one probe."""
+"""Breakers in Redis: the Lua breaker follows the oracle's table; cluster-wide trips; one probe."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import redis.asyncio as aioredis
 
-from crmsync.breaker import BreakerConfig, CrmBreaker
+from crmsync.breaker import CrmBreaker
 from crmsync.queue.store import Band, Claim, QueueStore
 from crmsync.ratelimit import RateWindow
+from oracles.breaker import CASES, BreakerConfig
 
 
-def _unit_cases() -> ModuleType:
-    """The table of tests/unit/test_breaker.py, so both implementations face one table."""
-    path = Path(__file__).parents[1] / "unit" / "test_breaker.py"
-    spec = importlib.util.spec_from_file_location("breaker_cases", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-UNIT = _unit_cases()
-
-
-@pytest.mark.parametrize(("name", "cfg", "steps"), UNIT.CASES, ids=[c[0] for c in UNIT.CASES])
+@pytest.mark.parametrize(("name", "cfg", "steps"), CASES, ids=[c[0] for c in CASES])
 async def test_lua_breaker_follows_the_same_table(
     redis_client: aioredis.Redis, name: str, cfg: BreakerConfig, steps: list[tuple[str, int, str]]
 ) -> None:

@@ -1,0 +1,1 @@
+"""Models of crmsync's rules, written apart from its code, that tests check it against."""
