@@ -78,18 +78,56 @@ def mask_token(token: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectionSpec:
+class Connection:
+    """One CRM account that a tenant's contacts sync to."""
+
     id: str
     tenant: str
     crm: str
     account: str
     base_url: str
     token: str
-    rate_limits: list[dict[str, int]]
-    settings: dict[str, Any] = field(default_factory=dict)
+    windows: tuple[RateWindow, ...]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    paused_reason: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Connection:
+        limits = row["rate_limits"] or []
+        return cls(
+            id=row["id"],
+            tenant=row["tenant"],
+            crm=row["crm"],
+            account=row["account"],
+            base_url=row["base_url"],
+            token=row["token"],
+            windows=tuple(RateWindow(int(w["limit"]), int(w["window_ms"])) for w in limits),
+            settings=dict(row["settings"] or {}),
+            paused_reason=row["paused_reason"],
+        )
+
+    @property
+    def rate_limits(self) -> list[dict[str, int]]:
+        """The ``rate_limits`` jsonb of the row."""
+        return [{"limit": w.limit, "window_ms": w.window_ms} for w in self.windows]
+
+    def _int_setting(self, name: str, default: int) -> int:
+        try:
+            return int(self.settings.get(name, default))
+        except (TypeError, ValueError):
+            return default
+
+    def batch_size(self, default: int, adapter_max: int) -> int:
+        """Records per request: the connection's setting, else the global one."""
+        return max(1, min(self._int_setting("batch_size", default), adapter_max))
+
+    def max_in_flight(self, default: int) -> int:
+        """Requests this connection may have in flight per worker process at most
+        (``max_in_flight``: a CRM's own concurrency cap), else ``default``."""
+        return max(1, min(self._int_setting("max_in_flight", default), default))
 
 
-def build_spec(
+def parse_connection(
     *,
     id: str,
     crm: str,
@@ -99,7 +137,7 @@ def build_spec(
     tenant: str = "default",
     rate_limits: Sequence[str] = (),
     settings: Sequence[str] = (),
-) -> ConnectionSpec:
+) -> Connection:
     """Validate the flags of ``connections add``; each problem names its flag."""
     if not ID_RE.match(id):
         raise UserError(f"connection id {id!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
@@ -116,14 +154,16 @@ def build_spec(
         raise UserError(f"--base-url {base_url!r} must be an http:// or https:// URL")
     if not token.strip():
         raise UserError("--token must not be empty")
-    return ConnectionSpec(
+    return Connection(
         id=id,
         tenant=tenant,
         crm=crm,
         account=account,
         base_url=base_url.strip().rstrip("/"),
         token=token.strip(),
-        rate_limits=rate_limits_json(rate_limits, crm),
+        windows=tuple(
+            RateWindow(w["limit"], w["window_ms"]) for w in rate_limits_json(rate_limits, crm)
+        ),
         settings=parse_settings(settings),
     )
 
@@ -146,9 +186,9 @@ def public_view(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def add(conn: asyncpg.Connection[Any], spec: ConnectionSpec) -> None:
+async def add(pg: db.Executor, spec: Connection) -> None:
     try:
-        await conn.execute(
+        await pg.execute(
             db.q("connections_add"),
             spec.id,
             spec.tenant,
@@ -163,26 +203,24 @@ async def add(conn: asyncpg.Connection[Any], spec: ConnectionSpec) -> None:
         raise UserError(f"connection {spec.id!r} already exists") from None
 
 
-async def list_all(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list[dict[str, Any]]:
-    return [public_view(r) for r in await conn.fetch(db.q("connections_list"))]
+async def list_all(pg: db.Executor) -> list[dict[str, Any]]:
+    return [public_view(r) for r in await pg.fetch(db.q("connections_list"))]
 
 
-async def remove(conn: asyncpg.Connection[Any], connection_id: str) -> None:
+async def remove(pg: db.Executor, connection_id: str) -> None:
     """Delete a connection; its sync_state and dead letters go with it (cascade)."""
-    if await conn.fetchval(db.q("connections_remove"), connection_id) is None:
+    if await pg.fetchval(db.q("connections_remove"), connection_id) is None:
         raise _unknown(connection_id)
 
 
-async def pause(
-    conn: asyncpg.Connection[Any], connection_id: str, reason: str = DEFAULT_PAUSE_REASON
-) -> None:
+async def pause(pg: db.Executor, connection_id: str, reason: str = DEFAULT_PAUSE_REASON) -> None:
     reason = reason.strip() or DEFAULT_PAUSE_REASON
-    if await conn.fetchval(db.q("connections_set_paused"), connection_id, reason) is None:
+    if await pg.fetchval(db.q("connections_set_paused"), connection_id, reason) is None:
         raise _unknown(connection_id)
 
 
-async def resume(conn: asyncpg.Connection[Any], connection_id: str) -> None:
-    if await conn.fetchval(db.q("connections_set_paused"), connection_id, None) is None:
+async def resume(pg: db.Executor, connection_id: str) -> None:
+    if await pg.fetchval(db.q("connections_set_paused"), connection_id, None) is None:
         raise _unknown(connection_id)
 
 

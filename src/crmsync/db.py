@@ -5,12 +5,18 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 import orjson
 
 from crmsync.errors import UserError
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # Whatever runs a statement: a pool, a connection, or one taken from a pool.
+    Executor: TypeAlias = asyncpg.Pool[Any] | asyncpg.Connection[Any] | PoolConnectionProxy[Any]
 
 _QUERY_NAME = re.compile(r"^--\s*name:\s*(\S+)\s*$", re.MULTILINE)
 

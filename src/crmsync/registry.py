@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -20,56 +18,13 @@ import asyncpg
 import structlog
 
 from crmsync import db
+from crmsync.connections import Connection
 from crmsync.crm import make_adapter
 from crmsync.crm.base import CrmAdapter
 from crmsync.queue.store import QueueStore
-from crmsync.ratelimit import RateWindow
 from crmsync.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    id: str
-    tenant: str
-    crm: str
-    account: str
-    base_url: str
-    token: str
-    windows: tuple[RateWindow, ...]
-    settings: Mapping[str, Any] = field(default_factory=dict)
-    paused_reason: str | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Connection:
-        limits = row["rate_limits"] or []
-        return cls(
-            id=row["id"],
-            tenant=row["tenant"],
-            crm=row["crm"],
-            account=row["account"],
-            base_url=row["base_url"],
-            token=row["token"],
-            windows=tuple(RateWindow(int(w["limit"]), int(w["window_ms"])) for w in limits),
-            settings=dict(row["settings"] or {}),
-            paused_reason=row["paused_reason"],
-        )
-
-    def _int_setting(self, name: str, default: int) -> int:
-        try:
-            return int(self.settings.get(name, default))
-        except (TypeError, ValueError):
-            return default
-
-    def batch_size(self, default: int, adapter_max: int) -> int:
-        """Records per request: the connection's setting, else the global one."""
-        return max(1, min(self._int_setting("batch_size", default), adapter_max))
-
-    def max_in_flight(self, default: int) -> int:
-        """Requests this connection may have in flight per worker process at most
-        (``max_in_flight``: a CRM's own concurrency cap), else ``default``."""
-        return max(1, min(self._int_setting("max_in_flight", default), default))
 
 
 class Registry:

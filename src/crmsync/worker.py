@@ -30,13 +30,14 @@ from crmsync import counters, db
 from crmsync.breaker import CrmBreaker
 from crmsync.clock import RedisClock
 from crmsync.concurrency import AdaptiveLimit, Gate
+from crmsync.connections import Connection
 from crmsync.crm.base import ContactFields, CrmAdapter, Op, SendResult
 from crmsync.crm.http import WRITE_WATCH, WriteWatch
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
 from crmsync.queue import keys
 from crmsync.queue.store import Claim, QueueStore
 from crmsync.ratelimit import MAX_REQUESTS_PER_CLAIM, PACING_BURST, normalize, with_pacing
-from crmsync.registry import Connection, Registry
+from crmsync.registry import Registry
 from crmsync.retry import RetryPolicy
 from crmsync.rules import ContactRow, Decision, LedgerRow, decide
 from crmsync.scheduler import Scheduler

@@ -150,7 +150,7 @@ def test_add_validation_names_the_flag(changes: dict[str, Any], flag: str) -> No
         "token": "t",
     }
     with pytest.raises(UserError) as exc:
-        connections.build_spec(**{**base, **changes})
+        connections.parse_connection(**{**base, **changes})
     assert flag in str(exc.value)
 
 
@@ -169,7 +169,7 @@ async def test_changes_notify_workers_and_remove_cascades(
     listener = await asyncpg.connect(database_url)
     await listener.add_listener("crmsync_connections", lambda *a: heard.append(a[3]))
     try:
-        spec = connections.build_spec(
+        spec = connections.parse_connection(
             id="n1", crm="hubspot", account="p", base_url="http://hs", token="tok-123456789"
         )
         await connections.add(pg, spec)

@@ -136,7 +136,7 @@ async def test_a_grown_limit_lets_waiting_sends_go() -> None:
 def test_a_worker_logs_its_active_connections_in_flight_limits() -> None:
     from structlog.testing import capture_logs
 
-    from crmsync.registry import Connection
+    from crmsync.connections import Connection
     from crmsync.settings import Settings
     from crmsync.worker import GATE_LOG_MS, Worker
 

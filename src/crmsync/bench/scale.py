@@ -140,7 +140,7 @@ async def run_fair(cfg: BenchConfig) -> list[ScenarioResult]:
             acct = await r.json()
         big = "bench-big"
         await cluster.clear_redis([big])
-        spec = connections.build_spec(
+        spec = connections.parse_connection(
             id=big,
             crm="salesforce",
             account="big",

@@ -215,7 +215,7 @@ class Cluster:
                     token=a["token"],
                     rate_limit=format_rate(RateWindow(int(w["limit"]), int(w["window_ms"]))),
                 )
-                spec = connections.build_spec(
+                spec = connections.parse_connection(
                     id=info.id,
                     crm=info.crm,
                     account=info.account,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from crmsync.cli import BATCH_SIZE_OPT, _run, app
+from crmsync.cli.common import BATCH_SIZE_OPT, run
 from crmsync.errors import UserError
+
+app = typer.Typer()
 
 
 @app.command()
@@ -77,4 +79,4 @@ def demo(
         database=database,
         timeout=timeout,
     )
-    raise typer.Exit(_run(run_demo(options)))
+    raise typer.Exit(run(run_demo(options)))

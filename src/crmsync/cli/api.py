@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from crmsync.cli import DB_OPT, _run, _settings, app
+from crmsync.cli.common import DB_OPT, run, settings_from
+
+app = typer.Typer()
 
 
 @app.command("api")
@@ -19,4 +21,4 @@ def api(
     from crmsync.api.app import serve
 
     # serve() warns when CRMSYNC_API_KEYS is empty (every /v1 route then answers 401).
-    _run(serve(_settings(api_host=host, api_port=port, database_url=database_url)))
+    run(serve(settings_from(api_host=host, api_port=port, database_url=database_url)))

@@ -7,7 +7,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync.cli import DB_OPT, REDIS_OPT, _run, _settings, app
+from crmsync.cli.common import DB_OPT, REDIS_OPT, run, settings_from
+
+app = typer.Typer()
 
 
 @app.command()
@@ -21,7 +23,7 @@ def status(
     from crmsync.redis_client import open_redis
     from crmsync.report import collect
 
-    s = _settings(database_url=database_url, redis_url=redis_url)
+    s = settings_from(database_url=database_url, redis_url=redis_url)
 
     async def go() -> dict[str, object]:
         pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
@@ -32,7 +34,7 @@ def status(
             await redis.aclose()
             await pool.close()
 
-    report = _run(go())
+    report = run(go())
     if as_json:
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return

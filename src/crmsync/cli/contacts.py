@@ -10,15 +10,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync.cli import DB_OPT, _run, _settings, contacts_app
+from crmsync.cli.common import DB_OPT, run, settings_from
 
 if TYPE_CHECKING:
     from crmsync.capture.csv_import import ImportResult
 
+app = typer.Typer(help="Bulk contact operations.", no_args_is_help=True)
+
+
 SHOWN_REJECTIONS = 50
 
 
-@contacts_app.command("import")
+@app.command("import")
 def import_(
     file: Path = typer.Argument(..., help="CSV with header id,email[,first_name,last_name,...]."),
     tenant: str = typer.Option(
@@ -39,7 +42,7 @@ def import_(
     from crmsync import db
     from crmsync.capture.csv_import import import_csv
 
-    s = _settings(database_url=database_url)
+    s = settings_from(database_url=database_url)
 
     async def go() -> ImportResult:
         conn = await db.connect(s.database_url)
@@ -48,7 +51,7 @@ def import_(
         finally:
             await conn.close()
 
-    result = _run(go())
+    result = run(go())
     if as_json:
         typer.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

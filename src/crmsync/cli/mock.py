@@ -10,8 +10,10 @@ from dataclasses import replace
 import orjson
 import typer
 
-from crmsync.cli import _run, app
+from crmsync.cli.common import run
 from crmsync.errors import UserError
+
+app = typer.Typer()
 
 
 @app.command("mock-crm")
@@ -111,4 +113,4 @@ def mock_crm(
             why = exc.strerror or str(exc)
             raise UserError(f"mock-crm cannot listen on {host}:{port} ({why}); use --port") from exc
 
-    _run(go())
+    run(go())

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import asyncpg
 import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync.cli import DB_OPT, _run, _settings, connections_app
+from crmsync.cli.common import DB_OPT, settings_from, with_pool
 
-T = TypeVar("T")
-
-
-def _with_conn(
-    database_url: str | None, fn: Callable[[asyncpg.Connection[Any]], Awaitable[T]]
-) -> T:
-    from crmsync import db
-
-    s = _settings(database_url=database_url)
-
-    async def go() -> T:
-        conn = await db.connect(s.database_url)
-        try:
-            return await fn(conn)
-        finally:
-            await conn.close()
-
-    return _run(go())
+app = typer.Typer(help="Manage CRM connections (one per CRM account).", no_args_is_help=True)
 
 
-@connections_app.command("add")
+@app.command("add")
 def add(
     connection_id: str = typer.Argument(..., help="Connection id, e.g. acme-sf."),
     crm: str = typer.Option(..., "--crm", envvar="CRMSYNC_CONN_CRM", help="salesforce or hubspot."),
@@ -67,7 +46,7 @@ def add(
     """Add a CRM connection (one CRM account)."""
     from crmsync import connections
 
-    spec = connections.build_spec(
+    spec = connections.parse_connection(
         id=connection_id,
         crm=crm,
         account=account,
@@ -77,7 +56,7 @@ def add(
         rate_limits=rate_limit,
         settings=settings,
     )
-    _with_conn(database_url, lambda conn: connections.add(conn, spec))
+    with_pool(settings_from(database_url=database_url), lambda pg, _: connections.add(pg, spec))
     typer.echo(
         f"added connection {spec.id} ({spec.crm}, tenant {spec.tenant}, "
         f"limits {connections.format_rate_limits(spec.rate_limits)}, "
@@ -85,7 +64,7 @@ def add(
     )
 
 
-@connections_app.command("list")
+@app.command("list")
 def list_(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     database_url: str | None = DB_OPT,
@@ -93,7 +72,9 @@ def list_(
     """List connections (tokens masked)."""
     from crmsync import connections
 
-    rows = _with_conn(database_url, connections.list_all)
+    rows = with_pool(
+        settings_from(database_url=database_url), lambda pg, _: connections.list_all(pg)
+    )
     if as_json:
         typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
@@ -114,7 +95,7 @@ def list_(
     Console().print(t)
 
 
-@connections_app.command("remove")
+@app.command("remove")
 def remove(
     connection_id: str = typer.Argument(..., help="Connection id."),
     database_url: str | None = DB_OPT,
@@ -122,11 +103,14 @@ def remove(
     """Remove a connection with its sync ledger and dead letters."""
     from crmsync import connections
 
-    _with_conn(database_url, lambda conn: connections.remove(conn, connection_id))
+    with_pool(
+        settings_from(database_url=database_url),
+        lambda pg, _: connections.remove(pg, connection_id),
+    )
     typer.echo(f"removed connection {connection_id}")
 
 
-@connections_app.command("pause")
+@app.command("pause")
 def pause(
     connection_id: str = typer.Argument(..., help="Connection id."),
     reason: str = typer.Option(
@@ -140,11 +124,14 @@ def pause(
     """Stop sending to a connection; changes keep queueing until it is resumed."""
     from crmsync import connections
 
-    _with_conn(database_url, lambda conn: connections.pause(conn, connection_id, reason))
+    with_pool(
+        settings_from(database_url=database_url),
+        lambda pg, _: connections.pause(pg, connection_id, reason),
+    )
     typer.echo(f"paused connection {connection_id}: {reason}")
 
 
-@connections_app.command("resume")
+@app.command("resume")
 def resume(
     connection_id: str = typer.Argument(..., help="Connection id."),
     database_url: str | None = DB_OPT,
@@ -152,5 +139,8 @@ def resume(
     """Resume sending to a paused connection."""
     from crmsync import connections
 
-    _with_conn(database_url, lambda conn: connections.resume(conn, connection_id))
+    with_pool(
+        settings_from(database_url=database_url),
+        lambda pg, _: connections.resume(pg, connection_id),
+    )
     typer.echo(f"resumed connection {connection_id}")

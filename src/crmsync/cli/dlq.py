@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import asyncpg
 import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync.cli import DB_OPT, REDIS_OPT, _run, _settings, dlq_app
+from crmsync.cli.common import DB_OPT, REDIS_OPT, settings_from, with_pool
 from crmsync.errors import UserError
 
 if TYPE_CHECKING:
     from crmsync.dlq import DeadFilter
+
+app = typer.Typer(help="Dead letters: list, replay, purge.", no_args_is_help=True)
+
 
 T = TypeVar("T")
 
@@ -44,37 +45,7 @@ def _filter(connection: str | None, error: str | None, ids: list[int] | None) ->
     return DeadFilter(connection=connection, error=error, ids=tuple(ids) if ids else None)
 
 
-def _with_pool(
-    database_url: str | None,
-    redis_url: str | None,
-    fn: Callable[[asyncpg.Pool[Any], Any], Awaitable[T]],
-    *,
-    redis: bool = False,
-) -> T:
-    from crmsync import db
-
-    s = _settings(database_url=database_url, redis_url=redis_url)
-
-    async def go() -> T:
-        pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
-        try:
-            if not redis:
-                return await fn(pool, None)
-            from crmsync.queue.store import QueueStore
-            from crmsync.redis_client import open_redis
-
-            client = await open_redis(s.redis_url)
-            try:
-                return await fn(pool, QueueStore(client))
-            finally:
-                await client.aclose()
-        finally:
-            await pool.close()
-
-    return _run(go())
-
-
-@dlq_app.command("list")
+@app.command("list")
 def list_(
     connection: str | None = CONN_OPT,
     error: str | None = ERROR_OPT,
@@ -89,7 +60,9 @@ def list_(
     from crmsync.dlq import list_dead
 
     f = _filter(connection, error, ids)
-    rows, total = _with_pool(database_url, None, lambda pool, _: list_dead(pool, f, limit=limit))
+    rows, total = with_pool(
+        settings_from(database_url=database_url), lambda pool, _: list_dead(pool, f, limit=limit)
+    )
     if as_json:
         out = {"total": total, "dead_letters": rows}
         typer.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
@@ -122,7 +95,7 @@ def list_(
     Console().print(t)
 
 
-@dlq_app.command("replay")
+@app.command("replay")
 def replay(
     connection: str | None = CONN_OPT,
     error: str | None = ERROR_OPT,
@@ -135,16 +108,15 @@ def replay(
     from crmsync import dlq
 
     f = _filter(connection, error, ids)
-    n = _with_pool(
-        database_url,
-        redis_url,
+    n = with_pool(
+        settings_from(database_url=database_url, redis_url=redis_url),
         lambda pool, store: dlq.replay(pool, store, f, all_=all_),
         redis=True,
     )
     typer.echo(f"replayed {n} dead letter(s): queued again for the workers")
 
 
-@dlq_app.command("purge")
+@app.command("purge")
 def purge(
     connection: str | None = CONN_OPT,
     error: str | None = ERROR_OPT,
@@ -163,5 +135,7 @@ def purge(
         if not sys.stdin.isatty():
             raise UserError("purge deletes dead letters for good: add --yes to confirm")
         typer.confirm("Delete the matching dead letters for good?", abort=True)
-    n = _with_pool(database_url, None, lambda pool, _: dlq.purge(pool, f, all_=all_))
+    n = with_pool(
+        settings_from(database_url=database_url), lambda pool, _: dlq.purge(pool, f, all_=all_)
+    )
     typer.echo(f"purged {n} dead letter(s)")

@@ -10,7 +10,9 @@ import orjson
 import typer
 from rich.console import Console
 
-from crmsync.cli import DB_OPT, REDIS_OPT, _run, _settings, app
+from crmsync.cli.common import DB_OPT, REDIS_OPT, run, settings_from
+
+app = typer.Typer()
 
 
 @app.command()
@@ -85,7 +87,7 @@ def bench(
     from crmsync.harness.cluster import database_named
     from crmsync.harness.database import scratch_database
 
-    s = _settings(database_url=database_url, redis_url=redis_url)
+    s = settings_from(database_url=database_url, redis_url=redis_url)
     names = suite.resolve(scenario)
     scratch_database(database)
     err = Console(stderr=True)
@@ -117,7 +119,7 @@ def bench(
             loop.remove_signal_handler(signal.SIGTERM)
 
     try:
-        results = _run(main())
+        results = run(main())
     except asyncio.CancelledError:
         raise typer.Exit(143) from None
     if plot is not None:

@@ -9,8 +9,10 @@ from multiprocessing.context import SpawnProcess
 import structlog
 import typer
 
-from crmsync.cli import BATCH_SIZE_OPT, DB_OPT, REDIS_OPT, _run, _settings, app
+from crmsync.cli.common import BATCH_SIZE_OPT, DB_OPT, REDIS_OPT, run, settings_from
 from crmsync.settings import Settings
+
+app = typer.Typer()
 
 
 @app.command()
@@ -34,7 +36,7 @@ def worker(
     from crmsync.logs import configure_logging
     from crmsync.processes import install_stop, run_worker, run_worker_processes
 
-    s = _settings(
+    s = settings_from(
         database_url=database_url,
         redis_url=redis_url,
         batch_size=batch_size,
@@ -50,7 +52,7 @@ def worker(
         install_stop(stop)
         await run_worker(s, concurrency, stop, own_process=True)
 
-    _run(main())
+    run(main())
 
 
 @app.command()
@@ -70,7 +72,7 @@ def up(
     The API and the relay share this process; each worker is a child process."""
     from crmsync.logs import configure_logging
 
-    s = _settings(
+    s = settings_from(
         database_url=database_url,
         redis_url=redis_url,
         batch_size=batch_size,
@@ -80,7 +82,7 @@ def up(
         worker_concurrency=concurrency,
     )
     configure_logging(s.log_level, s.log_json)
-    _run(_up(s, processes, concurrency))
+    run(_up(s, processes, concurrency))
 
 
 async def _up(s: Settings, processes: int, concurrency: int) -> None:

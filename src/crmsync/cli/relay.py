@@ -8,7 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync.cli import DB_OPT, REDIS_OPT, _run, _settings, app
+from crmsync.cli.common import DB_OPT, REDIS_OPT, run, settings_from
+
+app = typer.Typer()
 
 
 @app.command()
@@ -31,7 +33,7 @@ def relay(
     from crmsync.logs import configure_logging
     from crmsync.processes import install_stop
 
-    s = _settings(
+    s = settings_from(
         database_url=database_url,
         redis_url=redis_url,
         relay_batch=batch,
@@ -44,7 +46,7 @@ def relay(
         install_stop(stop)
         await run_relay(s, stop=stop)
 
-    _run(main())
+    run(main())
 
 
 @app.command()
@@ -61,7 +63,7 @@ def reconcile(
     from crmsync.queue.store import QueueStore
     from crmsync.redis_client import open_redis
 
-    s = _settings(database_url=database_url, redis_url=redis_url)
+    s = settings_from(database_url=database_url, redis_url=redis_url)
 
     async def go() -> dict[str, int]:
         pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
@@ -74,7 +76,7 @@ def reconcile(
         finally:
             await pool.close()
 
-    counts = _run(go())
+    counts = run(go())
     t = Table(title=f"reconcile: {sum(counts.values())} contact(s) queued")
     t.add_column("connection")
     t.add_column("queued", justify="right")
