@@ -135,7 +135,7 @@ def test_apt_get_only_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_test_fails_when_pytest_collects_nothing() -> None:
     # -o setup: the set-up already ran (it started this very test run).
-    args = "-k no_such_test_zzz -p no:cacheprovider tests/unit/test_logging.py"
+    args = "-k no_such_test_zzz -p no:cacheprovider tests/unit/test_logs.py"
     done = subprocess.run(
         ["make", "-o", "setup", "test", "WITH_ENV=", f"PYTEST_ARGS={args}"],
         cwd=ROOT,
