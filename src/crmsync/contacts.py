@@ -8,8 +8,8 @@ what counts as a change.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 # path segments, so they stay within characters every CRM accepts unescaped.
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 ID_RE = re.compile(ID_PATTERN)
+DEFAULT_TENANT = "default"
 STATUSES: tuple[str, ...] = ("active", "inactive", "lead", "customer", "churned")
 Status = Literal["active", "inactive", "lead", "customer", "churned"]
 MAX_BATCH = 1000
@@ -57,7 +58,9 @@ class ContactIn(BaseModel):
     last_name: str | None = Field(default=None, max_length=NAME_MAX)
     company: str | None = Field(default=None, max_length=COMPANY_MAX)
     status: Status = "active"
-    tenant: str = Field(default="default", pattern=ID_PATTERN, max_length=64)
+    # None: the tenant the write acts on (the API key's, the path's, --tenant);
+    # naming another one is refused, never a move.
+    tenant: str | None = Field(default=None, pattern=ID_PATTERN, max_length=64)
 
     @field_validator("email")
     @classmethod
@@ -79,10 +82,14 @@ class ContactWithId(ContactIn):
 
     id: ContactId
 
+    @property
+    def tenant_or_default(self) -> str:
+        return self.tenant or DEFAULT_TENANT
+
     def row(self) -> tuple[str, str, str, str | None, str | None, str | None, str]:
         return (
             self.id,
-            self.tenant,
+            self.tenant_or_default,
             self.email,
             self.first_name,
             self.last_name,
@@ -106,7 +113,7 @@ def columns(items: Sequence[ContactWithId]) -> Columns:
     """Column arrays for the set-based ``unnest`` upsert, in query parameter order."""
     return (
         [c.id for c in items],
-        [c.tenant for c in items],
+        [c.tenant_or_default for c in items],
         [c.email for c in items],
         [c.first_name for c in items],
         [c.last_name for c in items],
@@ -115,10 +122,13 @@ def columns(items: Sequence[ContactWithId]) -> Columns:
     )
 
 
-def duplicate_ids(ids: Sequence[str]) -> list[tuple[int, str, int]]:
+K = TypeVar("K", bound=Hashable)
+
+
+def duplicate_ids(ids: Sequence[K]) -> list[tuple[int, K, int]]:
     """(index, id, first index) of every id already seen earlier in ``ids``."""
-    first: dict[str, int] = {}
-    dups: list[tuple[int, str, int]] = []
+    first: dict[K, int] = {}
+    dups: list[tuple[int, K, int]] = []
     for i, cid in enumerate(ids):
         if cid in first:
             dups.append((i, cid, first[cid]))

@@ -42,7 +42,7 @@ async def test_api_sql_and_csv_writes_are_all_captured(
     await pg.execute("INSERT INTO contacts (id, email) VALUES ('via-sql', 'sql@x.io')")
     csv_file = tmp_path / "c.csv"
     csv_file.write_text("id,email,tenant\nvia-csv,csv@x.io,acme\n")
-    await import_csv(pg, csv_file)
+    await import_csv(pg, csv_file, tenant="acme")
     assert await _outbox(pg) == [
         ("default", "via-api", "insert", 1),
         ("default", "via-sql", "insert", 1),
@@ -97,10 +97,50 @@ async def test_soft_and_hard_deletes_are_captured(pg: asyncpg.Connection[Any]) -
     ]
 
 
-async def test_tenant_move_deletes_from_the_old_tenant(pg: asyncpg.Connection[Any]) -> None:
+# Every way plain SQL could change a contact's identity: each is refused, with an
+# error naming the contact and both tenants, and changes nothing.
+IDENTITY_CHANGES = [
+    ("UPDATE contacts SET tenant = 'two' WHERE id = 'm'", "cannot move to tenant two"),
+    ("UPDATE contacts SET tenant = 'two', email = 'n@x.io'", "cannot move to tenant two"),
+    ("UPDATE contacts SET tenant = upper(tenant)", "cannot move to tenant ONE"),
+    ("UPDATE contacts SET id = 'm2' WHERE tenant = 'one'", "cannot change its id to m2"),
+    (
+        "INSERT INTO contacts (id, tenant, email) VALUES ('m', 'one', 'x@x.io') "
+        "ON CONFLICT (tenant, id) DO UPDATE SET tenant = 'two'",
+        "cannot move to tenant two",
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "says"), IDENTITY_CHANGES)
+async def test_a_contact_never_changes_tenant_or_id(
+    pg: asyncpg.Connection[Any], sql: str, says: str
+) -> None:
     await pg.execute("INSERT INTO contacts (id, email, tenant) VALUES ('m', 'm@x.io', 'one')")
-    await pg.execute("UPDATE contacts SET tenant = 'two' WHERE id = 'm'")
-    assert sorted((await _outbox(pg))[1:]) == [("one", "m", "delete", 2), ("two", "m", "update", 2)]
+    before = await pg.fetch("SELECT * FROM contacts")
+    with pytest.raises(asyncpg.CheckViolationError) as refused:
+        await pg.execute(sql)
+    assert says in str(refused.value)
+    assert "contact m belongs to tenant one" in str(refused.value) or "contact m of" in str(
+        refused.value
+    )
+    assert await pg.fetch("SELECT * FROM contacts") == before
+    assert await _outbox(pg) == [("one", "m", "insert", 1)]
+
+
+async def test_same_id_in_two_tenants_is_two_contacts(pg: asyncpg.Connection[Any]) -> None:
+    await pg.execute(
+        "INSERT INTO contacts (id, email, tenant) VALUES ('c1', 'a@x.io', 'one'), "
+        "('c1', 'b@x.io', 'two')"
+    )
+    await pg.execute("UPDATE contacts SET first_name = 'Ann' WHERE tenant = 'one' AND id = 'c1'")
+    await pg.execute("UPDATE contacts SET deleted_at = now() WHERE tenant = 'two' AND id = 'c1'")
+    assert await _outbox(pg) == [
+        ("one", "c1", "insert", 1),
+        ("two", "c1", "insert", 1),
+        ("one", "c1", "update", 2),
+        ("two", "c1", "delete", 2),
+    ]
 
 
 async def test_rolled_back_write_leaves_no_outbox_row(pg: asyncpg.Connection[Any]) -> None:

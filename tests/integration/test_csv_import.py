@@ -64,19 +64,19 @@ async def test_reimport_is_a_noop_and_changes_bump_versions(
     pg: asyncpg.Connection[Any], tmp_path: Path
 ) -> None:
     f = tmp_path / "c.csv"
-    f.write_text("email,id,tenant\nb1@x.io,b1,\nb2@x.io,b2,other\n")
+    f.write_text("email,id,tenant\nb1@x.io,b1,\nb2@x.io,b2,acme\n")
     first = await import_csv(pg, f, tenant="acme")
     assert (first.inserted, first.rejected) == (2, [])
     assert await _contacts(pg) == {
         "b1": ("acme", "b1@x.io", None, None, "active", 1),
-        "b2": ("other", "b2@x.io", None, None, "active", 1),
+        "b2": ("acme", "b2@x.io", None, None, "active", 1),
     }
     again = await import_csv(pg, f, tenant="acme")
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
     assert await pg.fetchval("SELECT count(*) FROM outbox") == 2
 
     await pg.execute("UPDATE contacts SET deleted_at = now() WHERE id = 'b1'")
-    f.write_text("email,id,tenant\nb1@x.io,b1,\nb2-new@x.io,b2,other\n")
+    f.write_text("email,id,tenant\nb1@x.io,b1,\nb2-new@x.io,b2,acme\n")
     third = await import_csv(pg, f, tenant="acme")
     assert (third.inserted, third.updated, third.unchanged) == (0, 2, 0)
     rows = await pg.fetch("SELECT contact_id, op, version FROM outbox ORDER BY id")
@@ -86,6 +86,66 @@ async def test_reimport_is_a_noop_and_changes_bump_versions(
         ("b2", "update", 2),
     ]
     assert await pg.fetchval("SELECT deleted_at FROM contacts WHERE id = 'b1'") is None
+
+
+async def test_an_import_writes_one_tenant_and_refuses_rows_naming_another(
+    pg: asyncpg.Connection[Any], tmp_path: Path
+) -> None:
+    await pg.execute(
+        "INSERT INTO contacts (id, tenant, email) VALUES ('c1', 'acme', 'acme@x.io'), "
+        "('c2', 'beta', 'beta@x.io')"
+    )
+    acme_before = await pg.fetch("SELECT * FROM contacts WHERE tenant = 'acme'")
+    f = tmp_path / "beta.csv"
+    f.write_text(
+        "id,email,tenant\n"  # 1
+        "c1,beta-c1@x.io,\n"  # 2: beta's own c1, not acme's
+        "c2,beta-new@x.io,beta\n"  # 3
+        "c3,c3@x.io,acme\n"  # 4: names another tenant
+        "c4,c4@x.io,default\n"  # 5: so does this
+    )
+    result = await import_csv(pg, f, tenant="beta")
+    assert [(r.line, r.field) for r in result.rejected] == [(4, "tenant"), (5, "tenant")]
+    assert "names tenant 'acme', but this import writes tenant 'beta'" in result.rejected[0].reason
+    assert (result.accepted, result.inserted, result.updated) == (2, 1, 1)
+    assert await pg.fetch("SELECT * FROM contacts WHERE tenant = 'acme'") == acme_before
+    rows = await pg.fetch("SELECT tenant, id, email FROM contacts ORDER BY tenant, id")
+    assert [tuple(r) for r in rows] == [
+        ("acme", "c1", "acme@x.io"),
+        ("beta", "c1", "beta-c1@x.io"),
+        ("beta", "c2", "beta-new@x.io"),
+    ]
+    # A file without a tenant column, imported without --tenant, writes `default`'s
+    # contacts: acme's are neither moved nor changed.
+    plain = tmp_path / "plain.csv"
+    plain.write_text("id,email\nc1,default-c1@x.io\n")
+    again = await import_csv(pg, plain)
+    assert (again.inserted, again.rejected) == (1, [])
+    assert await pg.fetch("SELECT * FROM contacts WHERE tenant = 'acme'") == acme_before
+    outbox = await pg.fetch("SELECT tenant, contact_id, op FROM outbox WHERE tenant = 'acme'")
+    assert [tuple(r) for r in outbox] == [("acme", "c1", "insert")]
+
+
+def test_cli_import_names_the_refused_rows(tmp_path: Path, database_url: str) -> None:
+    f = tmp_path / "t.csv"
+    f.write_text("id,email,tenant\nk1,k1@x.io,acme\nk2,k2@x.io,beta\n")
+    res = CliRunner().invoke(
+        app,
+        [
+            "contacts",
+            "import",
+            str(f),
+            "--tenant",
+            "acme",
+            "--json",
+            "--database-url",
+            database_url,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = orjson.loads(res.output)
+    assert (out["accepted"], out["rejected_rows"]) == (1, 1)
+    assert out["rejected"][0]["line"] == 3 and out["rejected"][0]["field"] == "tenant"
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,8 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
     p = await db.create_pool(database_url, min_size=1, max_size=6)
     try:
         await p.executemany(
-            "INSERT INTO connections (id, tenant, crm, account, base_url, token)"
-            " VALUES ($1, $2, $3, $1, 'http://127.0.0.1:1', 't')",
+            "INSERT INTO connections (id, tenant, crm, account, base_url)"
+            " VALUES ($1, $2, $3, $1, 'http://127.0.0.1:1')",
             CONNECTIONS,
         )
         yield p
@@ -90,17 +90,19 @@ async def test_sql_writes_reach_the_tenants_connections_with_bands(
     assert await queued(redis_client, "dflt-sf") == {"d1": Band.DELETE}
 
 
-async def test_tenant_move_deletes_from_old_and_creates_in_new(
+async def test_one_id_in_two_tenants_goes_to_each_tenants_connections_only(
     pool: asyncpg.Pool[Any], redis_client: aioredis.Redis
 ) -> None:
     store = QueueStore(redis_client)
-    await insert(pool, ("m1", "acme"))
+    await insert(pool, ("m1", "acme"), ("m1", "default"))
     await relay_once(pool, store, 100)
     await redis_client.flushdb()
-    await pool.execute("UPDATE contacts SET tenant = 'default' WHERE id = 'm1'")
+    # A change of default's m1 reaches default's connection, never acme's.
+    await pool.execute("UPDATE contacts SET deleted_at = now() WHERE tenant = 'default'")
     await relay_once(pool, store, 100)
-    assert await queued(redis_client, "acme-sf") == {"m1": Band.DELETE}
-    assert await queued(redis_client, "dflt-sf") == {"m1": Band.UPDATE}
+    assert await queued(redis_client, "dflt-sf") == {"m1": Band.DELETE}
+    assert await queued(redis_client, "acme-sf") == {}
+    assert await queued(redis_client, "acme-hs") == {}
 
 
 async def test_api_writes_are_relayed(
@@ -222,8 +224,8 @@ async def test_run_relay_wakes_on_notify_and_backfills_new_connections(
         await _until(lambda: outbox_count(pool), 0)
         # A connection added later gets the tenant's existing contacts.
         await pool.execute(
-            "WITH i AS (INSERT INTO connections (id, tenant, crm, account, base_url, token)"
-            " VALUES ('acme-2', 'acme', 'hubspot', 'a2', 'http://127.0.0.1:1', 't') RETURNING id)"
+            "WITH i AS (INSERT INTO connections (id, tenant, crm, account, base_url)"
+            " VALUES ('acme-2', 'acme', 'hubspot', 'a2', 'http://127.0.0.1:1') RETURNING id)"
             " SELECT pg_notify('crmsync_connections', id) FROM i"
         )
         await _until(lambda: queued(redis_client, "acme-2"), {"old": 0, "new": 0})

@@ -95,7 +95,13 @@ def test_defaults_and_limits_at_the_edge() -> None:
         }
     )
     assert isinstance(c, ContactWithId)
-    assert (c.status, c.tenant, c.last_name) == ("active", "default", None)
+    # No tenant named: the write's own tenant applies (default when it has none).
+    assert (c.status, c.tenant, c.tenant_or_default, c.last_name) == (
+        "active",
+        None,
+        "default",
+        None,
+    )
     assert c.row()[0] == "A-z_0.9:x" + "y" * 55
 
 

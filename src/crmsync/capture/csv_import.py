@@ -7,6 +7,10 @@ then one ``INSERT ... SELECT ... ON CONFLICT`` merges the staging table into
 transaction. Bad rows are reported with their line number and skipped; the
 good ones are kept. When an id appears on several lines the last line wins
 (as if the rows had been written one after another).
+
+An import writes one tenant's contacts (``--tenant``, default ``default``): a
+row whose ``tenant`` column names another tenant is a bad row (a contact never
+moves between tenants, and an import is not the place to write two tenants).
 """
 
 from __future__ import annotations
@@ -130,7 +134,17 @@ def _staging_rows(path: Path, tenant: str, result: ImportResult) -> Iterator[tup
                         )
                         continue
                     checked = check_row(_record(names, values, tenant))
-                    if isinstance(checked, ContactWithId):
+                    if isinstance(checked, ContactWithId) and checked.tenant != tenant:
+                        result.rejected.append(
+                            Rejected(
+                                start,
+                                "tenant",
+                                f"names tenant {checked.tenant!r}, but this import writes "
+                                f"tenant {tenant!r} (--tenant); a contact never moves "
+                                "between tenants",
+                            )
+                        )
+                    elif isinstance(checked, ContactWithId):
                         result.accepted += 1
                         yield (start, *checked.row())
                     else:

@@ -28,16 +28,17 @@ def import_(
         "default",
         "--tenant",
         envvar="CRMSYNC_IMPORT_TENANT",
-        help="Tenant of rows without a tenant column/value.",
+        help="The tenant whose contacts the file holds; rows naming another tenant are refused.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     database_url: str | None = DB_OPT,
 ) -> None:
     """Import contacts from CSV (columns id,email,first_name,last_name,company,status[,tenant]).
 
-    Bad rows are reported as "line N: field: reason" and skipped; good rows are
-    kept. When an id repeats, its last line wins. Exit code 1 only when rows
-    were read and none was accepted.
+    Every row is a contact of --tenant; a row whose tenant column names another
+    tenant is a bad row. Bad rows are reported as "line N: field: reason" and
+    skipped; good rows are kept. When an id repeats, its last line wins. Exit
+    code 1 only when rows were read and none was accepted.
     """
     from crmsync import db
     from crmsync.capture.csv_import import import_csv

@@ -36,7 +36,8 @@ WHERE connection_id = ANY ($1::text[]) AND status IN ('synced', 'skipped', 'dele
 -- at or after $2.
 SELECT extract(epoch FROM s.updated_at - c.updated_at)::float8 AS seconds
 FROM sync_state s
-JOIN contacts c ON c.id = s.contact_id
+JOIN connections k ON k.id = s.connection_id
+JOIN contacts c ON c.tenant = k.tenant AND c.id = s.contact_id
 WHERE s.connection_id = ANY ($1::text[])
   AND c.updated_at >= $2
   AND s.status = 'synced'

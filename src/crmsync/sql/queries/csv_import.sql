@@ -13,13 +13,13 @@ CREATE TEMP TABLE crmsync_csv_staging (
 ) ON COMMIT DROP
 
 -- name: csv_merge_staging
--- The last line of an id wins; written by the one contact upsert
--- (crmsync_upsert_contacts, migration 0006): unchanged contacts are not
+-- The last line of a contact (tenant, id) wins; written by the one contact
+-- upsert (crmsync_upsert_contacts, migration 0007): unchanged contacts are not
 -- updated, soft-deleted contacts in the file are revived, as a PUT would.
 WITH latest AS (
-    SELECT DISTINCT ON (id) id, tenant, email, first_name, last_name, company, status
+    SELECT DISTINCT ON (tenant, id) id, tenant, email, first_name, last_name, company, status
     FROM crmsync_csv_staging
-    ORDER BY id, line_no DESC
+    ORDER BY tenant, id, line_no DESC
 ),
 up AS (
     SELECT u.inserted

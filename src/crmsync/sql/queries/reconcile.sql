@@ -28,15 +28,15 @@ ORDER BY c.id
 LIMIT $4
 
 -- name: reconcile_orphans
--- Records the CRM still holds for contacts that are gone from this tenant
--- (hard-deleted, or moved to another tenant): they need a DELETE.
+-- Records the CRM still holds for contacts this tenant no longer has
+-- (hard-deleted): they need a DELETE.
 SELECT s.contact_id AS id
 FROM sync_state s
-LEFT JOIN contacts c ON c.id = s.contact_id
+LEFT JOIN contacts c ON c.tenant = $2 AND c.id = s.contact_id
 WHERE s.connection_id = $1
   AND s.contact_id > $3
   AND s.external_id IS NOT NULL
   AND s.status NOT IN ('deleted', 'dead')
-  AND (c.id IS NULL OR c.tenant <> $2)
+  AND c.id IS NULL
 ORDER BY s.contact_id
 LIMIT $4

@@ -1,5 +1,6 @@
 -- name: worker_connections
-SELECT id, tenant, crm, account, base_url, token, rate_limits, settings, paused_reason
+-- `secrets` is sealed: Connection.from_row opens it in memory (crmsync.vault).
+SELECT id, tenant, crm, account, base_url, secrets, rate_limits, settings, paused_reason
 FROM connections
 ORDER BY id;
 
@@ -10,6 +11,7 @@ ORDER BY id;
 -- stale statistics plain joins became hash joins over whole tables (measured:
 -- 20 ms per claim over 19k ledger rows, and worker_load on the CPU in 33 of 40
 -- samples of PostgreSQL beside a 100k-contact bulk load).
+-- A contact is (tenant, id): ids are looked up in the connection's tenant only.
 SELECT i.id,
        c.tenant, c.email, c.first_name, c.last_name, c.company, c.status, c.version,
        c.deleted_at IS NOT NULL AS deleted,
@@ -18,7 +20,7 @@ FROM unnest($2::text[]) AS i(id)
 LEFT JOIN LATERAL (
     SELECT tenant, email, first_name, last_name, company, status, version, deleted_at
     FROM contacts
-    WHERE id = i.id
+    WHERE tenant = (SELECT k.tenant FROM connections k WHERE k.id = $1) AND id = i.id
     LIMIT 1
 ) c ON true
 LEFT JOIN LATERAL (
