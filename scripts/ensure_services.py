@@ -5,7 +5,9 @@ Order, for each server: the URL in the environment (or the DESIGN.md default)
 when it answers; else a private server from the installed binaries on a spare
 port, with its data under the git-ignored ``.crmsync/``; else install the
 binaries with apt-get when root; else stop with one sentence saying what is
-missing. The chosen URLs go to ``.crmsync/env``, which the Makefile sources.
+missing. The chosen URLs go to ``.crmsync/env``, which the Makefile sources,
+with a local CRMSYNC_SECRET_KEY (made once, then kept: the local database's
+CRM credentials are encrypted under it) that an exported one overrides.
 
 Standard library only: this runs before the virtualenv exists.
 """
@@ -13,6 +15,7 @@ Standard library only: this runs before the virtualenv exists.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import glob
 import hashlib
@@ -376,16 +379,34 @@ def _run(cmd: list[str], what: str, log: Path) -> None:
         raise SetupError(f"{what} failed (exit {done.returncode}); see the output above and {log}")
 
 
+_LOCAL_KEY = re.compile(r"CRMSYNC_SECRET_KEY:-([A-Za-z0-9+/=]{44})\}")
+
+
+def local_secret_key(path: Path) -> str:
+    """The local key an earlier run wrote to ``path``, else a new one (base64 of 32
+    bytes). Never replaced: what the local database holds is encrypted under it."""
+    if path.exists():
+        found = _LOCAL_KEY.search(path.read_text())
+        if found:
+            return found.group(1)
+    return base64.b64encode(os.urandom(32)).decode()
+
+
 def write_env(state: Path, database_url: str, redis_url: str) -> bool:
     """Write ``.crmsync/env`` only when it changes; True if it did."""
+    path = state / "env"
+    key = local_secret_key(path)
     text = (
-        "# Written by scripts/ensure_services.py (make setup): the servers crmsync uses.\n"
+        "# Written by scripts/ensure_services.py (make setup): the servers crmsync uses,\n"
+        "# and the local key CRM credentials are encrypted with (an exported one wins).\n"
         f"export CRMSYNC_DATABASE_URL={shlex.quote(database_url)}\n"
         f"export CRMSYNC_REDIS_URL={shlex.quote(redis_url)}\n"
+        f'export CRMSYNC_SECRET_KEY="${{CRMSYNC_SECRET_KEY:-{key}}}"\n'
     )
-    path = state / "env"
     if path.exists() and path.read_text() == text:
         return False
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # it holds a key
     path.write_text(text)
     return True
 

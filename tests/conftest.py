@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from crmsync import db
+from crmsync import db, vault
 from crmsync.settings import Settings
 
 # Where tests find the servers: the URLs `make setup` wrote, or the defaults.
@@ -50,6 +50,10 @@ def _claim_redis_db() -> str:
 
 _LOCKS: list[IO[str]] = []
 TEST_REDIS_URL = _claim_redis_db()
+# The key CRM credentials are sealed with in tests (the environment's, as the
+# processes a test starts inherit it, else one for this run).
+TEST_SECRET_KEY = os.environ.get("CRMSYNC_SECRET_KEY") or vault.new_key()
+os.environ["CRMSYNC_SECRET_KEY"] = TEST_SECRET_KEY
 
 
 def _dsn_for(dbname: str) -> str:
@@ -139,7 +143,12 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def settings(database_url: str, redis_url: str) -> Settings:
-    return Settings(database_url=database_url, redis_url=redis_url, api_keys="test-key")
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        api_keys="test-key",
+        secret_key=TEST_SECRET_KEY,
+    )
 
 
 @pytest.fixture

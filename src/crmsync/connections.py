@@ -3,6 +3,8 @@
 PostgreSQL is the source of truth; workers mirror connections (limits, pause
 state) into Redis themselves. Every change notifies ``crmsync_connections``
 with the connection id, in the same statement, so workers react at once.
+Credentials are stored sealed (crmsync.vault) and opened only in memory, by the
+workers; users see the token's last 4 characters at most.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from crmsync import db
 from crmsync.contacts import ID_RE
 from crmsync.errors import UserError
 from crmsync.ratelimit import RateWindow, format_rate, parse_rate_limit
+from crmsync.vault import Keyring
 
 CRMS: tuple[str, ...] = ("salesforce", "hubspot")
 # Used when `connections add` gets no --rate-limit (documented in its --help):
@@ -68,12 +71,15 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+MASK_SHOWN = 4  # characters of a token users may see: its last ones
+MASK_MIN_LENGTH = 16  # shorter tokens show nothing (4 would be a quarter or more)
+UNSEALED_HINT = "(stored in clear: run `crmsync migrate` with CRMSYNC_SECRET_KEY set)"
+
+
 def mask_token(token: str) -> str:
-    """Enough of a token to tell two apart, never the whole (or most) of it."""
-    if len(token) >= 12:
-        return f"{token[:3]}…{token[-4:]}"
-    if len(token) >= 6:
-        return f"…{token[-2:]}"
+    """Enough of a token to tell two apart: its last 4 characters, nothing more."""
+    if len(token) >= MASK_MIN_LENGTH:
+        return f"…{token[-MASK_SHOWN:]}"
     return "…"
 
 
@@ -86,21 +92,24 @@ class Connection:
     crm: str
     account: str
     base_url: str
-    token: str
+    token: str = field(repr=False)
     windows: tuple[RateWindow, ...]
     settings: Mapping[str, Any] = field(default_factory=dict)
     paused_reason: str | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Connection:
+    def from_row(cls, row: Mapping[str, Any], keys: Keyring) -> Connection:
+        """A row of ``worker_connections``, its credentials opened with ``keys``
+        (vault.SecretsError when they do not open: never a plaintext fallback)."""
         limits = row["rate_limits"] or []
+        secrets = keys.open(row["id"], row["secrets"])
         return cls(
             id=row["id"],
             tenant=row["tenant"],
             crm=row["crm"],
             account=row["account"],
             base_url=row["base_url"],
-            token=row["token"],
+            token=secrets.get("token", ""),
             windows=tuple(RateWindow(int(w["limit"]), int(w["window_ms"])) for w in limits),
             settings=dict(row["settings"] or {}),
             paused_reason=row["paused_reason"],
@@ -169,7 +178,7 @@ def parse_connection(
 
 
 def public_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A connection row as shown to users: token masked, times as ISO strings."""
+    """A connection row as shown to users: token hint only, times as ISO strings."""
     created = row.get("created_at")
     return {
         "id": row["id"],
@@ -177,7 +186,7 @@ def public_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "crm": row["crm"],
         "account": row["account"],
         "base_url": row["base_url"],
-        "token": mask_token(row["token"]),
+        "token": row["token_hint"] if row["sealed"] else UNSEALED_HINT,
         "rate_limits": list(row["rate_limits"] or []),
         "settings": dict(row["settings"] or {}),
         "paused": row["paused_reason"] is not None,
@@ -186,7 +195,8 @@ def public_view(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def add(pg: db.Executor, spec: Connection) -> None:
+async def add(pg: db.Executor, spec: Connection, keys: Keyring) -> None:
+    """Store a new connection, its token sealed under the current key of ``keys``."""
     try:
         await pg.execute(
             db.q("connections_add"),
@@ -195,7 +205,8 @@ async def add(pg: db.Executor, spec: Connection) -> None:
             spec.crm,
             spec.account,
             spec.base_url,
-            spec.token,
+            keys.seal(spec.id, {"token": spec.token}),
+            mask_token(spec.token),
             spec.rate_limits,
             spec.settings,
         )
@@ -203,8 +214,51 @@ async def add(pg: db.Executor, spec: Connection) -> None:
         raise UserError(f"connection {spec.id!r} already exists") from None
 
 
-async def list_all(pg: db.Executor) -> list[dict[str, Any]]:
-    return [public_view(r) for r in await pg.fetch(db.q("connections_list"))]
+async def list_all(pg: db.Executor, tenant: str | None = None) -> list[dict[str, Any]]:
+    """Every connection (of ``tenant`` only, when given), as users see them."""
+    return [public_view(r) for r in await pg.fetch(db.q("connections_list"), tenant)]
+
+
+async def seal_unsealed(conn: asyncpg.Connection[Any], keys: Keyring) -> int:
+    """Seal the plaintext tokens kept from before encryption at rest (migration
+    0009) under the current key, in one transaction; returns how many."""
+    async with conn.transaction():
+        rows = await conn.fetch(db.q("connections_unsealed"))
+        await _store_sealed(conn, keys, [(r["connection_id"], {"token": r["token"]}) for r in rows])
+        await conn.execute(db.q("connections_forget_unsealed"), [r["connection_id"] for r in rows])
+    return len(rows)
+
+
+async def count_unsealed(pg: db.Executor) -> int:
+    n: int = await pg.fetchval(db.q("connections_count_unsealed"))
+    return n
+
+
+async def rotate_secrets(conn: asyncpg.Connection[Any], old: Keyring, new: Keyring) -> int:
+    """Re-seal every connection's credentials under ``new``'s current key, in one
+    transaction: all of them or, when one does not open with ``old``, none.
+    Plaintext tokens left from before encryption are sealed too. Returns how many."""
+    async with conn.transaction():
+        rows = await conn.fetch(db.q("connections_sealed_for_update"))
+        opened = [(r["id"], old.open(r["id"], r["secrets"])) for r in rows]
+        unsealed = await conn.fetch(db.q("connections_unsealed"))
+        opened += [(r["connection_id"], {"token": r["token"]}) for r in unsealed]
+        await _store_sealed(conn, new, opened)
+        await conn.execute(
+            db.q("connections_forget_unsealed"), [r["connection_id"] for r in unsealed]
+        )
+    return len(opened)
+
+
+async def _store_sealed(
+    conn: asyncpg.Connection[Any], keys: Keyring, items: Sequence[tuple[str, Mapping[str, str]]]
+) -> None:
+    await conn.execute(
+        db.q("connections_set_secrets"),
+        [cid for cid, _ in items],
+        [keys.seal(cid, secrets) for cid, secrets in items],
+        [mask_token(secrets.get("token", "")) for _, secrets in items],
+    )
 
 
 async def remove(pg: db.Executor, connection_id: str) -> None:

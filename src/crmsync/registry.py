@@ -17,7 +17,7 @@ import aiohttp
 import asyncpg
 import structlog
 
-from crmsync import db
+from crmsync import db, vault
 from crmsync.connections import Connection
 from crmsync.crm import make_adapter
 from crmsync.crm.base import CrmAdapter
@@ -41,11 +41,12 @@ class Registry:
         self.settings = settings
         self.connections: dict[str, Connection] = {}
         self.adapters: dict[str, CrmAdapter] = {}
+        self.keys = vault.keyring(settings.secret_key)  # credentials open in memory only
 
     async def refresh(self) -> set[str]:
         """Reload connections; returns the ids that are new, changed or resumed."""
         rows = await self.pool.fetch(db.q("worker_connections"))
-        fresh = {r["id"]: Connection.from_row(r) for r in rows}
+        fresh = {r["id"]: Connection.from_row(r, self.keys) for r in rows}
         touched: set[str] = set()
         for cid, conn in fresh.items():
             old = self.connections.get(cid)
@@ -110,7 +111,12 @@ class Registry:
                 changed.clear()
                 try:
                     touched = await self.refresh()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    vault.SecretsError,  # e.g. rotated under this process: keep what it has
+                ) as exc:
                     log.warning("connections.refresh_failed", error=str(exc))
                     continue
                 if touched:

@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from crmsync import db
+from crmsync import db, vault
 from crmsync.capture.relay import relay_once
 from crmsync.mock.config import AccountSpec, MockConfig
 from crmsync.mock.limits import Window
@@ -61,12 +61,12 @@ async def test_worker_processes_touch_one_slot_per_script(settings: Settings) ->
     try:
         for cid, crm in (("sf", "salesforce"), ("hs", "hubspot")):
             await pool.execute(
-                "INSERT INTO connections (id, crm, account, base_url, token, rate_limits)"
+                "INSERT INTO connections (id, crm, account, base_url, secrets, rate_limits)"
                 " VALUES ($1, $2, 'acme', $3, $4, $5)",
                 cid,
                 crm,
                 mock.base_url(crm, "acme"),
-                mock.token(crm, "acme"),
+                vault.keyring(settings.secret_key).seal(cid, {"token": mock.token(crm, "acme")}),
                 [{"limit": 500, "window_ms": 1000}],
             )
         async with monitor_client.monitor() as m:

@@ -8,11 +8,14 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
-from crmsync import connections
+from crmsync import connections, vault
 from crmsync.cli import app
 from crmsync.errors import UserError
+from crmsync.settings import Settings
 
 TOKEN = "00Dxx0000001gPL!AQ4AQFaketokenvalue9z8y"
 
@@ -77,9 +80,13 @@ def test_add_list_pause_resume_remove(database_url: str) -> None:
     assert hs.exit_code == 0, hs.output
 
     (row,) = _fetch(database_url, "SELECT * FROM connections WHERE id = 'acme-sf'")
-    assert (row["tenant"], row["crm"], row["base_url"], row["token"]) == (
-        "acme", "salesforce", "http://127.0.0.1:9001", TOKEN
+    assert (row["tenant"], row["crm"], row["base_url"], row["token_hint"]) == (
+        "acme", "salesforce", "http://127.0.0.1:9001", "…9z8y"
     )  # fmt: skip
+    # Stored sealed: no column holds the token, and the key opens it again.
+    assert all(TOKEN not in str(v) for v in row.values())
+    keys = vault.keyring(Settings().secret_key)
+    assert keys.open("acme-sf", row["secrets"]) == {"token": TOKEN}
     assert orjson.loads(row["rate_limits"]) == [
         {"limit": 100, "window_ms": 1000},
         {"limit": 1000, "window_ms": 10_000},
@@ -95,12 +102,12 @@ def test_add_list_pause_resume_remove(database_url: str) -> None:
     assert "acme-sf" in table.output and "hs1" in table.output
     assert "100/s, 1000/10s, 100000/day" in table.output
     assert TOKEN not in table.output
-    assert "00D…9z8y" in table.output
+    assert "…9z8y" in table.output and "00D" not in table.output
 
     assert _cli(database_url, "pause", "acme-sf", "--reason", "token rotation").exit_code == 0
     listed = {c["id"]: c for c in orjson.loads(_cli(database_url, "list", "--json").stdout)}
     assert listed["acme-sf"]["paused_reason"] == "token rotation"
-    assert listed["acme-sf"]["token"] == "00D…9z8y"
+    assert listed["acme-sf"]["token"] == "…9z8y"
     assert listed["hs1"]["paused"] is False
     assert _cli(database_url, "pause", "hs1").exit_code == 0
     assert _cli(database_url, "resume", "acme-sf").exit_code == 0
@@ -156,10 +163,24 @@ def test_add_validation_names_the_flag(changes: dict[str, Any], flag: str) -> No
 
 @pytest.mark.parametrize(
     ("token", "masked"),
-    [("sk-live-abcdef-a1b2", "sk-…a1b2"), ("abcdefgh", "…gh"), ("abc", "…"), ("", "…")],
+    [
+        ("sk-live-abcdef-a1b2", "…a1b2"),
+        ("0123456789abcdef", "…cdef"),
+        ("0123456789abcde", "…"),
+        ("abcdefgh", "…"),
+        ("abc", "…"),
+        ("", "…"),
+    ],
 )
-def test_tokens_are_never_shown_in_full(token: str, masked: str) -> None:
+def test_tokens_show_their_last_4_characters_at_most(token: str, masked: str) -> None:
     assert connections.mask_token(token) == masked
+
+
+@given(st.text(max_size=200))
+def test_no_token_shows_more_than_4_characters_or_a_quarter_of_itself(token: str) -> None:
+    shown = connections.mask_token(token).removeprefix("…")
+    assert token.endswith(shown)
+    assert len(shown) <= 4 and len(shown) * 4 <= len(token)
 
 
 async def test_changes_notify_workers_and_remove_cascades(
@@ -172,7 +193,7 @@ async def test_changes_notify_workers_and_remove_cascades(
         spec = connections.parse_connection(
             id="n1", crm="hubspot", account="p", base_url="http://hs", token="tok-123456789"
         )
-        await connections.add(pg, spec)
+        await connections.add(pg, spec, vault.keyring(vault.new_key()))
         await connections.pause(pg, "n1", "  ")
         assert await pg.fetchval("SELECT paused_reason FROM connections") == "paused by operator"
         await connections.resume(pg, "n1")

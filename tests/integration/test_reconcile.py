@@ -25,8 +25,8 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
     p = await db.create_pool(database_url, min_size=1, max_size=4)
     try:
         await p.executemany(
-            "INSERT INTO connections (id, tenant, crm, account, base_url, token)"
-            " VALUES ($1, $2, $3, $1, 'http://127.0.0.1:1', 't')",
+            "INSERT INTO connections (id, tenant, crm, account, base_url)"
+            " VALUES ($1, $2, $3, $1, 'http://127.0.0.1:1')",
             [
                 ("sf", "default", "salesforce"),
                 ("hs", "default", "hubspot"),

@@ -14,7 +14,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from crmsync import db
+from crmsync import db, vault
 from crmsync.capture.relay import relay_once
 from crmsync.mock.config import AccountSpec, MockConfig
 from crmsync.mock.limits import Window
@@ -72,13 +72,14 @@ async def _add_connection(
     limit: int = 200,
 ) -> None:
     await pool.execute(
-        "INSERT INTO connections (id, tenant, crm, account, base_url, token, rate_limits, settings)"
+        "INSERT INTO connections"
+        " (id, tenant, crm, account, base_url, secrets, rate_limits, settings)"
         " VALUES ($1, 'default', $2, $3, $4, $5, $6, $7)",
         cid,
         crm,
         account,
         mock.base_url(crm, account),
-        mock.token(crm, account),
+        vault.keyring(Settings().secret_key).seal(cid, {"token": mock.token(crm, account)}),
         [{"limit": limit, "window_ms": 1000}],
         settings,
     )
@@ -222,10 +223,12 @@ async def test_create_update_delete_reach_both_crms(system: System) -> None:
     assert ledger["c2"]["status"] == "deleted"
     # What operators scrape: the workers' counters and the ledger, per connection.
     text = prometheus_text(await collect(system.pool, system.redis)).decode()
-    assert 'crmsync_connection_created_total{connection="sf",crm="salesforce"} 40.0' in text
-    assert 'crmsync_ledger_rows{connection="hs",crm="hubspot",status="deleted"} 2.0' in text
-    assert 'crmsync_queue_depth{connection="sf",crm="salesforce",queue="ready"} 0.0' in text
-    assert "crmsync_outbox_pending 0.0" in text
+    # (labels in the order the client prints them: by name)
+    sf, hs = 'connection="sf",crm="salesforce"', 'connection="hs",crm="hubspot"'
+    assert f'crmsync_connection_created_total{{{sf},tenant="default"}} 40.0' in text
+    assert f'crmsync_ledger_rows{{{hs},status="deleted",tenant="default"}} 2.0' in text
+    assert f'crmsync_queue_depth{{{sf},queue="ready",tenant="default"}} 0.0' in text
+    assert 'crmsync_outbox_pending{tenant="default"} 0.0' in text
 
 
 async def test_rules_skip_and_later_create(system: System) -> None:

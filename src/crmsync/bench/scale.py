@@ -151,7 +151,7 @@ async def run_fair(cfg: BenchConfig) -> list[ScenarioResult]:
         )
         conn = await db.connect(cluster.database_url)
         try:
-            await connections.add(conn, spec)
+            await connections.add(conn, spec, cluster.keys)
         finally:
             await conn.close()
         rate_all = QUIET_TENANTS * QUIET_PER_SECOND

@@ -43,8 +43,9 @@ def add(
     ),
     database_url: str | None = DB_OPT,
 ) -> None:
-    """Add a CRM connection (one CRM account)."""
-    from crmsync import connections
+    """Add a CRM connection (one CRM account); its token is stored encrypted
+    under CRMSYNC_SECRET_KEY."""
+    from crmsync import connections, vault
 
     spec = connections.parse_connection(
         id=connection_id,
@@ -56,7 +57,9 @@ def add(
         rate_limits=rate_limit,
         settings=settings,
     )
-    with_pool(settings_from(database_url=database_url), lambda pg, _: connections.add(pg, spec))
+    s = settings_from(database_url=database_url)
+    keys = vault.keyring(s.secret_key)  # before anything is written
+    with_pool(s, lambda pg, _: connections.add(pg, spec, keys))
     typer.echo(
         f"added connection {spec.id} ({spec.crm}, tenant {spec.tenant}, "
         f"limits {connections.format_rate_limits(spec.rate_limits)}, "
@@ -69,7 +72,7 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     database_url: str | None = DB_OPT,
 ) -> None:
-    """List connections (tokens masked)."""
+    """List connections (a token shows its last 4 characters at most)."""
     from crmsync import connections
 
     rows = with_pool(

@@ -34,7 +34,7 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
-from crmsync import connections, db, report
+from crmsync import connections, db, report, vault
 from crmsync.errors import UserError
 from crmsync.harness import mock_client, progress
 from crmsync.harness.contacts import Contact, ContactBook, chunks
@@ -98,6 +98,10 @@ class Cluster:
         self.database_url = self.config.database_url or defaults.database_url
         self.redis_url = self.config.redis_url or defaults.redis_url
         self.api_key = self.config.api_key or secrets.token_urlsafe(24)
+        # CRM tokens are stored sealed under this key (the environment's, else a
+        # fresh one); every child gets the same.
+        self.secret_key = defaults.secret_key or vault.new_key()
+        self.keys = vault.keyring(self.secret_key)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(2)}"
         self.run_dir = self.config.run_dir or Path(".crmsync") / "runs" / stamp
         self.api_port = free_port()
@@ -178,6 +182,7 @@ class Cluster:
                 "CRMSYNC_DATABASE_URL": self.database_url,
                 "CRMSYNC_REDIS_URL": self.redis_url,
                 "CRMSYNC_API_KEYS": self.api_key,
+                "CRMSYNC_SECRET_KEY": self.secret_key,
                 "CRMSYNC_API_HOST": "127.0.0.1",
                 "CRMSYNC_API_PORT": str(self.api_port),
                 "CRMSYNC_LOG_LEVEL": self.config.log_level,
@@ -224,7 +229,7 @@ class Cluster:
                     tenant=self.config.tenant,
                     rate_limits=[info.rate_limit],
                 )
-                await connections.add(conn, spec)
+                await connections.add(conn, spec, self.keys)
                 self.connections.append(info)
         finally:
             await conn.close()
@@ -339,13 +344,14 @@ class Cluster:
     update = put_contacts
 
     async def delete(self, ids: Sequence[str], *, parallel: int = 16) -> None:
-        """Soft-delete contacts with ``DELETE /v1/contacts/{id}``."""
+        """Soft-delete contacts with ``DELETE /v1/tenants/{tenant}/contacts/{id}``."""
         sem = asyncio.Semaphore(parallel)
+        base = f"{self.api_url}/v1/tenants/{self.config.tenant}/contacts"
 
         async def one(cid: str) -> None:
-            async with sem, self.http.delete(f"{self.api_url}/v1/contacts/{cid}") as r:
+            async with sem, self.http.delete(f"{base}/{cid}") as r:
                 if r.status != 200:
-                    raise ClusterError(f"DELETE /v1/contacts/{cid}: {r.status} {await r.text()}")
+                    raise ClusterError(f"DELETE {base}/{cid}: {r.status} {await r.text()}")
             self.book.delete([cid])
 
         await asyncio.gather(*(one(i) for i in ids))
