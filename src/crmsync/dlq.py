@@ -31,18 +31,20 @@ class DeadFilter:
     connection: str | None = None
     error: str | None = None  # found in the error or error code, case-insensitive
     ids: tuple[int, ...] | None = None
+    tenant: str | None = None  # the letters of this tenant's connections only (a scope)
 
     @property
     def empty(self) -> bool:
         return self.connection is None and not self.error and not self.ids
 
-    def args(self) -> tuple[str | None, str | None, list[int] | None]:
-        return self.connection, self.error or None, list(self.ids) if self.ids else None
+    def args(self) -> tuple[str | None, str | None, list[int] | None, str | None]:
+        ids = list(self.ids) if self.ids else None
+        return self.connection, self.error or None, ids, self.tenant
 
 
 async def _check(pool: asyncpg.Pool[Any], f: DeadFilter) -> None:
     if f.connection is not None and not await pool.fetchval(
-        db.q("dlq_connection_exists"), f.connection
+        db.q("dlq_connection_exists"), f.connection, f.tenant
     ):
         raise UserError(
             f"no connection {f.connection!r}; `crmsync connections list` shows the existing ones"

@@ -1,8 +1,10 @@
 """What crmsync is doing: per connection ledger, queues, limits, breakers, latency.
 
-One report for `crmsync status`, `GET /v1/status` and the demo: PostgreSQL
-gives the ledger and dead letters; Redis (when reachable) adds queue depth,
-breaker state, rate-limit blocks and the workers' counters.
+One report for `crmsync status`, `GET /v1/status`, `GET /metrics` and the demo:
+PostgreSQL gives the ledger and dead letters; Redis (when reachable) adds queue
+depth, breaker state, rate-limit blocks and the workers' counters. A report is
+of every tenant or of one (``tenant``); ``for_tenant`` cuts one tenant's out of
+an every-tenant report (the API's cached /metrics report).
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from redis.exceptions import RedisError
 from crmsync import counters, db
 from crmsync.queue.store import QueueStore
 
+_TOTALS = ("contacts", "deleted_contacts", "outbox", "dead_letters")
 
-async def status_report(pool: asyncpg.Pool[Any]) -> dict[str, Any]:
-    """Per-connection ledger counts by status and dead letters, plus totals."""
+
+async def status_report(pool: asyncpg.Pool[Any], tenant: str | None = None) -> dict[str, Any]:
+    """Per-connection ledger counts by status and dead letters, plus totals per
+    tenant and in all (of ``tenant`` only, when given)."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(db.q("api_status_connections"))
-        totals = await conn.fetchrow(db.q("api_status_totals"))
-    assert totals is not None
+        rows = await conn.fetch(db.q("api_status_connections"), tenant)
+        per_tenant = await conn.fetch(db.q("api_status_tenants"), tenant)
+    tenants = {r["tenant"]: {k: r[k] for k in _TOTALS} for r in per_tenant}
     return {
         "connections": [
             {
@@ -37,12 +42,36 @@ async def status_report(pool: asyncpg.Pool[Any]) -> dict[str, Any]:
             }
             for r in rows
         ],
-        "totals": dict(totals),
+        "totals": _sum(tenants.values()),
+        "tenants": tenants,
     }
 
 
-async def collect(pool: asyncpg.Pool[Any], redis: Redis | None) -> dict[str, Any]:
-    report = await status_report(pool)
+def _sum(totals: Any) -> dict[str, int]:
+    out = dict.fromkeys(_TOTALS, 0)
+    for t in totals:
+        for k in _TOTALS:
+            out[k] += t[k]
+    return out
+
+
+def for_tenant(report: dict[str, Any], tenant: str | None) -> dict[str, Any]:
+    """``report`` (of every tenant) cut down to ``tenant``'s connections and totals."""
+    if tenant is None:
+        return report
+    mine = report["tenants"].get(tenant, dict.fromkeys(_TOTALS, 0))
+    return {
+        **report,
+        "connections": [c for c in report["connections"] if c["tenant"] == tenant],
+        "totals": dict(mine),
+        "tenants": {tenant: dict(mine)},
+    }
+
+
+async def collect(
+    pool: asyncpg.Pool[Any], redis: Redis | None, tenant: str | None = None
+) -> dict[str, Any]:
+    report = await status_report(pool, tenant)
     if redis is None:
         return report
     store = QueueStore(redis)
@@ -72,7 +101,7 @@ async def collect(pool: asyncpg.Pool[Any], redis: Redis | None) -> dict[str, Any
 
 
 # Counters the workers and the claim script keep per connection, as Prometheus
-# counters: crmsync_connection_<name>_total{connection, crm}.
+# counters: crmsync_connection_<name>_total{connection, crm, tenant}.
 EXPORTED_COUNTERS = (
     "created",
     "updated",
@@ -104,7 +133,7 @@ class _ReportCollector:
     def collect(self) -> Any:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        labels = ["connection", "crm"]
+        labels = ["connection", "crm", "tenant"]
         queue = GaugeMetricFamily(
             "crmsync_queue_depth",
             "Contacts waiting per connection, by queue.",
@@ -138,7 +167,7 @@ class _ReportCollector:
             for name in EXPORTED_COUNTERS
         }
         for c in self.report["connections"]:
-            lv = [c["id"], c["crm"]]
+            lv = [c["id"], c["crm"], c["tenant"]]
             for status, n in c["sync"].items():
                 ledger.add_metric([*lv, status], n)
             dead.add_metric(lv, c["dead_letters"])
@@ -150,8 +179,11 @@ class _ReportCollector:
                 blocked.add_metric(lv, c["blocked_for_s"])
                 for name, fam in families.items():
                     fam.add_metric(lv, c["counters"].get(name, 0))
-        outbox = GaugeMetricFamily("crmsync_outbox_pending", "Captured changes not yet relayed.")
-        outbox.add_metric([], self.report["totals"]["outbox"])
+        outbox = GaugeMetricFamily(
+            "crmsync_outbox_pending", "Captured changes not yet relayed.", labels=["tenant"]
+        )
+        for tenant, totals in self.report["tenants"].items():
+            outbox.add_metric([tenant], totals["outbox"])
         yield from (queue, ledger, dead, paused, breaker, blocked, *families.values(), outbox)
 
 

@@ -13,8 +13,18 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql://127.0.0.1:5432/crmsync"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Comma-separated bearer keys accepted by the HTTP API.
-    api_keys: str = ""
+    # Comma-separated bootstrap admin keys of the HTTP API (more keys: `crmsync keys`).
+    api_keys: str = Field(default="", repr=False)
+    # Seconds the API trusts a verified key before reading it again (a revoke
+    # takes effect within this time).
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Base64 of 32 bytes (comma-separated: the first encrypts, every one decrypts):
+    # the key CRM credentials are encrypted with in PostgreSQL.
+    secret_key: str = Field(default="", repr=False)
+    # 1: GET /metrics answers without a key (with every tenant's series).
+    metrics_public: bool = False
+    # Seconds /metrics reuses the status aggregates it computed.
+    metrics_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
     log_level: str = "info"

@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from crmsync import db
+from crmsync import connections, db, vault
 from crmsync.api.app import create_app, serve
 from crmsync.settings import Settings
 
@@ -91,12 +91,27 @@ async def test_no_configured_keys_fails_closed(database_url: str) -> None:
         assert (await client.get("/healthz")).status_code == 200
 
 
-async def test_health_and_metrics_need_no_key(api: httpx.AsyncClient) -> None:
+async def test_health_needs_no_key_and_metrics_do_unless_public(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
     assert (await api.get("/healthz")).json() == {"status": "ok"}
     await api.put("/v1/contacts/m1", json={"email": "m@x.io"}, headers=AUTH)
-    metrics = await api.get("/metrics")
+    assert (await api.get("/metrics")).status_code == 401
+    metrics = await api.get("/metrics", headers=AUTH)
     assert metrics.status_code == 200
     assert 'crmsync_api_contacts_written_total{result="changed"}' in metrics.text
+    pool = await db.create_pool(database_url, min_size=1, max_size=2)
+    app = create_app(
+        Settings(database_url=database_url, api_keys=KEY, metrics_public=True), pool=pool
+    )
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api"
+        ) as public:
+            assert (await public.get("/metrics")).status_code == 200
+            assert (await public.get("/v1/status")).status_code == 401
+    finally:
+        await pool.close()
 
 
 async def test_put_creates_then_identical_put_is_a_noop(
@@ -171,8 +186,18 @@ async def test_batch_of_1000_is_one_transaction(
     contacts[7]["last_name"] = "Changed"
     again = await api.post("/v1/contacts:batch", json={"contacts": contacts}, headers=AUTH)
     assert again.json()["changed"] == 1
-    assert again.json()["contacts"][7] == {"id": "c0007", "version": 2, "changed": True}
-    assert again.json()["contacts"][8] == {"id": "c0008", "version": 1, "changed": False}
+    assert again.json()["contacts"][7] == {
+        "id": "c0007",
+        "tenant": "default",
+        "version": 2,
+        "changed": True,
+    }
+    assert again.json()["contacts"][8] == {
+        "id": "c0008",
+        "tenant": "default",
+        "version": 1,
+        "changed": False,
+    }
     assert await pg.fetchval("SELECT count(*) FROM outbox") == 1001
 
 
@@ -237,9 +262,8 @@ async def test_get_contact_with_sync_state(
     assert (await api.get("/v1/contacts/nobody", headers=AUTH)).status_code == 404
     await api.put("/v1/contacts/g1", json={"email": "g@x.io", "last_name": "G"}, headers=AUTH)
     await pg.execute(
-        "INSERT INTO connections (id, crm, account, base_url, token) VALUES "
-        "('sf', 'salesforce', 'acme', 'http://sf', 't'),"
-        " ('hs', 'hubspot', 'acme', 'http://hs', 't')"
+        "INSERT INTO connections (id, crm, account, base_url) VALUES "
+        "('sf', 'salesforce', 'acme', 'http://sf'), ('hs', 'hubspot', 'acme', 'http://hs')"
     )
     await pg.execute(
         "INSERT INTO sync_state (connection_id, contact_id, external_id, synced_version, status, "
@@ -275,12 +299,11 @@ async def test_get_contact_with_sync_state(
 
 async def test_connections_and_status(api: httpx.AsyncClient, pg: asyncpg.Connection[Any]) -> None:
     token = "sk-live-0123456789abcdef-a1b2"
-    await pg.execute(
-        "INSERT INTO connections (id, crm, account, base_url, token, rate_limits, paused_reason) "
-        "VALUES ('sf', 'salesforce', 'acme', 'http://sf', $1, "
-        "'[{\"limit\": 100, \"window_ms\": 1000}]', 'paused by operator')",
-        token,
+    spec = connections.parse_connection(
+        id="sf", crm="salesforce", account="acme", base_url="http://sf", token=token
     )
+    await connections.add(pg, spec, vault.keyring(vault.new_key()))
+    await connections.pause(pg, "sf")
     await pg.execute(
         "INSERT INTO sync_state (connection_id, contact_id, status) VALUES "
         "('sf', 'a', 'synced'), ('sf', 'b', 'synced'), ('sf', 'c', 'dead')"
@@ -293,7 +316,7 @@ async def test_connections_and_status(api: httpx.AsyncClient, pg: asyncpg.Connec
     assert resp.status_code == 200
     assert token not in resp.text
     (conn,) = resp.json()["connections"]
-    assert conn["token"] == "sk-…a1b2"
+    assert conn["token"] == "…a1b2"
     assert (conn["id"], conn["paused"], conn["rate_limits"]) == (
         "sf",
         True,

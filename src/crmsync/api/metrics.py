@@ -19,3 +19,15 @@ VALIDATION_ERRORS = Counter(
 AUTH_FAILURES = Counter(
     "crmsync_api_auth_failures_total", "Requests answered 401 (missing or unknown API key)."
 )
+FORBIDDEN = Counter(
+    "crmsync_api_forbidden_total",
+    "Requests refused for their key's role or tenant (403, or 404/409 for another tenant).",
+)
+TENANT_CONFLICTS = Counter(
+    "crmsync_api_tenant_conflicts_total",
+    "Writes refused with 409 because their body named another tenant than they act on.",
+)
+STATUS_AGGREGATES = Counter(
+    "crmsync_api_status_aggregates_total",
+    "Status reports computed for GET /metrics (at most one per CRMSYNC_METRICS_CACHE_SECONDS).",
+)

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from crmsync.cli import api, connections, contacts, dlq, relay, run, status
+from crmsync.cli import api, connections, contacts, dlq, keys, relay, run, secret_keys, status
 from crmsync.cli.common import DB_OPT, err, settings_from
 from crmsync.cli.common import run as run_async
 from crmsync.errors import UserError
@@ -26,23 +26,39 @@ app = typer.Typer(
 
 @app.command()
 def migrate(database_url: str | None = DB_OPT) -> None:
-    """Create the database if needed and apply pending migrations."""
-    from crmsync import db
+    """Create the database if needed, apply pending migrations, and encrypt CRM tokens
+    still stored in clear (from before encryption at rest) when CRMSYNC_SECRET_KEY is set."""
+    from crmsync import connections, db, vault
 
     s = settings_from(database_url=database_url)
 
-    async def go() -> list[str]:
+    async def go() -> tuple[list[str], int, int]:
         await db.ensure_database(s.database_url)
         conn = await db.connect(s.database_url)
         try:
-            return await db.migrate(conn)
+            applied = await db.migrate(conn)
+            unsealed = await connections.count_unsealed(conn)
+            if unsealed and s.secret_key:
+                return (
+                    applied,
+                    await connections.seal_unsealed(conn, vault.keyring(s.secret_key)),
+                    0,
+                )
+            return applied, 0, unsealed
         finally:
             await conn.close()
 
-    applied = run_async(go())
+    applied, sealed, unsealed = run_async(go())
     typer.echo(
         f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
     )
+    if sealed:
+        typer.echo(f"encrypted the tokens of {sealed} connection(s) stored in clear")
+    if unsealed:
+        err.print(
+            f"[yellow]warning:[/yellow] {unsealed} connection(s) still hold their token in "
+            "clear and cannot sync; set CRMSYNC_SECRET_KEY and run `crmsync migrate` again"
+        )
 
 
 for _module in (api, relay, run, status):
@@ -50,6 +66,8 @@ for _module in (api, relay, run, status):
 app.add_typer(connections.app, name="connections")
 app.add_typer(contacts.app, name="contacts")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(keys.app, name="keys")
+app.add_typer(secret_keys.app, name="secrets")
 
 
 def _add_lab() -> None:

@@ -1,6 +1,7 @@
 -- Dead letters (crmsync.dlq). Every query takes the same filters:
 -- $1 connection id or NULL, $2 text found in the error or error code
--- (case-insensitive, no wildcards) or NULL, $3 dead-letter ids or NULL.
+-- (case-insensitive, no wildcards) or NULL, $3 dead-letter ids or NULL,
+-- $4 tenant (letters of its connections only) or NULL.
 
 -- name: dlq_list
 SELECT id, connection_id, contact_id, version, operation, error_code, error, http_status,
@@ -10,8 +11,9 @@ WHERE ($1::text IS NULL OR connection_id = $1)
   AND ($2::text IS NULL OR strpos(lower(error), lower($2)) > 0
        OR strpos(lower(coalesce(error_code, '')), lower($2)) > 0)
   AND ($3::bigint[] IS NULL OR id = ANY ($3))
+  AND ($4::text IS NULL OR connection_id IN (SELECT id FROM connections WHERE tenant = $4))
 ORDER BY id
-LIMIT $4
+LIMIT $5
 
 -- name: dlq_count
 SELECT count(*)
@@ -20,6 +22,7 @@ WHERE ($1::text IS NULL OR connection_id = $1)
   AND ($2::text IS NULL OR strpos(lower(error), lower($2)) > 0
        OR strpos(lower(coalesce(error_code, '')), lower($2)) > 0)
   AND ($3::bigint[] IS NULL OR id = ANY ($3))
+  AND ($4::text IS NULL OR connection_id IN (SELECT id FROM connections WHERE tenant = $4))
 
 -- name: dlq_replay
 -- Takes the matching dead letters out, gives their ledger rows a fresh attempt
@@ -33,6 +36,7 @@ WITH gone AS (
       AND ($2::text IS NULL OR strpos(lower(error), lower($2)) > 0
            OR strpos(lower(coalesce(error_code, '')), lower($2)) > 0)
       AND ($3::bigint[] IS NULL OR id = ANY ($3))
+      AND ($4::text IS NULL OR connection_id IN (SELECT id FROM connections WHERE tenant = $4))
     RETURNING connection_id, contact_id
 ),
 pairs AS (
@@ -46,13 +50,13 @@ reset AS (
 )
 SELECT p.connection_id, p.contact_id,
        CASE
-           WHEN c.id IS NULL OR c.deleted_at IS NOT NULL OR c.tenant <> k.tenant THEN 2
+           WHEN c.id IS NULL OR c.deleted_at IS NOT NULL THEN 2
            WHEN s.external_id IS NULL OR s.status = 'deleted' THEN 0
            ELSE 1
        END AS band
 FROM pairs p
 JOIN connections k ON k.id = p.connection_id
-LEFT JOIN contacts c ON c.id = p.contact_id
+LEFT JOIN contacts c ON c.tenant = k.tenant AND c.id = p.contact_id
 LEFT JOIN sync_state s ON s.connection_id = p.connection_id AND s.contact_id = p.contact_id
 
 -- name: dlq_purge
@@ -62,9 +66,11 @@ WITH gone AS (
       AND ($2::text IS NULL OR strpos(lower(error), lower($2)) > 0
            OR strpos(lower(coalesce(error_code, '')), lower($2)) > 0)
       AND ($3::bigint[] IS NULL OR id = ANY ($3))
+      AND ($4::text IS NULL OR connection_id IN (SELECT id FROM connections WHERE tenant = $4))
     RETURNING 1
 )
 SELECT count(*) FROM gone
 
 -- name: dlq_connection_exists
-SELECT EXISTS (SELECT 1 FROM connections WHERE id = $1)
+-- $2 NULL: of any tenant.
+SELECT EXISTS (SELECT 1 FROM connections WHERE id = $1 AND ($2::text IS NULL OR tenant = $2))
