@@ -22,7 +22,7 @@ from crmsync import apikeys, clock, connections, dlq
 from crmsync.api import models
 from crmsync.api.auth import principal, role
 from crmsync.api.contacts import json, pool
-from crmsync.api.metrics import STATUS_AGGREGATES
+from crmsync.api.metrics import FORBIDDEN, STATUS_AGGREGATES
 from crmsync.contacts import ID_PATTERN
 from crmsync.errors import UserError
 from crmsync.queue.store import QueueStore
@@ -72,11 +72,15 @@ class ReportCache:
 
 
 def scope_tenant(request: Request, asked: str | None) -> str | None:
-    """The tenant a listing covers: a tenant key's own; an admin's ``?tenant=`` or all."""
+    """The tenant a listing covers: a tenant key's own; an admin's ``?tenant=`` or all.
+    A tenant key asking for another tenant gets 404, as for anything not in its tenant."""
     own = principal(request).tenant
-    if own is not None:
-        return own
-    return asked
+    if own is None:
+        return asked
+    if asked is not None and asked != own:
+        FORBIDDEN.inc()
+        raise HTTPException(404, detail=f"no tenant {asked!r}")
+    return own
 
 
 async def report_of(request: Request, tenant: str | None) -> dict[str, Any]:
