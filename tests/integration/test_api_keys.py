@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from crmsync import apikeys, db
+from crmsync import apikeys, db, report
 from crmsync.api import views
 from crmsync.api.app import create_app
 from crmsync.cli import app as cli
@@ -180,7 +180,7 @@ async def test_metrics_aggregate_at_most_once_per_cache_time(
     database_url: str, redis_url: str, pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     computed: list[str | None] = []
-    real = views.collect
+    real = report.collect
 
     async def counting(*args: Any) -> dict[str, Any]:
         computed.append(args[2] if len(args) > 2 else None)
