@@ -109,11 +109,12 @@ Columns = tuple[
 ]
 
 
-def columns(items: Sequence[ContactWithId]) -> Columns:
-    """Column arrays for the set-based ``unnest`` upsert, in query parameter order."""
+def columns(items: Sequence[ContactWithId], tenants: Sequence[str] | None = None) -> Columns:
+    """Column arrays for the set-based ``unnest`` upsert, in query parameter order;
+    ``tenants``: the tenant of each item (else the item's own, or ``default``)."""
     return (
         [c.id for c in items],
-        [c.tenant_or_default for c in items],
+        list(tenants) if tenants is not None else [c.tenant_or_default for c in items],
         [c.email for c in items],
         [c.first_name for c in items],
         [c.last_name for c in items],

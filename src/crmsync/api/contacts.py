@@ -86,10 +86,14 @@ def reading_tenant(request: Request, path_tenant: str | None) -> str:
     return path_tenant or principal(request).tenant or DEFAULT_TENANT
 
 
-async def _upsert(pg: asyncpg.Pool[Any], items: list[ContactWithId]) -> list[asyncpg.Record]:
+async def _upsert(
+    pg: asyncpg.Pool[Any], items: list[ContactWithId], tenants: list[str]
+) -> list[asyncpg.Record]:
     # One statement: atomic on its own, and the trigger writes the outbox rows
     # of the whole batch in the same transaction.
-    rows: list[asyncpg.Record] = await pg.fetch(db.q("api_upsert_contacts"), *columns(items))
+    rows: list[asyncpg.Record] = await pg.fetch(
+        db.q("api_upsert_contacts"), *columns(items, tenants)
+    )
     changed = sum(1 for r in rows if r["changed"])
     CONTACTS_WRITTEN.labels("changed").inc(changed)
     CONTACTS_WRITTEN.labels("unchanged").inc(len(items) - changed)
@@ -112,7 +116,7 @@ async def put_contact(
         )
     tenant = acting_tenant(request, path_tenant, body.tenant)
     item = ContactWithId(id=id, **body.model_dump(exclude={"id", "tenant"}), tenant=tenant)
-    rows = await _upsert(pool(request), [item])
+    rows = await _upsert(pool(request), [item], [tenant])
     if not rows:  # a concurrent writer committed after our snapshot
         row = await pool(request).fetchrow(db.q("api_get_contact"), tenant, id)
         assert row is not None
@@ -121,13 +125,11 @@ async def put_contact(
 
 
 async def batch(request: Request, body: BatchIn, path_tenant: str | None) -> Response:
-    items = [
-        c.model_copy(
-            update={"tenant": acting_tenant(request, path_tenant, c.tenant, f"contacts[{i}]")}
-        )
-        for i, c in enumerate(body.contacts)
+    items = body.contacts
+    tenants = [
+        acting_tenant(request, path_tenant, c.tenant, f"contacts[{i}]") for i, c in enumerate(items)
     ]
-    dups = duplicate_ids([(c.tenant_or_default, c.id) for c in items])
+    dups = duplicate_ids(list(zip(tenants, (c.id for c in items), strict=True)))
     if dups:
         raise RequestValidationError(
             [
@@ -140,16 +142,16 @@ async def batch(request: Request, body: BatchIn, path_tenant: str | None) -> Res
                 for i, key, first in dups
             ]
         )
-    rows = await _upsert(pool(request), items)
+    rows = await _upsert(pool(request), items, tenants)
     BATCHES.inc()
     by_key = {(r["tenant"], r["id"]): r for r in rows}
     out = []
-    for c in items:
-        r = by_key.get((c.tenant_or_default, c.id))
+    for c, tenant in zip(items, tenants, strict=True):
+        r = by_key.get((tenant, c.id))
         out.append(
             {
                 "id": c.id,
-                "tenant": c.tenant_or_default,
+                "tenant": tenant,
                 "version": r["version"] if r is not None else None,
                 "changed": bool(r["changed"]) if r is not None else False,
             }
