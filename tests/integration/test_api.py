@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from crmsync import connections, db, vault
+from crmsync import apikeys, connections, db, vault
 from crmsync.api.app import create_app, serve
 from crmsync.settings import Settings
 
@@ -365,3 +365,70 @@ async def test_serve_answers_then_stops_on_cancel(database_url: str, handle_sign
             await task
         with pytest.raises(httpx.ConnectError):
             await client.get("/healthz")
+
+
+# (key, method, path, body tenant) -> status: which tenant a write acts on, and the
+# 409 for a body naming another one (nothing written then).
+TENANT_CASES = [
+    ("admin", "/v1/contacts/t1", None, 200, "default"),
+    ("admin", "/v1/contacts/t1", "acme", 200, "acme"),
+    ("admin", "/v1/tenants/acme/contacts/t1", None, 200, "acme"),
+    ("admin", "/v1/tenants/acme/contacts/t1", "acme", 200, "acme"),
+    ("admin", "/v1/tenants/acme/contacts/t1", "beta", 409, None),
+    ("acme", "/v1/contacts/t1", None, 200, "acme"),
+    ("acme", "/v1/contacts/t1", "acme", 200, "acme"),
+    ("acme", "/v1/contacts/t1", "default", 409, None),
+    ("acme", "/v1/tenants/acme/contacts/t1", "beta", 409, None),
+]
+
+
+@pytest.mark.parametrize(("who", "path", "body_tenant", "status", "lands_in"), TENANT_CASES)
+async def test_the_tenant_a_write_acts_on(
+    database_url: str,
+    pg: asyncpg.Connection[Any],
+    who: str,
+    path: str,
+    body_tenant: str | None,
+    status: int,
+    lands_in: str | None,
+) -> None:
+    _, acme = await apikeys.create(pg, role="writer", tenant="acme")
+    key = {"admin": KEY, "acme": acme}[who]
+    body: dict[str, Any] = {"email": "t@x.io"} | ({"tenant": body_tenant} if body_tenant else {})
+    async for client in _client(database_url, KEY):
+        resp = await client.put(path, json=body, headers={"Authorization": f"Bearer {key}"})
+        assert resp.status_code == status, resp.text
+    rows = [tuple(r) for r in await pg.fetch("SELECT tenant, id FROM contacts")]
+    if lands_in is None:
+        acting = "acme" if who == "acme" or "/tenants/acme/" in path else "default"
+        assert f"tenant {body_tenant!r}" in resp.json()["detail"]
+        assert f"tenant {acting!r}" in resp.json()["detail"]
+        assert rows == [] and await _outbox(pg) == []
+    else:
+        assert rows == [(lands_in, "t1")] and resp.json()["tenant"] == lands_in
+
+
+async def test_an_admin_batch_may_hold_the_same_id_in_two_tenants(
+    api: httpx.AsyncClient, pg: asyncpg.Connection[Any]
+) -> None:
+    contacts = [
+        {"id": "x", "email": "a@x.io", "tenant": "acme"},
+        {"id": "x", "email": "b@x.io", "tenant": "beta"},
+        {"id": "x", "email": "d@x.io"},
+    ]
+    resp = await api.post("/v1/contacts:batch", json={"contacts": contacts}, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    assert [(c["tenant"], c["changed"]) for c in resp.json()["contacts"]] == [
+        ("acme", True),
+        ("beta", True),
+        ("default", True),
+    ]
+    again = [*contacts, {"id": "x", "email": "e@x.io", "tenant": "beta"}]
+    dup = await api.post("/v1/contacts:batch", json={"contacts": again}, headers=AUTH)
+    assert _locs(dup) == [["body", "contacts", 3, "id"]]
+    rows = await pg.fetch("SELECT tenant, email FROM contacts ORDER BY tenant")
+    assert [tuple(r) for r in rows] == [
+        ("acme", "a@x.io"),
+        ("beta", "b@x.io"),
+        ("default", "d@x.io"),
+    ]
