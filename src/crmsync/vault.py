@@ -122,11 +122,6 @@ class Keyring:
             raise SecretsError(f"the credentials of connection {connection_id!r} are not an object")
         return {str(k): str(v) for k, v in data.items()}
 
-    def sealed_with(self, sealed: str) -> str | None:
-        """The key id a sealed value names (no key needed)."""
-        parts = sealed.split(".", 2)
-        return parts[1] if len(parts) == 3 else None
-
 
 def _aad(connection_id: str) -> bytes:
     return b"crmsync.connections:" + connection_id.encode()

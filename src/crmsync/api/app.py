@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import asyncpg
-import orjson
 import structlog
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -28,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from crmsync import db
 from crmsync.api import contacts, views
 from crmsync.api.auth import ROLE_KEY, BearerAuth, ScopedRoute
+from crmsync.api.contacts import json
 from crmsync.api.metrics import VALIDATION_ERRORS
 from crmsync.apikeys import KeyVerifier
 from crmsync.errors import UserError
@@ -55,10 +55,6 @@ class JsonBodies:
             headers.append((b"content-type", b"application/json"))
             scope = {**scope, "headers": headers}
         await self.app(scope, receive, send)
-
-
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
 
 
 async def _on_invalid(request: Request, exc: Exception) -> Response:
@@ -131,8 +127,8 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
             await cast("asyncpg.Pool[Any]", request.app.state.pool).fetchval("SELECT 1")
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("healthz.failed", error=str(exc))
-            return _json({"status": "unavailable"}, 503)
-        return _json({"status": "ok"})
+            return json({"status": "unavailable"}, 503)
+        return json({"status": "ok"})
 
     contacts.register(app)
     views.register(app, settings)
