@@ -42,9 +42,9 @@ from helpers import (
 )
 from helpers import private_postgres as start_private_postgres
 
-from crmsync.harness.cluster import ClusterConfig
-from crmsync.harness.contacts import Contact, generate
 from crmsync.queue import keys
+from crmsync_lab.harness.cluster import ClusterConfig
+from crmsync_lab.harness.contacts import Contact, generate
 
 # Shortened times for every row (a row may override). The proxy is one more hop
 # between admission and arrival at the CRM, so it widens the arrival jitter the

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from helpers import assert_final, settle
 
-from crmsync.harness.cluster import Cluster, ClusterConfig
-from crmsync.harness.contacts import generate, plan_changes
+from crmsync_lab.harness.cluster import Cluster, ClusterConfig
+from crmsync_lab.harness.contacts import generate, plan_changes
 
 
 async def test_500_contacts_to_two_salesforce_and_two_hubspot(

@@ -11,9 +11,9 @@ import pytest
 from crmsync.crm import make_adapter
 from crmsync.crm.base import ContactFields, CrmAdapter, Op
 from crmsync.errors import AuthFailed, Permanent, RateLimited, Retryable
-from crmsync.mock.config import AccountSpec, MockConfig
-from crmsync.mock.limits import Window
-from crmsync.mock.server import MockHandle, start_mock
+from crmsync_lab.mock.config import AccountSpec, MockConfig
+from crmsync_lab.mock.limits import Window
+from crmsync_lab.mock.server import MockHandle, start_mock
 
 ACCOUNTS = {"salesforce": "sf-a", "hubspot": "hs-a"}
 CRMS = ["salesforce", "hubspot"]

@@ -21,11 +21,11 @@ from redis.crc import key_slot
 
 from crmsync import db
 from crmsync.capture.relay import relay_once
-from crmsync.mock.config import AccountSpec, MockConfig
-from crmsync.mock.limits import Window
-from crmsync.mock.server import start_mock
 from crmsync.queue.store import QueueStore
 from crmsync.settings import Settings
+from crmsync_lab.mock.config import AccountSpec, MockConfig
+from crmsync_lab.mock.limits import Window
+from crmsync_lab.mock.server import start_mock
 
 
 def script_keys(command: str) -> list[str] | None:
