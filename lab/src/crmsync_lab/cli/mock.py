@@ -60,13 +60,19 @@ def mock_crm(
     from crmsync_lab.mock.config import HS_SEED, SF_SEED, MockConfig, accounts
     from crmsync_lab.mock.config import scenario as named
     from crmsync_lab.mock.faults import Faults
-    from crmsync_lab.mock.limits import parse_limit
+    from crmsync_lab.mock.limits import Window, parse_limit
     from crmsync_lab.mock.server import MockHandle, run_mock
 
+    def limit_flag(flag: str, spec: str | None) -> Window | None:
+        try:
+            return parse_limit(spec) if spec is not None else None
+        except ValueError as exc:
+            raise UserError(f"mock-crm {flag}: {exc}") from exc
+
+    sf_window = limit_flag("--sf-limit", sf_limit)
+    hs_window = limit_flag("--hs-limit", hs_limit)
     try:
         specs = named(scenario)
-        sf_window = parse_limit(sf_limit) if sf_limit is not None else None
-        hs_window = parse_limit(hs_limit) if hs_limit is not None else None
         faults = {"error_rate": error_rate, "lost_rate": lost_rate, "slow_ms": slow_ms}
         Faults().apply(faults)  # the same checks as POST /_control/faults
         config = MockConfig(latency_ms=latency_ms, jitter_ms=jitter_ms, faults=faults, seed=seed)

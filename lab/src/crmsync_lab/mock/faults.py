@@ -12,11 +12,10 @@ no faults first).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from crmsync import clock
 
 
 @dataclass(slots=True)
@@ -44,7 +43,7 @@ class Faults:
 
     def apply(self, spec: Mapping[str, Any], now: float | None = None) -> None:
         """Apply a partial fault spec; raises ValueError naming a bad key."""
-        t = clock.monotonic() if now is None else now
+        t = time.monotonic() if now is None else now
         if spec.get("clear"):
             self.error_rate = self.lost_rate = self.slow_ms = 0.0
             self.outage_until = self.storm_until = 0.0
@@ -85,7 +84,7 @@ class Faults:
             self.revoked = bool(spec["revoke_token"])
 
     def view(self, now: float | None = None) -> dict[str, Any]:
-        t = clock.monotonic() if now is None else now
+        t = time.monotonic() if now is None else now
         return {
             "latency_ms": self.latency_ms,
             "jitter_ms": self.jitter_ms,

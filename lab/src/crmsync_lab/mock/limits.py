@@ -9,11 +9,9 @@ stats can tell the largest number of requests seen in any sliding second.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
-
-from crmsync.errors import UserError
-from crmsync.ratelimit import parse_rate_limit
 
 DAY_MS = 86_400_000
 MAX_VIOLATION_TIMES = 20  # violations whose time is kept (stats: violations_at)
@@ -31,15 +29,40 @@ class Refusal:
     retry_after: float  # seconds until the oldest admitted request leaves the window
 
 
+# Written apart from crmsync's parser (the mock checks crmsync, so it shares no
+# code with it); a test holds the two to the same spellings.
+_LIMIT = re.compile(r"(\d+)\s*/\s*(\d*)\s*([a-z]+)")
+_UNIT_MS = {
+    **dict.fromkeys(("ms",), 1),
+    **dict.fromkeys(("s", "sec", "second"), 1000),
+    **dict.fromkeys(("m", "min", "minute"), 60_000),
+    **dict.fromkeys(("h", "hour"), 3_600_000),
+    **dict.fromkeys(("d", "day"), DAY_MS),
+}
+
+
 def parse_limit(spec: str) -> Window:
-    """``100/s``, ``1000/10s``, ``250000/day`` (crmsync's spelling), or ``0`` = unlimited."""
-    if spec.strip().lower() in ("0", "", "none", "unlimited"):
+    """``100/s``, ``1000/10s``, ``6000/min``, ``250000/day`` (units may take a
+    plural s), or ``0`` / ``none`` / ``unlimited`` = no limit. A ValueError
+    names the spelling it cannot read."""
+    text = spec.strip().lower()
+    if text in ("0", "", "none", "unlimited"):
         return Window(0, 1000)
-    try:
-        w = parse_rate_limit(spec)
-    except UserError as exc:
-        raise ValueError(str(exc)) from None
-    return Window(w.limit, w.window_ms)
+    m = _LIMIT.fullmatch(text)
+    unit = None
+    if m is not None:
+        unit = _UNIT_MS.get(m.group(3))
+        if unit is None and m.group(3).endswith("s"):
+            unit = _UNIT_MS.get(m.group(3)[:-1])
+    if m is None or unit is None:
+        raise ValueError(
+            f"limit {spec!r} is not a count per window; write it like 100/s, 1000/10s, "
+            "6000/min, 250000/day, or 0 for none"
+        )
+    limit, window_ms = int(m.group(1)), int(m.group(2) or 1) * unit
+    if limit < 1 or window_ms < 1:
+        raise ValueError(f"limit {spec!r} needs a count and a window of at least 1")
+    return Window(limit, window_ms)
 
 
 @dataclass(slots=True)
