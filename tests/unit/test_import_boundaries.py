@@ -166,18 +166,6 @@ def test_a_product_import_of_the_lab_is_found(tmp_path: Path, source: str) -> No
     assert {i.module for i in product_importing_lab(src)} == {"crmsync.x.mod"}
 
 
-def test_the_product_may_name_its_own_modules(tmp_path: Path) -> None:
-    src = _tree(
-        tmp_path,
-        {
-            "crmsync/__init__.py": "",
-            "crmsync/a.py": "from crmsync import db\nfrom . import b\nimport crmsync.b\n",
-            "crmsync/b.py": "LAB = 'crmsync_lab is a string here, not an import'\n",
-        },
-    )
-    assert product_importing_lab(src) == []
-
-
 @pytest.mark.parametrize(
     ("files", "chain"),
     [
@@ -217,16 +205,21 @@ def test_a_mock_reaching_the_product_is_found(
     assert all(_top(c[-1].name) == "crmsync" for c in found)
 
 
-def test_the_mock_may_import_the_rest_of_the_mock(tmp_path: Path) -> None:
+def test_what_each_side_may_import(tmp_path: Path) -> None:
+    """The product its own modules (and a string naming the lab); the mock the mock."""
     src = _tree(
         tmp_path,
         {
+            "crmsync/__init__.py": "",
+            "crmsync/a.py": "from crmsync import db\nfrom . import b\nimport crmsync.b\n",
+            "crmsync/b.py": "LAB = 'crmsync_lab is a string here, not an import'\n",
             "crmsync_lab/__init__.py": "",
             "crmsync_lab/mock/__init__.py": "",
             "crmsync_lab/mock/a.py": "from crmsync_lab.mock import b\nfrom . import b as c\n",
             "crmsync_lab/mock/b.py": "import os\nimport crmsync_labels_are_not_crmsync\n",
         },
     )
+    assert product_importing_lab(src) == []
     assert mock_reaching_product(src) == []
 
 
