@@ -10,10 +10,10 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -21,9 +21,9 @@ import pytest
 
 from crmsync_lab.harness import contacts
 from crmsync_lab.harness.cluster import Cluster, ClusterConfig, database_named
+from crmsync_lab.harness.processes import crmsync_argv
 
 BASE_DSN = os.environ.get("CRMSYNC_DATABASE_URL", "postgresql://127.0.0.1:5432/crmsync")
-CLI = [sys.executable, "-c", "from crmsync.cli import main; main()"]
 
 
 def _drop(name: str) -> None:
@@ -54,7 +54,7 @@ def _demo_env(redis_url: str) -> dict[str, str]:
 
 def _run_demo(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[int, str]:
     proc = subprocess.run(
-        [*CLI, "demo", *args],
+        crmsync_argv("demo", *args),
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -104,7 +104,7 @@ def test_demo_with_faults_still_verifies(redis_url: str, demo_db: str, tmp_path:
 @pytest.mark.slow
 def test_demo_stops_everything_on_sigint(redis_url: str, demo_db: str, tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [*CLI, "demo", "--contacts", "2000", "--database", demo_db],
+        crmsync_argv("demo", "--contacts", "2000", "--database", demo_db),
         env=_demo_env(redis_url),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -140,17 +140,8 @@ def _children_left(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-async def test_cluster_survives_a_killed_worker(
-    database_url: str, redis_url: str, tmp_path: Path
-) -> None:
-    config = ClusterConfig(
-        database_url=database_url,
-        redis_url=redis_url,
-        mode="split",
-        processes=2,
-        run_dir=tmp_path / "run",
-        env={"CRMSYNC_LEASE_SECONDS": "3"},
-    )
+async def test_cluster_survives_a_killed_worker(cluster_config: ClusterConfig) -> None:
+    config = replace(cluster_config, processes=2, env={"CRMSYNC_LEASE_SECONDS": "3"})
     async with Cluster(config) as cluster:
         people = contacts.generate(400, seed=5)
         await cluster.put_contacts(people)

@@ -16,25 +16,24 @@ from typing import Any
 import aiohttp
 import pytest
 
-from crmsync_lab.mock.config import AccountSpec, MockConfig, scenario
+from crmsync_lab.mock.config import AccountSpec, scenario
 from crmsync_lab.mock.limits import AccountLimits, Window
-from crmsync_lab.mock.server import MockHandle, start_mock
+from crmsync_lab.mock.server import MockHandle
+from support import StartMock
 
 SF = "/services/data/v60.0"
 HS = "/crm/v3/objects/contacts"
 
 
 @pytest.fixture
-async def mock() -> AsyncIterator[MockHandle]:
-    specs = [
+async def mock(start_mock_crm: StartMock) -> MockHandle:
+    return await start_mock_crm(
         AccountSpec("salesforce", "acme", limits=(Window(5, 1000),)),
         AccountSpec("hubspot", "acme", token="secret", limits=(Window(5, 1000),)),
         AccountSpec("salesforce", "free", limits=(Window(0, 1000),)),
         AccountSpec("hubspot", "free", limits=(Window(0, 1000),)),
-    ]
-    handle = await start_mock(MockConfig(specs, latency_ms=0, jitter_ms=0, seed=1))
-    yield handle
-    await handle.close()
+        seed=1,
+    )
 
 
 @pytest.fixture
