@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 
-from crmsync import db
+from crmsync import db, redact
 from crmsync.contacts import ID_RE
 from crmsync.errors import UserError
 from crmsync.ratelimit import RateWindow, format_rate, parse_rate_limit
@@ -71,16 +71,7 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-MASK_SHOWN = 4  # characters of a token users may see: its last ones
-MASK_MIN_LENGTH = 16  # shorter tokens show nothing (4 would be a quarter or more)
 UNSEALED_HINT = "(stored in clear: run `crmsync migrate` with CRMSYNC_SECRET_KEY set)"
-
-
-def mask_token(token: str) -> str:
-    """Enough of a token to tell two apart: its last 4 characters, nothing more."""
-    if len(token) >= MASK_MIN_LENGTH:
-        return f"…{token[-MASK_SHOWN:]}"
-    return "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +94,7 @@ class Connection:
         (vault.SecretsError when they do not open: never a plaintext fallback)."""
         limits = row["rate_limits"] or []
         secrets = keys.open(row["id"], row["secrets"])
+        redact.remember(secrets.values())  # masked in every log line from now on
         return cls(
             id=row["id"],
             tenant=row["tenant"],
@@ -206,7 +198,7 @@ async def add(pg: db.Executor, spec: Connection, keys: Keyring) -> None:
             spec.account,
             spec.base_url,
             keys.seal(spec.id, {"token": spec.token}),
-            mask_token(spec.token),
+            redact.mask(spec.token),
             spec.rate_limits,
             spec.settings,
         )
@@ -257,7 +249,7 @@ async def _store_sealed(
         db.q("connections_set_secrets"),
         [cid for cid, _ in items],
         [keys.seal(cid, secrets) for cid, secrets in items],
-        [mask_token(secrets.get("token", "")) for _, secrets in items],
+        [redact.mask(secrets.get("token")) for _, secrets in items],
     )
 
 

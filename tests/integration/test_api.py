@@ -11,9 +11,10 @@ import asyncpg
 import httpx
 import pytest
 
-from crmsync import apikeys, connections, db, vault
+from crmsync import apikeys, connections, db
 from crmsync.api.app import create_app, serve
 from crmsync.settings import Settings
+from support import add_connections, connection
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -261,9 +262,12 @@ async def test_get_contact_with_sync_state(
 ) -> None:
     assert (await api.get("/v1/contacts/nobody", headers=AUTH)).status_code == 404
     await api.put("/v1/contacts/g1", json={"email": "g@x.io", "last_name": "G"}, headers=AUTH)
-    await pg.execute(
-        "INSERT INTO connections (id, crm, account, base_url) VALUES "
-        "('sf', 'salesforce', 'acme', 'http://sf'), ('hs', 'hubspot', 'acme', 'http://hs')"
+    await add_connections(
+        pg,
+        [
+            connection("sf", "salesforce", account="acme"),
+            connection("hs", "hubspot", account="acme"),
+        ],
     )
     await pg.execute(
         "INSERT INTO sync_state (connection_id, contact_id, external_id, synced_version, status, "
@@ -299,11 +303,10 @@ async def test_get_contact_with_sync_state(
 
 async def test_connections_and_status(api: httpx.AsyncClient, pg: asyncpg.Connection[Any]) -> None:
     token = "sk-live-0123456789abcdef-a1b2"
-    spec = connections.parse_connection(
-        id="sf", crm="salesforce", account="acme", base_url="http://sf", token=token
+    await add_connections(
+        pg, [connection("sf", "salesforce", account="acme", token=token, per_second=100)]
     )
-    await connections.add(pg, spec, vault.keyring(vault.new_key()))
-    await connections.pause(pg, "sf")
+    await connections.pause(pg, "sf", "paused by operator")
     await pg.execute(
         "INSERT INTO sync_state (connection_id, contact_id, status) VALUES "
         "('sf', 'a', 'synced'), ('sf', 'b', 'synced'), ('sf', 'c', 'dead')"

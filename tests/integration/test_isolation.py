@@ -19,12 +19,12 @@ import redis.asyncio as aioredis
 from crmsync import apikeys, connections, db, vault
 from crmsync.api.app import create_app
 from crmsync.capture.relay import relay_once
-from crmsync.mock.config import AccountSpec, MockConfig
-from crmsync.mock.limits import Window
-from crmsync.mock.server import MockHandle, start_mock
 from crmsync.processes import run_worker
 from crmsync.queue.store import QueueStore
 from crmsync.settings import Settings
+from crmsync_lab.mock.config import AccountSpec, MockConfig
+from crmsync_lab.mock.limits import Window
+from crmsync_lab.mock.server import MockHandle, start_mock
 
 TENANTS = ("acme", "beta")
 

@@ -17,12 +17,12 @@ from typer.testing import CliRunner, Result
 from crmsync import connections, db, vault
 from crmsync.capture.relay import relay_once
 from crmsync.cli import app as cli
-from crmsync.mock.config import AccountSpec, MockConfig
-from crmsync.mock.limits import Window
-from crmsync.mock.server import MockHandle, start_mock
 from crmsync.processes import run_worker
 from crmsync.queue.store import QueueStore
 from crmsync.settings import Settings
+from crmsync_lab.mock.config import AccountSpec, MockConfig
+from crmsync_lab.mock.limits import Window
+from crmsync_lab.mock.server import MockHandle, start_mock
 
 
 @contextlib.asynccontextmanager

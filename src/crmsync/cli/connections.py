@@ -45,7 +45,7 @@ def add(
 ) -> None:
     """Add a CRM connection (one CRM account); its token is stored encrypted
     under CRMSYNC_SECRET_KEY."""
-    from crmsync import connections, vault
+    from crmsync import connections, redact, vault
 
     spec = connections.parse_connection(
         id=connection_id,
@@ -63,7 +63,7 @@ def add(
     typer.echo(
         f"added connection {spec.id} ({spec.crm}, tenant {spec.tenant}, "
         f"limits {connections.format_rate_limits(spec.rate_limits)}, "
-        f"token {connections.mask_token(spec.token)})"
+        f"token {redact.mask(spec.token)})"
     )
 
 
