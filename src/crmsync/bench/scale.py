@@ -31,6 +31,7 @@ from crmsync.harness.cluster import Cluster
 from crmsync.queue import keys
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
+from crmsync.redis_client import RedisClient
 from crmsync.scheduler import Scheduler
 
 MANY_SIZES = (10, 100, 1000)
@@ -44,7 +45,7 @@ def _ms() -> float:
     return time.time() * 1000.0
 
 
-async def _script_stats(redis: aioredis.Redis) -> tuple[int, int]:
+async def _script_stats(redis: RedisClient) -> tuple[int, int]:
     info: dict[str, Any] = await redis.info("commandstats")
     s = info.get("cmdstat_evalsha") or {}
     return int(s.get("calls", 0)), int(s.get("usec", 0))
