@@ -1,7 +1,9 @@
 """Every script call touches keys of one Redis Cluster hash slot.
 
-Two views: the KEYS lists crmsync passes (recorded by wrapping the script
-runner), and what the scripts really touch (recorded with MONITOR).
+Three views: the KEYS lists crmsync passes (recorded by wrapping the script
+runner), what the scripts really touch (recorded with MONITOR, on one server
+and on every master of a real cluster, whose CLUSTER KEYSLOT has the last
+word), and every key of any connection id on the real cluster.
 """
 
 from __future__ import annotations
@@ -14,19 +16,24 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from conftest import redis_cluster_script
 from crmsync.breaker import CrmBreaker
-from crmsync.queue import scripts
+from crmsync.queue import keys, scripts
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
+from crmsync.redis_client import RedisClient
 
 
 def slot(key: str) -> int:
     return key_slot(key.encode())
 
 
-async def lifecycle(redis: aioredis.Redis, step: Callable[[], Awaitable[None]]) -> None:
+async def lifecycle(redis: RedisClient, step: Callable[[], Awaitable[None]]) -> None:
     """Every script, on two connections and two CRMs; ``step`` runs after each call."""
     store = QueueStore(redis)
     breaker = CrmBreaker(redis, threshold=1, recovery_ms=1, probe_ms=1000)
@@ -68,6 +75,8 @@ async def lifecycle(redis: aioredis.Redis, step: Callable[[], Awaitable[None]]) 
         await step()
         await store.block(cid, 0.001)
         await step()
+        await store.depth(cid)
+        await step()
     for crm in ("salesforce", "hubspot"):
         await breaker.allow(crm)
         await step()
@@ -76,7 +85,7 @@ async def lifecycle(redis: aioredis.Redis, step: Callable[[], Awaitable[None]]) 
 
 
 async def test_keys_passed_to_each_script_share_one_slot(
-    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    any_redis: RedisClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[str, list[str]]] = []
     call, call_many = scripts.Scripts.call, scripts.Scripts.call_many
@@ -106,68 +115,118 @@ async def test_keys_passed_to_each_script_share_one_slot(
     async def nothing() -> None:
         return None
 
-    await lifecycle(redis_client, nothing)
+    await lifecycle(any_redis, nothing)
     assert {name for name, _ in seen} == set(scripts.NAMES)
-    for name, keys in seen:
-        assert keys, name
-        assert len({slot(k) for k in keys}) == 1, (name, keys)
+    for name, passed in seen:
+        assert passed, name
+        assert len({slot(k) for k in passed}) == 1, (name, passed)
     # Different connections and CRMs spread over slots (hash tags are per connection).
-    assert len({slot(keys[0]) for _, keys in seen}) == 4
+    assert len({slot(passed[0]) for _, passed in seen}) == 4
+
+
+def _node_clients(redis: RedisClient, url: str) -> list[aioredis.Redis]:
+    """One plain client per server that runs scripts: the server, or each master."""
+    if isinstance(redis, RedisCluster):
+        return [aioredis.Redis(host=n.host, port=int(n.port)) for n in redis.get_primaries()]
+    return [aioredis.from_url(url)]
+
+
+async def _marker(redis: RedisClient, marker: str) -> None:
+    """``marker`` seen by the MONITOR of every server (each master of a cluster)."""
+    if isinstance(redis, RedisCluster):
+        await redis.execute_command("ECHO", marker, target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await redis.echo(marker)
 
 
 async def test_keys_scripts_touch_share_one_slot(
-    redis_client: aioredis.Redis, redis_url: str
+    any_redis: RedisClient, any_redis_url: str
 ) -> None:
     """MONITOR shows the commands run inside scripts; between two markers sent
-    after each call, all of them must hit the slot of that call's keys."""
-    db = redis_client.connection_pool.connection_kwargs.get("db", 0)
-    segments: list[list[dict[str, Any]]] = [[]]
+    after each call, all of them must hit the slot of that call's keys. On a
+    cluster every master is watched and the slots are the server's own
+    CLUSTER KEYSLOT."""
+    db = 0
+    if not isinstance(any_redis, RedisCluster):
+        db = any_redis.connection_pool.connection_kwargs.get("db", 0)
+    watched = _node_clients(any_redis, any_redis_url)
+    # segments[node][i]: what node saw between markers i and i + 1
+    segments: list[list[list[dict[str, Any]]]] = [[[]] for _ in watched]
     marker = f"keyslot-marker-{uuid.uuid4().hex}"
-    monitor_client = aioredis.from_url(redis_url)
     markers_sent = 0
-    try:
-        async with monitor_client.monitor() as m:
+    async with contextlib.AsyncExitStack() as stack:
+        readers = []
+        for client, node_segments in zip(watched, segments, strict=True):
+            stack.push_async_callback(client.aclose)
+            m = await stack.enter_async_context(client.monitor())
 
-            async def read() -> None:
+            async def read(m: Any = m, out: list[list[dict[str, Any]]] = node_segments) -> None:
                 while True:
                     cmd = await m.next_command()
                     if marker in cmd["command"]:
-                        segments.append([])
+                        out.append([])
                     elif cmd["db"] == db:
-                        segments[-1].append(cmd)
+                        out[-1].append(cmd)
 
-            reader = asyncio.create_task(read())
+            readers.append(asyncio.create_task(read()))
 
-            async def step() -> None:
-                nonlocal markers_sent
-                await redis_client.echo(marker)
-                markers_sent += 1
+        async def step() -> None:
+            nonlocal markers_sent
+            await _marker(any_redis, marker)
+            markers_sent += 1
 
-            await asyncio.sleep(0.05)
-            await lifecycle(redis_client, step)
-            for _ in range(100):
-                if len(segments) > markers_sent:
-                    break
-                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        await lifecycle(any_redis, step)
+        for _ in range(100):
+            if all(len(node_segments) > markers_sent for node_segments in segments):
+                break
+            await asyncio.sleep(0.02)
+        for reader in readers:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-    finally:
-        await monitor_client.aclose()
-    assert len(segments) == markers_sent + 1
+
+    slots: dict[str, int] = {}
+
+    async def server_slot(key: str) -> int:
+        if key not in slots:
+            slots[key] = (
+                int(await any_redis.cluster_keyslot(key))
+                if isinstance(any_redis, RedisCluster)
+                else slot(key)
+            )
+        return slots[key]
+
     checked = 0
-    for seg in segments[:-1]:
-        script_calls = [c for c in seg if c["command"].upper().startswith(("EVALSHA", "EVAL "))]
-        allowed = set()
-        for c in script_calls:
-            parts = c["command"].split(" ")
-            allowed |= {slot(k) for k in parts[3 : 3 + int(parts[2])]}
-        for c in seg:
-            if c["client_type"] != "lua":
-                continue
-            parts = c["command"].split(" ")
-            if parts[0].upper() in {"TIME", "PUBLISH"}:
-                continue
-            assert slot(parts[1]) in allowed, c["command"]
-            checked += 1
+    for node_segments in segments:
+        assert len(node_segments) == markers_sent + 1
+        for seg in node_segments[:-1]:
+            script_calls = [c for c in seg if c["command"].upper().startswith(("EVALSHA", "EVAL "))]
+            allowed = set()
+            for c in script_calls:
+                parts = c["command"].split(" ")
+                allowed |= {await server_slot(k) for k in parts[3 : 3 + int(parts[2])]}
+            for c in seg:
+                if c["client_type"] != "lua":
+                    continue
+                parts = c["command"].split(" ")
+                if parts[0].upper() in {"TIME", "PUBLISH", "SPUBLISH"}:
+                    continue
+                assert await server_slot(parts[1]) in allowed, c["command"]
+                checked += 1
     assert checked > 100
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cid=st.text(min_size=1, max_size=24))
+def test_every_key_of_any_connection_is_in_one_slot_of_a_real_cluster(
+    redis_cluster_url: str, cid: str
+) -> None:
+    """Whatever its id (braces, colons, any text), a connection's keys share the
+    slot the cluster's own CLUSTER KEYSLOT gives."""
+    port = int(redis_cluster_url.rsplit(":", 1)[1])
+    all_keys = keys.connection(cid).all_keys([1000, 10_000, 86_400_000])
+    got = {redis_cluster_script.command(port, "CLUSTER", "KEYSLOT", k) for k in all_keys}
+    assert got == {slot(all_keys[0])}, (cid, got)
