@@ -14,11 +14,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from crmsync.errors import UserError
 from crmsync.settings import REDIS_MODES, RedisMode
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+# What a Redis call may raise when the server or the cluster is unwell: the
+# cluster client's own errors (no node reachable, a slot not covered) are not
+# RedisError subclasses, so an ``except RedisError`` alone would let them through.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 def safe_url(url: str) -> str:

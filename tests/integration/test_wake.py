@@ -6,20 +6,31 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
+import uuid
 from collections.abc import Awaitable, Callable
 
+import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
+from conftest import LocalCluster, redis_cluster_script
 from crmsync.queue import keys
+from crmsync.queue import wake as wake_module
 from crmsync.queue.wake import Wake, WakeListener, Wakeups
-from crmsync.redis_client import RedisClient
+from crmsync.redis_client import RedisClient, open_redis
+
+# A channel is shared by every database of a server: other test runs on this
+# machine publish on it too, so this run's ids carry a prefix of their own.
+MINE = f"w{uuid.uuid4().hex[:6]}-"
 
 
 def ids_in_every_shard(per_shard: int = 2) -> list[str]:
     """Connection ids that cover every wake channel ``per_shard`` times."""
     out: dict[int, list[str]] = {s: [] for s in range(keys.WAKE_SHARDS)}
     for n in itertools.count():
-        cid = f"w-{n}"
+        cid = f"{MINE}{n}"
         shard = out[keys.wake_shard(cid)]
         if len(shard) < per_shard:
             shard.append(cid)
@@ -29,7 +40,12 @@ def ids_in_every_shard(per_shard: int = 2) -> list[str]:
 
 
 async def next_wake(wakes: WakeListener, seconds: float = 10.0) -> Wake:
-    return await asyncio.wait_for(wakes.__anext__(), timeout=seconds)
+    """The next wake that concerns this run, with this run's ids only."""
+    while True:
+        wake = await asyncio.wait_for(wakes.__anext__(), timeout=seconds)
+        ids = tuple(i for i in wake.ids if i.startswith(MINE))
+        if ids or wake.everything:
+            return Wake(ids, wake.everything)
 
 
 async def collect(wakes: WakeListener, want: set[str]) -> set[str]:
@@ -66,8 +82,8 @@ async def test_nothing_to_announce_sends_nothing(any_redis: RedisClient) -> None
         await asyncio.wait_for(wakes.subscribed(), timeout=10)
         assert (await next_wake(wakes)).everything
         await Wakeups(any_redis).publish([])
-        await Wakeups(any_redis).publish(["only"])
-        assert await next_wake(wakes) == Wake(("only",))
+        await Wakeups(any_redis).publish([f"{MINE}only"])
+        assert await next_wake(wakes) == Wake((f"{MINE}only",))
 
 
 async def _kill_pubsub_clients(redis: RedisClient) -> int:
@@ -92,3 +108,32 @@ async def test_a_lost_link_resubscribes_and_wakes_everything(any_redis: RedisCli
         await asyncio.wait_for(wakes.subscribed(), timeout=10)
         await Wakeups(any_redis).publish(ids)
         assert await collect(wakes, set(ids)) == set(ids)
+
+
+async def test_a_silent_link_is_noticed_and_followed_again(
+    redis_cluster: LocalCluster, redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master that stops answering without closing the socket (a frozen
+    process, a partition): the PINGs go unanswered, the link is rebuilt."""
+    monkeypatch.setattr(wake_module, "PING_SECONDS", 0.2)
+    home = redis_cluster.home
+    if home is None:
+        pytest.skip("needs the cluster the tests started")
+    redis = await open_redis(redis_cluster_url, "cluster")
+    ids = ids_in_every_shard(1)
+    try:
+        async with Wakeups(redis).listen() as wakes:
+            await asyncio.wait_for(wakes.subscribed(), timeout=10)
+            assert (await next_wake(wakes)).everything
+            frozen = redis_cluster_script.master_of(home, key_slot(keys.wake_channel(0).encode()))
+            os.kill(frozen.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(1.0)  # well below the cluster's 2 s node timeout
+                assert not wakes._all_followed.is_set()  # the frozen node's link was dropped
+            finally:
+                os.kill(frozen.pid, signal.SIGCONT)
+            await asyncio.wait_for(wakes.subscribed(), timeout=10)
+            await Wakeups(redis).publish(ids)
+            assert await collect(wakes, set(ids)) == set(ids)
+    finally:
+        await redis.aclose()

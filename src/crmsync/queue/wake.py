@@ -30,13 +30,13 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import SlotNotCoveredError
 
 from crmsync.queue import keys
-from crmsync.redis_client import RedisClient
+from crmsync.redis_client import REDIS_ERRORS, RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -261,7 +261,7 @@ class WakeListener:
             ).pubsub()
             try:
                 await self._follow(pubsub, "subscribe", self._channels)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("wake.listener_error", error=str(exc))
             finally:
                 await _close(pubsub)
@@ -281,13 +281,13 @@ class WakeListener:
                 if not first:
                     await cluster.nodes_manager.initialize()
                 first = False
-                by_node: dict[str, tuple[Any, list[str]]] = {}
+                by_node: dict[str, tuple[ClusterNode, list[str]]] = {}
                 for channel in orphans:
                     node = cluster.get_node_from_key(channel)
-                    if node is None:
-                        raise ConnectionError(f"no node serves {channel}")
+                    if node is None:  # only asked of replicas; a master always answers
+                        raise SlotNotCoveredError(f"no node serves {channel}")
                     by_node.setdefault(node.name, (node, []))[1].append(channel)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("wake.listener_error", error=str(exc))
                 await asyncio.sleep(backoff.delay())
                 continue
@@ -299,12 +299,12 @@ class WakeListener:
                 orphans += failed.get_nowait()
 
     async def _cluster_node(
-        self, node: Any, channels: list[str], failed: asyncio.Queue[list[str]]
+        self, node: ClusterNode, channels: list[str], failed: asyncio.Queue[list[str]]
     ) -> None:
         pubsub = _node_client(node.connection_class, node.connection_kwargs).pubsub()
         try:
             await self._follow(pubsub, "ssubscribe", channels)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("wake.listener_error", node=node.name, error=str(exc))
         finally:
             await _close(pubsub)
