@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import sys
+import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -52,6 +53,10 @@ async def test_worker_processes_touch_one_slot_per_script(settings: Settings) ->
     monitor_client = aioredis.from_url(settings.redis_url)
     dbn = redis.connection_pool.connection_kwargs.get("db", 0)
     seen: list[str] = []
+    # MONITOR streams every command of the server (other test runs' too): read
+    # until this marker, sent after the work, rather than for a fixed time.
+    marker = f"cluster-keys-marker-{uuid.uuid4().hex}"
+    marked = asyncio.Event()
     env = {
         **os.environ,
         "CRMSYNC_DATABASE_URL": settings.database_url,
@@ -74,7 +79,9 @@ async def test_worker_processes_touch_one_slot_per_script(settings: Settings) ->
             async def read() -> None:
                 while True:
                     cmd: dict[str, Any] = await m.next_command()
-                    if cmd["db"] == dbn:
+                    if marker in cmd["command"]:
+                        marked.set()
+                    elif cmd["db"] == dbn:
                         seen.append(cmd["command"])
 
             reader = asyncio.create_task(read())
@@ -105,6 +112,8 @@ async def test_worker_processes_touch_one_slot_per_script(settings: Settings) ->
                     if done == 80:
                         break
                     await asyncio.sleep(0.2)
+            await redis.echo(marker)
+            await asyncio.wait_for(marked.wait(), timeout=120)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader

@@ -177,10 +177,11 @@ async def test_keys_scripts_touch_share_one_slot(
 
         await asyncio.sleep(0.05)
         await lifecycle(any_redis, step)
-        for _ in range(100):
-            if all(len(node_segments) > markers_sent for node_segments in segments):
-                break
-            await asyncio.sleep(0.02)
+        # MONITOR streams every command of the server (other test runs' too) and
+        # may lag far behind on a busy machine: wait for the last marker itself.
+        async with asyncio.timeout(120):
+            while not all(len(node_segments) > markers_sent for node_segments in segments):
+                await asyncio.sleep(0.02)
         for reader in readers:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
