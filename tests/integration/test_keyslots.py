@@ -154,6 +154,13 @@ async def test_keys_scripts_touch_share_one_slot(
     segments: list[list[list[dict[str, Any]]]] = [[[]] for _ in watched]
     marker = f"keyslot-marker-{uuid.uuid4().hex}"
     markers_sent = 0
+    caught_up = asyncio.Event()  # every node's MONITOR has shown the last marker
+    last: int | None = None  # how many markers, once all are sent
+
+    def check() -> None:
+        if last is not None and all(len(seg) > last for seg in segments):
+            caught_up.set()
+
     async with contextlib.AsyncExitStack() as stack:
         readers = []
         for client, node_segments in zip(watched, segments, strict=True):
@@ -165,6 +172,7 @@ async def test_keys_scripts_touch_share_one_slot(
                     cmd = await m.next_command()
                     if marker in cmd["command"]:
                         out.append([])
+                        check()
                     elif cmd["db"] == db:
                         out[-1].append(cmd)
 
@@ -179,9 +187,9 @@ async def test_keys_scripts_touch_share_one_slot(
         await lifecycle(any_redis, step)
         # MONITOR streams every command of the server (other test runs' too) and
         # may lag far behind on a busy machine: wait for the last marker itself.
-        async with asyncio.timeout(120):
-            while not all(len(node_segments) > markers_sent for node_segments in segments):
-                await asyncio.sleep(0.02)
+        last = markers_sent
+        check()
+        await asyncio.wait_for(caught_up.wait(), timeout=120)
         for reader in readers:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
