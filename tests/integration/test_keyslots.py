@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -27,6 +27,7 @@ from crmsync.queue import keys, scripts
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
 from crmsync.redis_client import RedisClient
+from support import RedisMonitor, script_keys
 
 
 def slot(key: str) -> int:
@@ -124,11 +125,37 @@ async def test_keys_passed_to_each_script_share_one_slot(
     assert len({slot(passed[0]) for _, passed in seen}) == 4
 
 
-def _node_clients(redis: RedisClient, url: str) -> list[aioredis.Redis]:
-    """One plain client per server that runs scripts: the server, or each master."""
+@contextlib.asynccontextmanager
+async def _monitors(redis: RedisClient, url: str) -> AsyncIterator[list[RedisMonitor]]:
+    """MONITOR on every server that runs scripts (the server, or each master of a
+    cluster), from before the block until its end; one log each."""
     if isinstance(redis, RedisCluster):
-        return [aioredis.Redis(host=n.host, port=int(n.port)) for n in redis.get_primaries()]
-    return [aioredis.from_url(url)]
+        clients = [aioredis.Redis(host=n.host, port=int(n.port)) for n in redis.get_primaries()]
+        db = 0
+    else:
+        clients = [aioredis.from_url(url)]
+        db = clients[0].connection_pool.connection_kwargs.get("db", 0)
+    logs = [RedisMonitor() for _ in clients]
+    async with contextlib.AsyncExitStack() as stack:
+        for client, log in zip(clients, logs, strict=True):
+            stack.push_async_callback(client.aclose)
+            m = await stack.enter_async_context(client.monitor())
+
+            async def read(m: Any = m, log: RedisMonitor = log) -> None:
+                while True:
+                    cmd: dict[str, Any] = await m.next_command()
+                    if cmd["db"] == db:
+                        log.add(cmd)
+
+            reader = asyncio.create_task(read())
+            stack.push_async_callback(_cancelled, reader)
+        yield logs
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _marker(redis: RedisClient, marker: str) -> None:
@@ -146,54 +173,23 @@ async def test_keys_scripts_touch_share_one_slot(
     after each call, all of them must hit the slot of that call's keys. On a
     cluster every master is watched and the slots are the server's own
     CLUSTER KEYSLOT."""
-    db = 0
-    if not isinstance(any_redis, RedisCluster):
-        db = any_redis.connection_pool.connection_kwargs.get("db", 0)
-    watched = _node_clients(any_redis, any_redis_url)
-    # segments[node][i]: what node saw between markers i and i + 1
-    segments: list[list[list[dict[str, Any]]]] = [[[]] for _ in watched]
     marker = f"keyslot-marker-{uuid.uuid4().hex}"
     markers_sent = 0
-    caught_up = asyncio.Event()  # every node's MONITOR has shown the last marker
-    last: int | None = None  # how many markers, once all are sent
-
-    def check() -> None:
-        if last is not None and all(len(seg) > last for seg in segments):
-            caught_up.set()
-
-    async with contextlib.AsyncExitStack() as stack:
-        readers = []
-        for client, node_segments in zip(watched, segments, strict=True):
-            stack.push_async_callback(client.aclose)
-            m = await stack.enter_async_context(client.monitor())
-
-            async def read(m: Any = m, out: list[list[dict[str, Any]]] = node_segments) -> None:
-                while True:
-                    cmd = await m.next_command()
-                    if marker in cmd["command"]:
-                        out.append([])
-                        check()
-                    elif cmd["db"] == db:
-                        out[-1].append(cmd)
-
-            readers.append(asyncio.create_task(read()))
+    async with _monitors(any_redis, any_redis_url) as logs:
 
         async def step() -> None:
             nonlocal markers_sent
             await _marker(any_redis, marker)
             markers_sent += 1
 
-        await asyncio.sleep(0.05)
         await lifecycle(any_redis, step)
-        # MONITOR streams every command of the server (other test runs' too) and
-        # may lag far behind on a busy machine: wait for the last marker itself.
-        last = markers_sent
-        check()
-        await asyncio.wait_for(caught_up.wait(), timeout=120)
-        for reader in readers:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        for log in logs:
+
+            def caught_up(log: RedisMonitor = log) -> bool:
+                return log.count(marker) == markers_sent
+
+            # MONITOR may lag far behind on a busy machine (it streams other runs' too).
+            await log.wait_for(caught_up, within=120)
 
     slots: dict[str, int] = {}
 
@@ -207,18 +203,20 @@ async def test_keys_scripts_touch_share_one_slot(
         return slots[key]
 
     checked = 0
-    for node_segments in segments:
-        assert len(node_segments) == markers_sent + 1
-        for seg in node_segments[:-1]:
-            script_calls = [c for c in seg if c["command"].upper().startswith(("EVALSHA", "EVAL "))]
-            allowed = set()
-            for c in script_calls:
-                parts = c["command"].split(" ")
-                allowed |= {await server_slot(k) for k in parts[3 : 3 + int(parts[2])]}
+    for log in logs:
+        segments: list[list[dict[str, Any]]] = [[]]
+        for cmd in log.commands:
+            if marker in cmd["command"]:
+                segments.append([])
+            else:
+                segments[-1].append(cmd)
+        assert len(segments) == markers_sent + 1
+        for seg in segments[:-1]:
+            allowed = {await server_slot(k) for c in seg for k in script_keys(c["command"]) or ()}
             for c in seg:
                 if c["client_type"] != "lua":
                     continue
-                parts = c["command"].split(" ")
+                parts = [p.strip('"') for p in c["command"].split(" ")]
                 if parts[0].upper() in {"TIME", "PUBLISH", "SPUBLISH"}:
                     continue
                 assert await server_slot(parts[1]) in allowed, c["command"]
