@@ -10,7 +10,7 @@ WITH_ENV := . ./.crmsync/env &&
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv test test-fast lint format demo bench services-stop clean
+.PHONY: help setup venv test test-fast lint format demo bench cluster cluster-stop services-stop clean
 
 help:
 	@echo "make demo         set up, then run the zero-config showcase"
@@ -20,7 +20,9 @@ help:
 	@echo "make format       apply ruff's fixes and formatting"
 	@echo "make bench        set up, then benchmark against the mock CRMs"
 	@echo "make setup        .venv + PostgreSQL + Redis + migrations (idempotent, fast)"
-	@echo "make services-stop  stop the private servers setup may have started"
+	@echo "make cluster      start (or reuse) a private Redis Cluster: 3 masters + 3 replicas"
+	@echo "make cluster-stop stop it"
+	@echo "make services-stop  stop the private servers setup and the tests may have started"
 	@echo "make clean        stop them and delete .crmsync/ (local data)"
 
 setup:
@@ -59,9 +61,17 @@ demo: setup
 bench: setup
 	@$(WITH_ENV) $(VENV)/bin/crmsync bench --scenario all
 
-services-stop:
+# The cluster's seed URL is the last line; use it with CRMSYNC_REDIS_MODE=cluster.
+cluster:
+	@python3 scripts/redis_cluster.py start
+
+cluster-stop:
+	@python3 scripts/redis_cluster.py stop
+
+services-stop: cluster-stop
 	@python3 scripts/ensure_services.py --stop
 
 clean:
+	@python3 scripts/redis_cluster.py stop --purge
 	@python3 scripts/ensure_services.py --stop --purge
 	rm -rf .crmsync

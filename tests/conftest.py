@@ -2,7 +2,9 @@
 template) and a private, flushed Redis database per test (real servers only);
 on them, a pool, Redis clients and a MONITOR log; mock CRMs in this process,
 crmsync processes, and the whole system as a cluster of processes (the lab's
-harness). Helpers and the factories' types are in support.py."""
+harness). Helpers and the factories' types are in support.py. A real Redis
+Cluster (3 masters + 3 replicas, started once per session) serves the tests
+that run in both Redis modes (``any_redis``)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,17 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import os
+import shutil
+import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any
 
 import asyncpg
@@ -24,7 +31,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from crmsync import db, vault
-from crmsync.settings import Settings
+from crmsync.redis_client import RedisClient, open_redis
+from crmsync.settings import REDIS_MODES, RedisMode, Settings
 from crmsync_lab.harness.cluster import ClusterConfig
 from crmsync_lab.harness.processes import Proc, crmsync_argv, stop_all
 from crmsync_lab.mock.config import AccountSpec, MockConfig
@@ -285,3 +293,137 @@ def cluster_config(database_url: str, redis_url: str, tmp_path: Path) -> Cluster
         run_dir=tmp_path / "run",
         grace_seconds=5.0,
     )
+
+
+# ---------------------------------------------------------------- Redis Cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_cluster_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "redis_cluster", ROOT / "scripts" / "redis_cluster.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+redis_cluster_script = _load_cluster_script()
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A running Redis Cluster; ``home`` is None for one given by
+    CRMSYNC_TEST_REDIS_CLUSTER_URL (no failover helpers then)."""
+
+    url: str
+    home: Path | None
+
+    def _home(self) -> Path:
+        if self.home is None:
+            pytest.skip("failover needs a cluster the tests started (not CRMSYNC_TEST_...)")
+        return self.home
+
+    def flush(self) -> None:
+        """FLUSHALL on every master, as seen by the seed."""
+        rc = redis_cluster_script
+        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        if self.home is not None:
+            seed = rc.seed_url(self.home)
+            assert seed is not None, "no node of the test cluster answers"
+            port = int(seed.rsplit(":", 1)[1])
+        for line in rc.text(port, "CLUSTER", "NODES").splitlines():
+            parts = line.split()
+            if "master" in parts[2] and "fail" not in parts[2] and len(parts) > 8:
+                rc.command(int(parts[1].split("@")[0].rsplit(":", 1)[1]), "FLUSHALL")
+
+    def kill_master(self, slot: int) -> Any:
+        """SIGKILL the master of ``slot``; the killed node (for ``restart``)."""
+        return redis_cluster_script.kill_master(self._home(), slot)
+
+    def wait_promoted(self, slot: int, dead: Any, seconds: float = 30.0) -> Any:
+        return redis_cluster_script.wait_promoted(self._home(), slot, dead, seconds)
+
+    def restart(self, node: Any) -> None:
+        redis_cluster_script.restart(self._home(), node)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """The project's cluster (``.crmsync/redis-cluster``, started if needed and
+    left running, as ``make setup`` leaves its servers); a run that finds another
+    run of this folder using it starts a private one and removes it afterwards."""
+    explicit = os.environ.get("CRMSYNC_TEST_REDIS_CLUSTER_URL")
+    if explicit:
+        yield LocalCluster(explicit, None)
+        return
+    shared = ROOT / ".crmsync" / "redis-cluster"
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(shared.parent / "redis-cluster.session.lock", "w")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        private = Path(tempfile.mkdtemp(prefix="crmsync-cluster-", dir=shared.parent))
+        try:
+            yield LocalCluster(redis_cluster_script.start(private), private)
+        finally:
+            redis_cluster_script.stop(private, purge=True)
+            shutil.rmtree(private, ignore_errors=True)
+        return
+    try:
+        yield LocalCluster(redis_cluster_script.start(shared), shared)
+    finally:
+        lock.close()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: LocalCluster) -> Iterator[str]:
+    """The session's cluster, flushed before and after the test."""
+    redis_cluster.flush()
+    yield redis_cluster.url
+    with contextlib.suppress(OSError):  # a failover test may leave a node down
+        redis_cluster.flush()
+
+
+@pytest.fixture(params=REDIS_MODES)
+def redis_mode(request: pytest.FixtureRequest) -> RedisMode:
+    mode: RedisMode = request.param
+    return mode
+
+
+@pytest.fixture
+def any_redis_url(redis_mode: RedisMode, request: pytest.FixtureRequest) -> str:
+    """A flushed Redis of the test's mode: the cluster starts only when needed."""
+    url: str = request.getfixturevalue(
+        "redis_url" if redis_mode == "standalone" else "redis_cluster_url"
+    )
+    return url
+
+
+@pytest.fixture
+async def connect_redis(
+    any_redis_url: str, redis_mode: RedisMode
+) -> AsyncIterator[Callable[[], Awaitable[RedisClient]]]:
+    """Opens more clients of the test's mode (several workers' view); all closed after."""
+    opened: list[RedisClient] = []
+
+    async def connect() -> RedisClient:
+        client = await open_redis(any_redis_url, redis_mode)
+        opened.append(client)
+        return client
+
+    try:
+        yield connect
+    finally:
+        for client in opened:
+            await client.aclose()
+
+
+@pytest.fixture
+async def any_redis(connect_redis: Callable[[], Awaitable[RedisClient]]) -> RedisClient:
+    """A client of each Redis mode: a test using it runs on one server and on the cluster."""
+    return await connect_redis()

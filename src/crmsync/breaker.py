@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from redis.asyncio import Redis
-
 from crmsync.queue import keys
 from crmsync.queue.scripts import Arg, Scripts
+from crmsync.redis_client import RedisClient
 
 State = Literal["closed", "open", "half_open"]
 
@@ -52,7 +51,7 @@ class CrmBreaker:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         threshold: int = 5,
         recovery_ms: int = 30_000,

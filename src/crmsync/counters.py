@@ -10,9 +10,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 
-from redis.asyncio import Redis
-
 from crmsync.queue import keys
+from crmsync.redis_client import RedisClient
 
 LATENCY_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
 
@@ -47,7 +46,7 @@ def percentile(hist: Mapping[str, int], q: float, prefix: str = "lat") -> float 
     return float("inf")
 
 
-async def read(redis: Redis, connection_id: str) -> dict[str, int]:
+async def read(redis: RedisClient, connection_id: str) -> dict[str, int]:
     raw = await redis.hgetall(keys.connection(connection_id).stats)
     out: dict[str, int] = {}
     for k, v in raw.items():

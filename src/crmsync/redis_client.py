@@ -1,20 +1,102 @@
-"""Opening Redis: one place for the client every process uses."""
+"""Opening Redis: one place for the client every process uses.
+
+``CRMSYNC_REDIS_MODE`` picks the client: ``standalone`` (one server) or
+``cluster`` (redis-py's cluster client, the URL naming one seed node; the rest
+of the cluster is learnt from it). Code that talks to Redis takes a
+``RedisClient``, which is either; every key of one connection shares a hash
+tag (``queue/keys.py``), so its scripts and transactions stay in one slot.
+"""
 
 from __future__ import annotations
 
+from typing import TypeAlias, overload
+from urllib.parse import urlsplit, urlunsplit
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from crmsync.errors import UserError
+from crmsync.settings import REDIS_MODES, RedisMode
+
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+# What a Redis call may raise when the server or the cluster is unwell: the
+# cluster client's own errors (no node reachable, a slot not covered) are not
+# RedisError subclasses, so an ``except RedisError`` alone would let them through.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
-async def open_redis(url: str) -> aioredis.Redis:
-    """A client for ``url`` that answered a PING, or one clear error."""
-    client = aioredis.from_url(url, health_check_interval=10)
+def safe_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _db(url: str) -> int:
+    path = urlsplit(url).path.strip("/")
+    return int(path) if path.isdigit() else 0
+
+
+async def _is_cluster_node(client: aioredis.Redis, url: str, what: str) -> bool:
+    """PING through ``client`` and ask whether the server is a cluster node;
+    ``client`` is closed when the server does not answer."""
     try:
         await client.ping()
+        info = await client.info("cluster")
     except Exception as exc:
         await client.aclose()
         raise UserError(
-            f"cannot reach Redis at {url} ({exc}); set CRMSYNC_REDIS_URL or run `make setup`"
+            f"cannot reach {what} at {safe_url(url)} ({exc}); "
+            "set CRMSYNC_REDIS_URL or run `make setup`"
+        ) from exc
+    return bool(int(info.get("cluster_enabled", 0)))
+
+
+def _without_db(url: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=""))
+
+
+@overload
+async def open_redis(url: str) -> aioredis.Redis: ...
+@overload
+async def open_redis(url: str, mode: RedisMode) -> RedisClient: ...
+async def open_redis(url: str, mode: RedisMode = "standalone") -> RedisClient:
+    """A client for ``url`` that answered, or one clear error."""
+    if mode not in REDIS_MODES:
+        raise UserError(f"CRMSYNC_REDIS_MODE is {mode!r}; use standalone or cluster")
+    if mode == "cluster" and _db(url) != 0:
+        raise UserError(
+            f"CRMSYNC_REDIS_URL {safe_url(url)} names database {_db(url)}, but a Redis "
+            "Cluster has only database 0; drop the /N from the URL"
+        )
+    if mode == "standalone":
+        single = aioredis.from_url(url, health_check_interval=10)
+        if await _is_cluster_node(single, url, "Redis"):
+            await single.aclose()
+            raise UserError(
+                f"the Redis at {safe_url(url)} is a Redis Cluster node; "
+                "set CRMSYNC_REDIS_MODE=cluster"
+            )
+        return single
+    seed = aioredis.from_url(_without_db(url))
+    clustered = await _is_cluster_node(seed, url, "the Redis Cluster seed node")
+    await seed.aclose()
+    if not clustered:
+        raise UserError(
+            f"the Redis at {safe_url(url)} is not a cluster node (cluster mode is off); "
+            "set CRMSYNC_REDIS_MODE=standalone or name a node of your Redis Cluster"
+        )
+    client = RedisCluster.from_url(_without_db(url), health_check_interval=10)
+    try:
+        await client.initialize()
+    except Exception as exc:
+        await client.aclose()
+        raise UserError(
+            f"cannot use the Redis Cluster seeded by {safe_url(url)} ({exc}); "
+            "check that every slot is served (`redis-cli --cluster check`)"
         ) from exc
     return client

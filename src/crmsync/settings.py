@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# standalone: one Redis server; cluster: a Redis Cluster, CRMSYNC_REDIS_URL names a seed node.
+RedisMode = Literal["standalone", "cluster"]
+REDIS_MODES: tuple[RedisMode, ...] = ("standalone", "cluster")
 
 
 class Settings(BaseSettings):
@@ -13,6 +18,7 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql://127.0.0.1:5432/crmsync"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_mode: RedisMode = "standalone"
     # Comma-separated bootstrap admin keys of the HTTP API (more keys: `crmsync keys`).
     api_keys: str = Field(default="", repr=False)
     # Seconds the API trusts a verified key before reading it again (a revoke
@@ -55,6 +61,17 @@ class Settings(BaseSettings):
         if v not in {"debug", "info", "warning", "error"}:
             raise ValueError("CRMSYNC_LOG_LEVEL must be one of debug, info, warning, error")
         return v
+
+    @field_validator("redis_mode", mode="before")
+    @classmethod
+    def _redis_mode(cls, v: object) -> object:
+        mode = str(v).strip().lower()
+        if mode not in REDIS_MODES:
+            raise ValueError(
+                "CRMSYNC_REDIS_MODE must be standalone (one Redis server) or cluster "
+                "(a Redis Cluster; CRMSYNC_REDIS_URL names one of its nodes)"
+            )
+        return mode
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -1,27 +1,28 @@
-"""Breakers in Redis: the Lua breaker follows the oracle's table; cluster-wide trips; one probe."""
+"""Breakers in Redis (one server and a cluster): the Lua breaker follows the
+oracle's table; trips shared by every worker; one probe."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
-import redis.asyncio as aioredis
 
 from crmsync.breaker import CrmBreaker
 from crmsync.queue.store import Band, Claim, QueueStore
 from crmsync.ratelimit import RateWindow
+from crmsync.redis_client import RedisClient
 from oracles.breaker import CASES, BreakerConfig
 
 
 @pytest.mark.parametrize(("name", "cfg", "steps"), CASES, ids=[c[0] for c in CASES])
 async def test_lua_breaker_follows_the_same_table(
-    redis_client: aioredis.Redis, name: str, cfg: BreakerConfig, steps: list[tuple[str, int, str]]
+    any_redis: RedisClient, name: str, cfg: BreakerConfig, steps: list[tuple[str, int, str]]
 ) -> None:
     crm = f"crm-{uuid.uuid4().hex[:8]}"
     breaker = CrmBreaker(
-        redis_client, threshold=cfg.threshold, recovery_ms=cfg.recovery_ms, probe_ms=cfg.probe_ms
+        any_redis, threshold=cfg.threshold, recovery_ms=cfg.recovery_ms, probe_ms=cfg.probe_ms
     )
     base = 1_700_000_000_000
     seen = []
@@ -34,34 +35,28 @@ async def test_lua_breaker_follows_the_same_table(
     assert seen == [expected for _, _, expected in steps]
 
 
-async def test_crm_breaker_lets_exactly_one_probe_through(redis_url: str) -> None:
-    clients = [aioredis.from_url(redis_url) for _ in range(4)]
-    try:
-        breakers = [CrmBreaker(c, threshold=5, recovery_ms=200, probe_ms=5_000) for c in clients]
-        crm = f"crm-{uuid.uuid4().hex[:8]}"
-        for i in range(5):
-            assert await breakers[i % 4].allow(crm) is True
-            await breakers[i % 4].record(crm, [False])
-        assert await breakers[0].allow(crm) is False
-        await asyncio.sleep(0.25)
-        answers = await asyncio.gather(*(b.allow(crm) for b in breakers for _ in range(25)))
-        assert answers.count("probe") == 1 and answers.count(False) == 99
-        await breakers[3].record(crm, [True])
-        assert (await breakers[1].state(crm)).state == "closed"
-        assert await breakers[2].allow(crm) is True
-    finally:
-        for c in clients:
-            await c.aclose()
+async def test_crm_breaker_lets_exactly_one_probe_through(
+    connect_redis: Callable[[], Awaitable[RedisClient]],
+) -> None:
+    clients = [await connect_redis() for _ in range(4)]
+    breakers = [CrmBreaker(c, threshold=5, recovery_ms=200, probe_ms=5_000) for c in clients]
+    crm = f"crm-{uuid.uuid4().hex[:8]}"
+    for i in range(5):
+        assert await breakers[i % 4].allow(crm) is True
+        await breakers[i % 4].record(crm, [False])
+    assert await breakers[0].allow(crm) is False
+    await asyncio.sleep(0.25)
+    answers = await asyncio.gather(*(b.allow(crm) for b in breakers for _ in range(25)))
+    assert answers.count("probe") == 1 and answers.count(False) == 99
+    await breakers[3].record(crm, [True])
+    assert (await breakers[1].state(crm)).state == "closed"
+    assert await breakers[2].allow(crm) is True
 
 
 @pytest.fixture
-async def stores(redis_url: str) -> AsyncIterator[list[QueueStore]]:
-    clients = [aioredis.from_url(redis_url) for _ in range(4)]
-    try:
-        yield [QueueStore(c) for c in clients]
-    finally:
-        for c in clients:
-            await c.aclose()
+async def stores(connect_redis: Callable[[], Awaitable[RedisClient]]) -> list[QueueStore]:
+    """Four workers' views of one Redis."""
+    return [QueueStore(await connect_redis()) for _ in range(4)]
 
 
 async def _connection(store: QueueStore, recovery_ms: int) -> str:

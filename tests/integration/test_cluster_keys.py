@@ -10,6 +10,7 @@ outside scripts too.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import asyncpg
@@ -55,6 +56,11 @@ async def test_worker_processes_touch_one_slot_per_script(
             if done == 80:
                 break
             await asyncio.sleep(0.2)
+    # MONITOR streams every command of the server (other test runs' too) and may
+    # lag far behind on a busy machine: read up to a marker sent after the work.
+    marker = f"cluster-keys-marker-{uuid.uuid4().hex}"
+    await redis_client.echo(marker)
+    await redis_monitor.wait_for(lambda: redis_monitor.count(marker) == 1, within=120)
     calls = [k for c in redis_monitor.commands if (k := script_keys(c["command"])) is not None]
     assert len(calls) > 10, "the workers ran no scripts"
     for keys in calls:

@@ -1,4 +1,5 @@
-"""The distributed limiter on a real Redis, hammered by several processes."""
+"""The distributed limiter on a real Redis (one server and a cluster), hammered by
+several processes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import time
 import uuid
 
 import pytest
-import redis.asyncio as aioredis
 
 from crmsync.queue import keys
 from crmsync.queue import store as store_module
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
+from crmsync.redis_client import RedisClient
+from crmsync.settings import RedisMode
 
 # One hammering process: claims whenever Redis says the connection may send
 # (at once while permits remain, else at the named time, as workers do), acks
@@ -23,14 +25,13 @@ from crmsync.ratelimit import RateWindow
 # the processes truly compete.
 HAMMER = """
 import asyncio, json, random, sys, time
-import redis.asyncio as aioredis
 from crmsync.queue.store import QueueStore
+from crmsync.redis_client import open_redis
 
-async def main(url, cid, seconds, seed):
+async def main(url, mode, cid, seconds, seed):
     rnd = random.Random(seed)
-    r = aioredis.from_url(url)
+    r = await open_redis(url, mode)
     store = QueueStore(r, margin=0.02)
-    await r.ping()
     print("ready", flush=True)
     start_at = float(sys.stdin.readline())
     admitted = []
@@ -48,8 +49,8 @@ async def main(url, cid, seconds, seed):
     await r.aclose()
     print(json.dumps(admitted))
 
-url, cid, seconds, seed = sys.argv[1:5]
-asyncio.run(main(url, cid, float(seconds), int(seed)))
+url, mode, cid, seconds, seed = sys.argv[1:6]
+asyncio.run(main(url, mode, cid, float(seconds), int(seed)))
 """
 
 
@@ -62,7 +63,7 @@ def max_in_any_window(times: list[int], window_ms: int) -> int:
 
 
 async def queued(
-    redis: aioredis.Redis, windows: list[RateWindow], n: int, band: int = Band.UPDATE
+    redis: RedisClient, windows: list[RateWindow], n: int, band: int = Band.UPDATE
 ) -> tuple[QueueStore, str]:
     """A fresh connection (margin 0) with these windows and ``n`` ids ready."""
     store = QueueStore(redis, margin=0.0)
@@ -73,9 +74,9 @@ async def queued(
 
 
 async def test_eight_processes_never_exceed_100_per_second(
-    redis_client: aioredis.Redis, redis_url: str
+    any_redis: RedisClient, any_redis_url: str, redis_mode: RedisMode
 ) -> None:
-    store = QueueStore(redis_client, margin=0.02)
+    store = QueueStore(any_redis, margin=0.02)
     cid = f"rl-{uuid.uuid4().hex[:8]}"
     await store.configure(
         cid, [RateWindow(100, 1000)], breaker_threshold=5, breaker_recovery_ms=30_000, paused=None
@@ -88,7 +89,8 @@ async def test_eight_processes_never_exceed_100_per_second(
             sys.executable,
             "-c",
             HAMMER,
-            redis_url,
+            any_redis_url,
+            redis_mode,
             cid,
             str(run_for),
             str(seed),
@@ -122,7 +124,7 @@ async def test_eight_processes_never_exceed_100_per_second(
     # Half the processes stamp late claims up to 10 ms back: the claims
     # themselves still keep the limit (10 ms is within the 2% margin's 20 ms).
     assert max_in_any_window(claimed, 1000) <= 100
-    assert int((await redis_client.hgetall(keys.connection(cid).stats))[b"backdated"]) > 0
+    assert int((await any_redis.hgetall(keys.connection(cid).stats))[b"backdated"]) > 0
     # Use of the limit: admissions within 10 s of the first one.
     times.sort()
     used = bisect.bisect_left(times, times[0] + int(seconds * 1000))
@@ -132,9 +134,9 @@ async def test_eight_processes_never_exceed_100_per_second(
     assert depth.ready == 5000 - len(times) and depth.leased == 0
 
 
-async def test_several_windows_are_checked_together(redis_client: aioredis.Redis) -> None:
+async def test_several_windows_are_checked_together(any_redis: RedisClient) -> None:
     windows = [RateWindow(4, 200), RateWindow(6, 60_000)]
-    store, cid = await queued(redis_client, windows, 50, Band.CREATE)
+    store, cid = await queued(any_redis, windows, 50, Band.CREATE)
     times: list[int] = []
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
@@ -153,8 +155,8 @@ async def test_several_windows_are_checked_together(redis_client: aioredis.Redis
     assert last.next_eligible_ms is not None and last.next_eligible_ms >= min(times) + 60_000
 
 
-async def test_batches_take_one_permit_per_request(redis_client: aioredis.Redis) -> None:
-    store, cid = await queued(redis_client, [RateWindow(3, 60_000)], 250)
+async def test_batches_take_one_permit_per_request(any_redis: RedisClient) -> None:
+    store, cid = await queued(any_redis, [RateWindow(3, 60_000)], 250)
     c = await store.claim(cid, max_requests=10, batch_size=100, lease_ms=30_000)
     assert (c.permits, len(c.ids)) == (3, 250)
     assert c.next_eligible_ms is None or c.next_eligible_ms >= c.admitted_ms
@@ -162,11 +164,11 @@ async def test_batches_take_one_permit_per_request(redis_client: aioredis.Redis)
     assert nothing.refused == "empty"
 
 
-async def test_restamp_moves_permits_to_the_write_time(redis_client: aioredis.Redis) -> None:
+async def test_restamp_moves_permits_to_the_write_time(any_redis: RedisClient) -> None:
     """A request written 250 ms after its admission is counted from its write:
     once the admission leaves the window the limiter still refuses, until the
     write leaves it; the move neither adds nor loses permits."""
-    store, cid = await queued(redis_client, [RateWindow(5, 500)], 20)
+    store, cid = await queued(any_redis, [RateWindow(5, 500)], 20)
     first = await store.claim(cid, max_requests=5, batch_size=1, lease_ms=30_000)
     assert first.permits == 5
     await store.ack(first, first.ids)
@@ -185,12 +187,12 @@ async def test_restamp_moves_permits_to_the_write_time(redis_client: aioredis.Re
 
 
 async def test_a_late_claim_is_stamped_when_its_room_opened(
-    redis_client: aioredis.Redis,
+    any_redis: RedisClient,
 ) -> None:
     """A claim that comes after its room opened is stamped at that moment, never
     more than ``backdate_ms`` before Redis time; the next room follows from that
     stamp, and a span never holds more than the limit."""
-    store, cid = await queued(redis_client, [RateWindow(8, 500)], 40)  # too few to pace
+    store, cid = await queued(any_redis, [RateWindow(8, 500)], 40)  # too few to pace
     first = await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)
     assert first.permits == 8 and first.admitted_ms == first.redis_ms
     stamps = [first.admitted_ms] * 8
@@ -204,12 +206,12 @@ async def test_a_late_claim_is_stamped_when_its_room_opened(
         stamps += [c.admitted_ms] * 8
         first = c
     assert max_in_any_window(stamps, 500) <= 8
-    stats = await redis_client.hgetall(keys.connection(cid).stats)
+    stats = await any_redis.hgetall(keys.connection(cid).stats)
     assert int(stats.get(b"backdated", 0)) >= 1
 
 
-async def test_take_counts_follow_up_requests(redis_client: aioredis.Redis) -> None:
-    store, cid = await queued(redis_client, [RateWindow(3, 60_000)], 5)
+async def test_take_counts_follow_up_requests(any_redis: RedisClient) -> None:
+    store, cid = await queued(any_redis, [RateWindow(3, 60_000)], 5)
     c = await store.claim(cid, max_requests=2, batch_size=1, lease_ms=30_000)
     assert c.permits == 2
     assert (await store.take(cid, 2))[0] == 1  # one left in the window
@@ -219,11 +221,11 @@ async def test_take_counts_follow_up_requests(redis_client: aioredis.Redis) -> N
 
 
 async def test_retake_moves_a_held_request_to_now_only_with_room(
-    redis_client: aioredis.Redis,
+    any_redis: RedisClient,
 ) -> None:
     """A request held back after its claim gives its old permit back and needs
     room at the time it goes out (unlike a late write's restamp, which needs none)."""
-    store, cid = await queued(redis_client, [RateWindow(3, 300)], 8)
+    store, cid = await queued(any_redis, [RateWindow(3, 300)], 8)
     c = await store.claim(cid, max_requests=3, batch_size=1, lease_ms=30_000)
     assert c.permits == 3
     granted, at = await store.retake(cid, c.admitted_ms)
@@ -238,11 +240,11 @@ async def test_retake_moves_a_held_request_to_now_only_with_room(
 
 
 async def test_a_crm_429_lowers_the_rate_for_a_while(
-    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    any_redis: RedisClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a 429 every limit is halved, then grows back linearly to the whole."""
     monkeypatch.setattr(store_module, "SLOW_SECONDS", 2.0)
-    store, cid = await queued(redis_client, [RateWindow(8, 1000)], 60)
+    store, cid = await queued(any_redis, [RateWindow(8, 1000)], 60)
     await store.block(cid, 0.0, slow=True)
     t0 = time.time()
     first = await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)

@@ -178,6 +178,8 @@ async def test_create_update_delete_reach_both_crms(system: System) -> None:
 
     async def converged() -> bool:
         sf, hs = system.records("salesforce", "acme"), system.records("hubspot", "acme")
+        # The CRM shows a write before the worker records it: wait for both.
+        ledger = await system.ledger("sf")
         return (
             sf.get("c1", {}).get("FirstName") == "Grace"
             and hs.get("c1", {}).get("properties", {}).get("firstname") == "Grace"
@@ -185,6 +187,10 @@ async def test_create_update_delete_reach_both_crms(system: System) -> None:
             and "c3" not in sf
             and "c2" not in hs
             and "c3" not in hs
+            and "c1" in ledger
+            and ledger["c1"]["synced_version"] == 2
+            and "c2" in ledger
+            and ledger["c2"]["status"] == "deleted"
         )
 
     await system.wait_for(converged)

@@ -26,6 +26,7 @@ from crmsync.api.metrics import FORBIDDEN, STATUS_AGGREGATES
 from crmsync.contacts import ID_PATTERN
 from crmsync.errors import UserError
 from crmsync.queue.store import QueueStore
+from crmsync.redis_client import open_redis
 from crmsync.report import collect, for_tenant, prometheus_text
 from crmsync.settings import Settings
 
@@ -185,7 +186,10 @@ def register(app: FastAPI, settings: Settings) -> None:
             await dlq.list_dead(pool(request), f, limit=1)  # 404 for an unknown connection
         except UserError as exc:
             raise HTTPException(404, detail=str(exc)) from None
-        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2)
+        try:
+            client = await open_redis(settings.redis_url, settings.redis_mode)
+        except UserError as exc:
+            raise HTTPException(503, detail=str(exc)) from None
         try:
             n = await dlq.replay(pool(request), QueueStore(client), f, all_=body.all)
         except UserError as exc:

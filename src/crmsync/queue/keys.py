@@ -6,12 +6,16 @@ touches a single Redis Cluster slot.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 PREFIX = "crmsync"
 # Pub/sub channel: the relay and operators announce connections with new work.
 WAKE_CHANNEL = f"{PREFIX}:wake"
+# On a Redis Cluster the announcements go to sharded channels instead (one slot
+# each), a connection's to channel ``wake_shard(id)`` of WAKE_SHARDS.
+WAKE_SHARDS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,16 @@ def connection(connection_id: str) -> ConnectionKeys:
 def crm_breaker(crm: str) -> str:
     """Per-CRM breaker state (seed design: one breaker per CRM)."""
     return f"{PREFIX}:{{crm:{crm}}}:breaker"
+
+
+def wake_channel(shard: int) -> str:
+    """Sharded pub/sub channel ``shard`` (0 <= shard < WAKE_SHARDS), in a slot of its own."""
+    return f"{PREFIX}:{{wake:{shard}}}"
+
+
+def wake_shard(connection_id: str) -> int:
+    """The wake channel a connection's announcements go to: any stable spread will do."""
+    return zlib.crc32(connection_id.encode()) % WAKE_SHARDS
 
 
 def key_slot_tag(key: str) -> str:

@@ -2,20 +2,29 @@
 
 Each script is sent as ``_lib.lua`` + the script, so shared helpers (window
 arithmetic, the breaker table) exist once. Calls go by EVALSHA; a NOSCRIPT
-answer (Redis restarted or SCRIPT FLUSH) loads the script again and repeats
-the call, which is safe because a script that was not found did not run.
+answer (Redis restarted, SCRIPT FLUSH, a replica promoted on a cluster: scripts
+are not replicated) loads every script again and repeats the call, which is
+safe because a script that was not found did not run. Loading all at once
+keeps short the time in which a pipeline finds some scripts and not others.
+
+On a Redis Cluster the client sends each EVALSHA to the node serving its keys'
+slot (a call's keys share one), splits a pipeline per node, and sends SCRIPT
+LOAD to every master.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
+
+from crmsync.redis_client import RedisClient
 
 Arg = str | int | float | bytes
 # (keys, args) of one script call
@@ -33,6 +42,7 @@ NAMES = (
     "report",
     "block",
     "breaker",
+    "depth",
 )
 
 
@@ -54,17 +64,25 @@ def sha(name: str) -> str:
 class Scripts:
     """Runs the crmsync scripts on one Redis client."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
 
-    async def load(self, name: str) -> None:
-        await self.redis.script_load(source(name))
+    async def load(self) -> None:
+        """SCRIPT LOAD every script: pipelined, or at once on every master of a
+        cluster (whose pipelines refuse SCRIPT LOAD)."""
+        if isinstance(self.redis, RedisCluster):
+            await asyncio.gather(*(self.redis.script_load(source(name)) for name in NAMES))
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for name in NAMES:
+            pipe.script_load(source(name))
+        await pipe.execute()
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         try:
             return await self.redis.evalsha(sha(name), len(keys), *keys, *args)
         except NoScriptError:
-            await self.load(name)
+            await self.load()
             return await self.redis.evalsha(sha(name), len(keys), *keys, *args)
 
     async def call_many(self, name: str, calls: Sequence[Call]) -> list[Any]:
@@ -74,7 +92,7 @@ class Scripts:
         results = await self._pipeline(name, calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
-            await self.load(name)
+            await self.load()
             again = await self._pipeline(name, [calls[i] for i in missing])
             for i, r in zip(missing, again, strict=True):
                 results[i] = r

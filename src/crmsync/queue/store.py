@@ -5,7 +5,10 @@ one hash slot, timed by Redis ``TIME``: claiming checks pause, block, breaker
 and every rate window and leases work in one atomic step, so any number of
 processes on any number of hosts share one view. This module only marshals
 arguments, keeps each process's copy of the connection config (so a Redis that
-lost its data is restored by the next claim) and publishes wake-ups.
+lost its data is restored by the next claim) and publishes wake-ups
+(``queue/wake.py``). The same code runs on one Redis server and on a Redis
+Cluster: a connection's keys share one hash slot, and pipelines that mix
+connections (``enqueue``) are split per node by the cluster client.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from enum import IntEnum
 from functools import cached_property
 from typing import Any
 
-from redis.asyncio import Redis
-
 from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.scripts import Arg, Call, Scripts
+from crmsync.queue.wake import Wakeups
 from crmsync.ratelimit import RateWindow, bucket_ms, min_room, normalize, span_ms, with_pacing
+from crmsync.redis_client import RedisClient
 
 BAND_SCALE = 10**13  # ready score = band * BAND_SCALE + enqueue ms
 ENQUEUE_CHUNK = 5000  # ids per script call: bounded ARGV and script run time
@@ -90,6 +93,11 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    """A hash a script returned as [field, value, ...]."""
+    return {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
+
+
 def _block_args(seconds: float, *, slow: bool) -> list[Arg]:
     slow_ms = math.ceil(SLOW_SECONDS * 1000) if slow else 0
     return [max(0, math.ceil(seconds * 1000)), slow_ms, repr(SLOW_FACTOR)]
@@ -109,10 +117,11 @@ def _parse_limits(spec: str) -> tuple[RateWindow, ...]:
 
 
 class QueueStore:
-    def __init__(self, redis: Redis, *, margin: float = 0.04) -> None:
+    def __init__(self, redis: RedisClient, *, margin: float = 0.04) -> None:
         self.redis = redis
         self.margin = margin
         self.scripts = Scripts(redis)
+        self.wakeups = Wakeups(redis)
         self._config: dict[str, _Config] = {}
 
     # -- configuration ------------------------------------------------------------
@@ -172,10 +181,6 @@ class QueueStore:
         ck = keys.connection(connection_id)
         return [*ck.script_keys(), *(ck.window(w.window_ms) for w in cfg.enforced)]
 
-    async def _wake(self, connection_ids: Sequence[str]) -> None:
-        if connection_ids:
-            await self.redis.publish(keys.WAKE_CHANNEL, ",".join(connection_ids))
-
     # -- producer -----------------------------------------------------------------
 
     async def enqueue(self, items: Sequence[tuple[str, str, int]]) -> None:
@@ -192,7 +197,7 @@ class QueueStore:
                 owners.append(cid)
         added = await self.scripts.call_many("enqueue", calls)
         woken = {cid: None for cid, n in zip(owners, added, strict=True) if int(n) > 0}
-        await self._wake(list(woken))
+        await self.wakeups.publish(list(woken))
 
     # -- worker -------------------------------------------------------------------
 
@@ -343,7 +348,7 @@ class QueueStore:
             elif name != "block":
                 wake = wake or int(res) > 0
         if wake:
-            await self._wake([cid])
+            await self.wakeups.publish([cid])
 
     async def retry_later(self, claim: Claim, delays: Mapping[str, float]) -> None:
         """Leased ids wait ``delays[id]`` seconds in ``delayed``, band kept."""
@@ -386,7 +391,7 @@ class QueueStore:
         if cfg is not None:
             self._config[connection_id] = _Config(cfg.windows, cfg.threshold, cfg.recovery_ms, None)
         await self.redis.hdel(keys.connection(connection_id).state, "paused")
-        await self._wake([connection_id])
+        await self.wakeups.publish([connection_id])
 
     # -- operators ----------------------------------------------------------------
 
@@ -400,33 +405,18 @@ class QueueStore:
     async def depth(self, connection_id: str) -> QueueDepth:
         ck = keys.connection(connection_id)
         windows = await self._known_windows(connection_id)
-        pipe = self.redis.pipeline(transaction=True)
-        for k in (ck.ready, ck.leases, ck.delayed, ck.requeue):
-            pipe.zcard(k)
-        pipe.hgetall(ck.state)
-        pipe.hgetall(ck.stats)
-        pipe.time()
-        for w in windows:
-            pipe.hgetall(ck.window(w.window_ms))
-        (
-            ready,
-            leased,
-            delayed,
-            requeue,
-            state_raw,
-            stats_raw,
-            (sec, usec),
-            *wins,
-        ) = await pipe.execute()
-        now = int(sec) * 1000 + int(usec) // 1000
-        state = {_text(k): _text(v) for k, v in state_raw.items()}
+        window_keys = [ck.window(w.window_ms) for w in windows]
+        raw = await self.scripts.call("depth", [*ck.script_keys(), *window_keys], [])
+        ready, leased, delayed, requeue, now_raw, state_flat, stats_flat, *wins = raw
+        now = int(now_raw)
+        state = _pairs(state_flat)
         in_window: dict[int, int] = {}
         for w, buckets in zip(windows, wins, strict=True):
             floor = (now - span_ms(w, self.margin)) // bucket_ms(w)
             in_window[w.window_ms] = sum(
                 int(n)
-                for idx, n in buckets.items()
-                if _text(idx).lstrip("-").isdigit() and int(_text(idx)) >= floor
+                for idx, n in _pairs(buckets).items()
+                if idx.lstrip("-").isdigit() and int(idx) >= floor
             )
         blocked = int(state.get("blocked_until_ms", "0"))
         opened = int(state.get("br_opened_ms", "0"))
@@ -444,7 +434,7 @@ class QueueStore:
             windows=list(windows),
             in_window=in_window,
             now_ms=now,
-            stats={_text(k): int(v) for k, v in stats_raw.items()},
+            stats={k: int(v) for k, v in _pairs(stats_flat).items()},
         )
 
     async def drop(self, connection_id: str) -> None:

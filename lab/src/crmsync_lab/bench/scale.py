@@ -27,6 +27,7 @@ from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
+from crmsync.redis_client import RedisClient
 from crmsync.scheduler import Scheduler
 from crmsync_lab.bench.report import ScenarioResult, percentile, ratio, target
 from crmsync_lab.bench.scenarios import cluster_config, rounded
@@ -44,7 +45,7 @@ def _ms() -> float:
     return time.time() * 1000.0
 
 
-async def _script_stats(redis: aioredis.Redis) -> tuple[int, int]:
+async def _script_stats(redis: RedisClient) -> tuple[int, int]:
     info: dict[str, Any] = await redis.info("commandstats")
     s = info.get("cmdstat_evalsha") or {}
     return int(s.get("calls", 0)), int(s.get("usec", 0))
