@@ -31,15 +31,16 @@ from crmsync.breaker import CrmBreaker
 from crmsync.clock import RedisClock
 from crmsync.concurrency import AdaptiveLimit, Gate
 from crmsync.connections import Connection
-from crmsync.crm.base import ContactFields, CrmAdapter, Op, SendResult
+from crmsync.crm.base import CrmAdapter, Op, SendResult
 from crmsync.crm.http import WRITE_WATCH, WriteWatch
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
+from crmsync.model import Contact, LedgerRow
 from crmsync.queue import keys
 from crmsync.queue.store import Claim, QueueStore
 from crmsync.ratelimit import MAX_REQUESTS_PER_CLAIM, PACING_BURST, normalize, with_pacing
 from crmsync.registry import Registry
 from crmsync.retry import RetryPolicy
-from crmsync.rules import ContactRow, Decision, LedgerRow, decide
+from crmsync.rules import Decision, decide
 from crmsync.scheduler import Scheduler
 from crmsync.settings import Settings
 
@@ -72,7 +73,7 @@ class _Item:
     """One claimed contact on its way through a claim."""
 
     contact_id: str
-    contact: ContactRow | None
+    contact: Contact | None
     ledger: LedgerRow | None
     attempts: int
     decision: Decision | None = None
@@ -142,34 +143,16 @@ def in_flight_bounds(conn: Connection, concurrency: int, *, alone: bool) -> tupl
     return min(floor, ceiling), ceiling
 
 
-def _fields(c: ContactRow) -> ContactFields:
-    return ContactFields(
-        contact_id=c.id,
-        email=c.email,
-        first_name=c.first_name,
-        last_name=c.last_name,
-        company=c.company,
-        status=c.status,
-    )
-
-
 def _payload(op: Op) -> dict[str, Any]:
-    if op.fields is None:
+    if op.contact is None:
         return {"external_id": op.external_id}
-    f = op.fields
-    return {
-        "email": f.email,
-        "first_name": f.first_name,
-        "last_name": f.last_name,
-        "company": f.company,
-        "status": f.status,
-    }
+    return op.contact.fields()
 
 
 def _row_to_item(row: asyncpg.Record, tenant: str) -> _Item:
-    contact: ContactRow | None = None
+    contact: Contact | None = None
     if row["version"] is not None and row["tenant"] == tenant:
-        contact = ContactRow(
+        contact = Contact(
             id=row["id"],
             tenant=row["tenant"],
             email=row["email"],
@@ -530,7 +513,7 @@ class Worker:
             else:
                 assert it.contact is not None
                 ext = it.ledger.external_id if it.ledger else None
-                upserts.append(Op(d.action, it.contact_id, _fields(it.contact), ext))
+                upserts.append(Op(d.action, it.contact_id, it.contact, ext))
         requests: list[tuple[list[Op], dict[str, _Item]]] = []
         for ops in (upserts, deletes):
             for i in range(0, len(ops), batch):

@@ -9,11 +9,12 @@ import aiohttp
 import pytest
 
 from crmsync.crm import make_adapter
-from crmsync.crm.base import ContactFields, CrmAdapter, Op
+from crmsync.crm.base import CrmAdapter, Op
 from crmsync.errors import AuthFailed, Permanent, RateLimited, Retryable
 from crmsync.mock.config import AccountSpec, MockConfig
 from crmsync.mock.limits import Window
 from crmsync.mock.server import MockHandle, start_mock
+from crmsync.model import Contact
 
 ACCOUNTS = {"salesforce": "sf-a", "hubspot": "hs-a"}
 CRMS = ["salesforce", "hubspot"]
@@ -55,8 +56,9 @@ def adapter(
 
 def contact(
     i: int, *, last: str | None = "Lovelace", email: str | None = None, company: str = "Acme"
-) -> ContactFields:
-    return ContactFields(f"c{i}", email or f"c{i}@example.com", "Ada", last, company, "active")
+) -> Contact:
+    email = email or f"c{i}@example.com"
+    return Contact(f"c{i}", "default", email, "Ada", last, company, "active", 1)
 
 
 async def send_all(a: CrmAdapter, ops: list[Op], mode: str) -> list[Any]:
@@ -235,7 +237,7 @@ async def test_ids_that_need_encoding_reach_the_crm_intact(
         Op(
             "create",
             cid,
-            ContactFields(cid, f"u{i}@example.com", "Ada", "L", "Acme", "active"),
+            Contact(cid, "default", f"u{i}@example.com", "Ada", "L", "Acme", "active", 1),
             None,
         )
         for i, cid in enumerate(odd)
@@ -244,7 +246,7 @@ async def test_ids_that_need_encoding_reach_the_crm_intact(
     assert all(r.ok for r in created), created
     assert set(fields_of(mock, crm)) == set(odd)
     updates = [
-        Op("update", op.contact_id, op.fields, r.external_id)
+        Op("update", op.contact_id, op.contact, r.external_id)
         for op, r in zip(ops, created, strict=True)
     ]
     assert all(r.ok and r.created is False for r in await send_all(a, updates, "single"))

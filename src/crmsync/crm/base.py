@@ -15,23 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from crmsync.errors import AuthFailed, CrmError, RateLimited
-
-
-@dataclass(frozen=True, slots=True)
-class ContactFields:
-    contact_id: str
-    email: str
-    first_name: str | None
-    last_name: str | None
-    company: str | None
-    status: str
+from crmsync.model import CONTACT_ATTRS, Contact
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
     kind: Literal["create", "update", "delete"]
     contact_id: str
-    fields: ContactFields | None  # None for delete
+    contact: Contact | None  # the contact as the worker read it; None for delete
     external_id: str | None  # CRM record id from the ledger (update/delete)
 
 
@@ -57,10 +48,6 @@ class CrmAdapter(Protocol):
     async def send(self, ops: Sequence[Op]) -> SendResult:
         """One HTTP request (see docs/INTERNALS.md); whole-request failures raise."""
         ...
-
-
-# Our contact attributes, in the order adapters map them onto CRM fields.
-CONTACT_ATTRS = ("email", "first_name", "last_name", "company", "status")
 
 
 def field_map(defaults: Mapping[str, str], override: Any) -> dict[str, str]:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import aiohttp
 
 from crmsync import clock
-from crmsync.crm.base import CONTACT_ATTRS, Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
 from crmsync.crm.http import Headers, JsonClient, base_of
 from crmsync.crm.quota import (
     DEFAULT_LIMITED_SECONDS,
@@ -29,6 +29,7 @@ from crmsync.crm.quota import (
     seconds_to_midnight_utc,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
+from crmsync.model import CONTACT_ATTRS
 
 DEFAULT_PROPERTIES = {
     "email": "email",
@@ -145,7 +146,7 @@ def parse_batch_upsert(
         raise Retryable("HubSpot batch answer is not a JSON object", status=status)
     by_email = {}
     if email_property:
-        by_email = {op.fields.email.lower(): op.contact_id for op in ops if op.fields}
+        by_email = {op.contact.email.lower(): op.contact_id for op in ops if op.contact}
     done: dict[str, RecordResult] = {}
     unkeyed: list[dict[str, Any]] = []
     for item in body.get("results") or []:
@@ -236,10 +237,10 @@ class HubSpotAdapter(JsonClient):
         self.by_key = f"?idProperty={quote(self.id_property, safe='')}"
 
     def _properties(self, op: Op) -> dict[str, str]:
-        assert op.fields is not None, "upserts carry fields"
-        f = op.fields
+        assert op.contact is not None, "upserts carry the contact"
+        c = op.contact
         # HubSpot clears a property with "", not null.
-        props = {self.props[a]: getattr(f, a) or "" for a in CONTACT_ATTRS if a in self.props}
+        props = {self.props[a]: getattr(c, a) or "" for a in CONTACT_ATTRS if a in self.props}
         props[self.id_property] = op.contact_id
         return props
 

@@ -19,10 +19,11 @@ from urllib.parse import quote
 
 import aiohttp
 
-from crmsync.crm.base import CONTACT_ATTRS, Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
 from crmsync.crm.http import Headers, JsonClient, base_of
 from crmsync.crm.quota import DEFAULT_LIMITED_SECONDS, lower_keys, retry_after_seconds
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
+from crmsync.model import CONTACT_ATTRS
 
 DEFAULT_FIELDS = {
     "email": "Email",
@@ -185,9 +186,9 @@ class SalesforceAdapter(JsonClient):
         self.collection_upsert = f"{self.collection}/Contact/{quote(self.ext_field, safe='')}"
 
     def _values(self, op: Op) -> dict[str, Any]:
-        assert op.fields is not None, "upserts carry fields"
-        f = op.fields
-        return {self.fields[a]: getattr(f, a) for a in CONTACT_ATTRS if a in self.fields}
+        assert op.contact is not None, "upserts carry the contact"
+        c = op.contact
+        return {self.fields[a]: getattr(c, a) for a in CONTACT_ATTRS if a in self.fields}
 
     async def send(self, ops: Sequence[Op]) -> SendResult:
         if not ops:
