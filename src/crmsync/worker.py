@@ -32,7 +32,7 @@ from crmsync.clock import RedisClock
 from crmsync.concurrency import AdaptiveLimit, Gate
 from crmsync.connections import Connection
 from crmsync.crm.base import CrmAdapter, Op, SendResult
-from crmsync.crm.http import WRITE_WATCH, WriteWatch
+from crmsync.crm.http import WriteWatch
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
 from crmsync.model import Contact, LedgerRow
 from crmsync.queue import keys
@@ -582,19 +582,17 @@ class Worker:
         waited = await gate.acquire()
         t0 = time.perf_counter()
         try:
+            watch = None
             if permits is not None:
                 admitted = await self._admission(claim, permits, waited)
                 if admitted is None:
                     raise NoPermit("no rate-limit permit for a request held back")
-                # Runs in its own task (gather): the watch is this request's only.
-                WRITE_WATCH.set(
-                    WriteWatch(
-                        partial(self._written, claim.connection_id, admitted),
-                        partial(self._extra_permit, claim),
-                    )
+                watch = WriteWatch(
+                    partial(self._written, claim.connection_id, admitted),
+                    partial(self._extra_permit, claim),
                 )
                 t0 = time.perf_counter()
-            res: SendResult | CrmError = await adapter.send(ops)
+            res: SendResult | CrmError = await adapter.send(ops, watch)
         except CrmError as exc:
             res = exc
         finally:

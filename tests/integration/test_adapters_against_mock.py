@@ -10,6 +10,7 @@ import pytest
 
 from crmsync.crm import make_adapter
 from crmsync.crm.base import CrmAdapter, Op
+from crmsync.crm.http import WriteWatch
 from crmsync.errors import AuthFailed, Permanent, RateLimited, Retryable
 from crmsync.mock.config import AccountSpec, MockConfig
 from crmsync.mock.limits import Window
@@ -251,3 +252,26 @@ async def test_ids_that_need_encoding_reach_the_crm_intact(
     ]
     assert all(r.ok and r.created is False for r in await send_all(a, updates, "single"))
     assert mock.account_stats(crm, ACCOUNTS[crm])["duplicates"] == 0
+
+
+@pytest.mark.parametrize("crm", CRMS)
+async def test_every_request_of_a_send_reports_to_its_watch(
+    mock: MockHandle, session: aiohttp.ClientSession, crm: str
+) -> None:
+    """A send's first request is reported written; each further request of it
+    (deletes without a CRM id go one by one, HubSpot's after a lookup) first
+    takes a permit: every request the CRM counts had one."""
+    a = adapter(mock, session, crm)
+    await send_all(a, [Op("create", f"c{i}", contact(i), None) for i in range(3)], "batch")
+    events: list[str] = []
+
+    async def permit() -> None:
+        events.append("permit")
+
+    before = mock.account_stats(crm, ACCOUNTS[crm])["requests"]
+    deletes = [Op("delete", f"c{i}", None, None) for i in range(3)]
+    res = await a.send(deletes, WriteWatch(lambda: events.append("written"), permit))
+    assert all(r.ok for r in res.results)
+    sent = mock.account_stats(crm, ACCOUNTS[crm])["requests"] - before
+    assert sent > 1 and events == ["written"] + ["permit"] * (sent - 1)
+    assert not fields_of(mock, crm)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from crmsync.crm.http import WriteWatch
 from crmsync.errors import AuthFailed, CrmError, RateLimited
 from crmsync.model import CONTACT_ATTRS, Contact
 
@@ -45,8 +46,11 @@ class CrmAdapter(Protocol):
     crm: str  # "salesforce" | "hubspot"
     max_batch: int  # 200 / 100
 
-    async def send(self, ops: Sequence[Op]) -> SendResult:
-        """One HTTP request (see docs/INTERNALS.md); whole-request failures raise."""
+    async def send(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> SendResult:
+        """One HTTP request when it can (see docs/INTERNALS.md); whole-request
+        failures raise. Every HTTP call of the send reports to ``watch``
+        (``crmsync.crm.http``): the first one's write, a permit before each
+        further one."""
         ...
 
 
