@@ -150,23 +150,3 @@ def test_a_worker_logs_its_active_connections_in_flight_limits() -> None:
     (entry,) = [e for e in logs if e["event"] == "worker.in_flight"]
     assert entry["connection"] == "c1" and entry["limit"] == gate.limit.allowed
     assert entry["no_load_ms"] == 5.0 and entry["floor"] == 64  # alone in the process
-
-
-def test_the_redis_clock_learns_the_offset_from_the_quickest_answer() -> None:
-    from crmsync.clock import FakeClock, RedisClock
-
-    wall = FakeClock(1000.0)  # local clock: 1,000,000 ms; Redis is 250 ms ahead
-    clock = RedisClock(wall)
-    assert clock.now_ms() == 1_000_000.0  # nothing learnt yet: local time
-    # A slow answer (40 ms round trip) first, then a quick one (2 ms).
-    clock.observe(1_000_250 + 20, 1_000_000.0, 1_000_040.0)
-    clock.observe(1_000_250 + 101, 1_000_100.0, 1_000_102.0)
-    assert abs(clock.offset_ms - 250.5) <= 1.0
-    # A slower answer soon after does not replace the quick one's estimate ...
-    clock.observe(1_000_250 + 500, 1_000_300.0, 1_000_400.0)
-    assert abs(clock.offset_ms - 250.5) <= 1.0
-    # ... but after renew_ms the offset is learnt again (a clock can drift).
-    clock.observe(1_000_100 + 20_010, 1_020_000.0, 1_020_020.0)
-    assert abs(clock.offset_ms - 100.5) <= 1.0
-    wall.advance(1.0)
-    assert abs(clock.now_ms() - (1_001_000 + 100.5)) <= 1.0
