@@ -10,7 +10,7 @@ nothing here is a request or response body.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # A contact's attributes a CRM receives, in the order adapters map them.
 CONTACT_ATTRS = ("email", "first_name", "last_name", "company", "status")
@@ -42,3 +42,42 @@ class LedgerRow:
     external_id: str | None
     synced_version: int | None
     status: str  # synced | skipped | deleted | retrying | dead
+    attempts: int = 0  # failed sends of the current change so far
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One contact id of a claim, as the worker read it for one connection."""
+
+    contact_id: str
+    contact: Contact | None  # None: gone from ``contacts`` (or another tenant's id)
+    ledger: LedgerRow | None  # None: never synced to this connection
+
+    @property
+    def attempts(self) -> int:
+        return self.ledger.attempts if self.ledger is not None else 0
+
+
+class LedgerWrite(NamedTuple):
+    """One ``sync_state`` row a claim writes (NULL ids/versions keep the old ones)."""
+
+    contact_id: str
+    external_id: str | None
+    synced_version: int | None
+    status: str
+    rule: str | None
+    attempts: int
+    last_error: str | None
+
+
+class DeadLetter(NamedTuple):
+    """One ``dead_letters`` row: a change the CRM refused for good, or retried out."""
+
+    contact_id: str
+    version: int | None
+    operation: str
+    error_code: str | None
+    error: str
+    http_status: int | None
+    payload: dict[str, Any]
+    attempts: int

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from crmsync import db
 from crmsync.capture.relay import relay_once
+from crmsync.clock import RedisClock
 from crmsync.mock.config import AccountSpec, MockConfig
 from crmsync.mock.limits import Window
 from crmsync.mock.server import MockHandle, start_mock
@@ -86,7 +87,10 @@ async def _add_connection(
 
 @contextlib.asynccontextmanager
 async def _running(
-    s: Settings, mock: MockHandle, add: Callable[[asyncpg.Pool[Any]], Awaitable[None]]
+    s: Settings,
+    mock: MockHandle,
+    add: Callable[[asyncpg.Pool[Any]], Awaitable[None]],
+    clock: RedisClock | None = None,
 ) -> AsyncIterator[System]:
     """A worker (concurrency 50) on a fresh pool and Redis client, after ``add``
     wrote the connections; everything closed afterwards, the mock included."""
@@ -95,7 +99,7 @@ async def _running(
     store = QueueStore(redis, margin=s.limit_margin)
     await add(pool)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(s, 50, stop))
+    task = asyncio.create_task(run_worker(s, 50, stop, clock=clock))
     try:
         yield System(s, pool, redis, store, mock, stop)
     finally:
@@ -109,7 +113,13 @@ async def _running(
 
 @contextlib.asynccontextmanager
 async def _one_salesforce(
-    s: Settings, account: str, *, latency_ms: float, limit: int, conn_settings: dict[str, Any]
+    s: Settings,
+    account: str,
+    *,
+    latency_ms: float,
+    limit: int,
+    conn_settings: dict[str, Any],
+    clock: RedisClock | None = None,
 ) -> AsyncIterator[System]:
     """One Salesforce account at ``limit``/s, its connection (id = the account) and
     a worker."""
@@ -124,7 +134,7 @@ async def _one_salesforce(
     async def add(pool: asyncpg.Pool[Any]) -> None:
         await _add_connection(pool, mock, account, "salesforce", account, conn_settings, limit)
 
-    async with _running(s, mock, add) as system:
+    async with _running(s, mock, add, clock) as system:
         yield system
 
 
@@ -359,30 +369,19 @@ async def test_a_connection_keeps_to_its_in_flight_limit(settings: Settings) -> 
         assert conn["sync"].get("synced") == 10
 
 
-async def test_a_worker_whose_clock_is_off_keeps_to_redis_time(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_worker_whose_clock_is_off_keeps_to_redis_time(settings: Settings) -> None:
     """A worker host 500 ms ahead of Redis learns the offset from its first claim.
     Without it every claim would look half a second late: a re-admission per claim
     and a restamp per write. (A write may still be late for real on a busy machine,
     e.g. the first burst opening its connections: so not "none", but not all.)"""
     import time
 
-    from crmsync import worker
-    from crmsync.clock import RedisClock
-
-    clocks: list[RedisClock] = []
-
-    def skewed() -> RedisClock:
-        clocks.append(RedisClock(lambda: time.time() + 0.5))
-        return clocks[-1]
-
-    monkeypatch.setattr(worker, "RedisClock", skewed)
+    clock = RedisClock(lambda: time.time() + 0.5)
     async with _one_salesforce(
-        settings, "skew", latency_ms=1, limit=100, conn_settings={}
+        settings, "skew", latency_ms=1, limit=100, conn_settings={}, clock=clock
     ) as system:
         counters = (await _sync_new(system, "skew", 60))["counters"]
-        assert len(clocks) == 1 and abs(clocks[0].offset_ms + 500) < 50, clocks[0].offset_ms
+        assert abs(clock.offset_ms + 500) < 50, clock.offset_ms
         assert counters.get("readmitted", 0) < 60, counters  # counted per request
         assert counters.get("restamped", 0) < 60, counters
         assert system.mock.account_stats("salesforce", "skew")["violations"] == 0

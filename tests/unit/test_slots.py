@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from crmsync.scheduler import IDLE_RECHECK_MS, Scheduler
+from crmsync.worker.slots import CLAIM_CAP, IDLE_RECHECK_MS, Scheduler, expected_requests
 
 
 def test_earliest_first_and_round_robin_on_ties() -> None:
@@ -72,8 +72,6 @@ def test_a_claim_reserves_twice_what_the_last_one_got() -> None:
     """A claim holds its slots until it knows what was queued: a quiet connection
     (one contact per claim) reserves 2, not a whole claim's 64, so the quiet
     connections due with it find slots; a backlog grows back to 64 in a few claims."""
-    from crmsync.worker import CLAIM_CAP, expected_requests
-
     assert expected_requests(0) == 1 and expected_requests(1) == 2
     sizes = [1]
     while sizes[-1] < CLAIM_CAP:
