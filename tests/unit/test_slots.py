@@ -1,6 +1,14 @@
 from __future__ import annotations
 
-from crmsync.worker.slots import CLAIM_CAP, IDLE_RECHECK_MS, Scheduler, expected_requests
+from crmsync.queue.store import Claim
+from crmsync.worker.slots import (
+    CLAIM_CAP,
+    IDLE_RECHECK_MS,
+    OWN_SHARE_RECHECK_MS,
+    Scheduler,
+    Slots,
+    expected_requests,
+)
 
 
 def test_earliest_first_and_round_robin_on_ties() -> None:
@@ -77,3 +85,62 @@ def test_a_claim_reserves_twice_what_the_last_one_got() -> None:
     while sizes[-1] < CLAIM_CAP:
         sizes.append(expected_requests(sizes[-1]))
     assert sizes == [1, 2, 4, 8, 16, 32, CLAIM_CAP]
+
+
+def _claim(cid: str, permits: int, *, refused: str | None = None, nxt: int | None = 0) -> Claim:
+    ids = [f"{cid}-{i}" for i in range(permits)]
+    return Claim(cid, "t", ids, [0] * permits, permits, 0, nxt, False, refused, 0)
+
+
+def test_a_first_claim_reserves_a_whole_claim_then_what_it_was_granted_twice() -> None:
+    slots = Slots(200)
+    slots.add(["a"], 0)
+    assert slots.take_due(0, {"a"}) == [("a", CLAIM_CAP)]
+    slots.claimed(_claim("a", 3), CLAIM_CAP, now_ms=0)  # 3 granted: the rest freed at once
+    assert slots.reserved == 3 and slots.held["a"] == 3
+    assert slots.take_due(0, {"a"}) == [("a", 6)]
+    slots.claimed(_claim("a", 0, refused="rate_limited", nxt=500), 6, now_ms=0)
+    assert slots.expect["a"] == 6  # a refusal for its limits tells nothing of the queue
+    assert slots.take_due(499, {"a"}) == [] and slots.sched.next_due_ms() == 500
+
+
+def test_one_connection_never_holds_every_slot_beside_others() -> None:
+    """Beside other connections one may hold 3/4 of the slots (150 of 200): its
+    claims stop there and it comes back soon; a quiet one finds the rest."""
+    slots = Slots(200)
+    known = {"big", "quiet"}
+    wants = []
+    for _ in range(4):
+        slots.add(["big"], 0)
+        for cid, want in slots.take_due(0, known):
+            slots.claimed(_claim(cid, want), want, now_ms=0)  # granted all it asked
+            wants.append(want)
+    assert wants == [CLAIM_CAP, CLAIM_CAP, 150 - 2 * CLAIM_CAP] and slots.held["big"] == 150
+    assert slots.sched.next_due_ms() == OWN_SHARE_RECHECK_MS
+    slots.add(["quiet"], 0)
+    assert slots.take_due(0, known) == [("quiet", 50)]  # every slot the big one left
+    # Alone in the process, a connection may take every slot.
+    alone = Slots(200)
+    alone.held["big"] = alone.reserved = 150
+    alone.add(["big"], 0)
+    assert alone.take_due(0, {"big"}) == [("big", 50)]
+
+
+def test_no_free_slot_keeps_a_connection_due_and_the_loop_waits_at_most_a_second() -> None:
+    slots = Slots(4)
+    slots.add(["a", "b"], 0)
+    assert slots.take_due(0, {"a", "b"}) == [("a", 4)]
+    assert slots.wait_seconds(0) == 1.0  # no slot free: a freed slot kicks the loop
+    slots.kick.clear()
+    slots.free("a", 4)
+    assert slots.kick.is_set() and slots.take_due(0, {"a", "b"}) == [("b", 4)]
+    slots.free("b", 4)
+    slots.claimed(_claim("a", 0, refused="empty", nxt=None), 0, now_ms=0)
+    slots.claimed(_claim("b", 0, refused="circuit_open", nxt=300), 0, now_ms=0)
+    assert slots.wait_seconds(0) == 0.3
+
+
+def test_a_connection_no_longer_known_is_forgotten() -> None:
+    slots = Slots(10)
+    slots.add(["gone"], 0)
+    assert slots.take_due(0, {"other"}) == [] and len(slots.sched) == 0

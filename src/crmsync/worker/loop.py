@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from crmsync.clock import Clock
 from crmsync.queue import keys
 from crmsync.worker.claim import Claims
-from crmsync.worker.registry import Registry
+from crmsync.worker.ports import Connections
 from crmsync.worker.slots import Slots
 
 log = structlog.get_logger(__name__)
@@ -49,7 +49,7 @@ class Worker:
         *,
         clock: Clock,
         slots: Slots,
-        registry: Registry,
+        registry: Connections,
         claims: Claims,
         wakes: Wakes,
         shutdown_grace_seconds: float,

@@ -1,19 +1,23 @@
 """What the worker needs of Redis and PostgreSQL, as small protocols.
 
 ``crmsync.queue.store.QueueStore`` (Redis) implements ``Store``,
-``crmsync.worker.ledger.PgLedger`` (PostgreSQL) implements ``Ledger`` and
-``crmsync.breaker.CrmBreaker`` implements ``Breaker``; the unit tests' in-memory
-fakes (``tests/fakes.py``) implement them too, so the real claim code runs in
-milliseconds without servers. A store call that fails raises ``RedisError`` or
+``crmsync.worker.ledger.PgLedger`` (PostgreSQL) implements ``Ledger``,
+``crmsync.breaker.CrmBreaker`` implements ``Breaker`` and
+``crmsync.worker.registry.Registry`` implements ``Connections``; the unit tests'
+in-memory fakes (``tests/fakes.py``) implement them too, so the real worker
+code runs in milliseconds without servers. A store call that fails raises ``RedisError`` or
 ``OSError``; a ledger call that fails raises ``LedgerUnavailable``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
 from crmsync.breaker import BreakerConfig, BreakerState
+from crmsync.connections import Connection
+from crmsync.crm.base import CrmAdapter
 from crmsync.model import Claimed, DeadLetter, LedgerWrite
 from crmsync.queue.store import Claim
 
@@ -93,3 +97,19 @@ class Breaker(Protocol):
     async def record(self, crm: str, outcomes: Sequence[bool]) -> None: ...
 
     async def state(self, crm: str) -> BreakerState: ...
+
+
+class Connections(Protocol):
+    """The connections a worker serves, each with its adapter (``Registry``):
+    every id in ``connections`` has its adapter in ``adapters``."""
+
+    connections: dict[str, Connection]
+    adapters: dict[str, CrmAdapter]
+
+    async def refresh(self) -> set[str]:
+        """Reload; the ids that are new, changed or resumed."""
+        ...
+
+    async def watch(self, stop: asyncio.Event, on_change: Callable[[set[str]], None]) -> None:
+        """Until ``stop``: ``on_change(ids)`` whenever connections change."""
+        ...
