@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import structlog
 from redis.exceptions import RedisError
@@ -81,10 +80,7 @@ class Claims:
 
     def start(self, conn: Connection, adapter: CrmAdapter, want: int) -> None:
         """Run a claim of ``want`` reserved slots in its own task."""
-        self._spawn(self.run(conn, adapter, want))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
+        task = asyncio.create_task(self.run(conn, adapter, want))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -155,7 +151,7 @@ class Claims:
             sent = plan.requests[: claim.permits]
             out.release_requests(plan.requests[claim.permits :])
             if sent:
-                # The read took long: re-admit at the time of sending.
+                # Re-admitted at the time of sending when the read took long.
                 claim = await self.permits.readmit_if_late(claim, len(sent))
                 out.release_requests(sent[claim.permits :])
                 sent = sent[: claim.permits]
