@@ -5,8 +5,9 @@
 ``crmsync.breaker.CrmBreaker`` implements ``Breaker`` and
 ``crmsync.worker.registry.Registry`` implements ``Connections``; the unit tests'
 in-memory fakes (``tests/fakes.py``) implement them too, so the real worker
-code runs in milliseconds without servers. A store call that fails raises ``RedisError`` or
-``OSError``; a ledger call that fails raises ``LedgerUnavailable``.
+code runs in milliseconds without servers. A store call that fails raises
+``RedisError`` or ``OSError``; a ledger call that fails raises
+``LedgerUnavailable``.
 """
 
 from __future__ import annotations

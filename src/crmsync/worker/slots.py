@@ -13,7 +13,8 @@ what its connection's last claim was granted, twice over (a quiet connection
 holds one or two, a backlog reaches a whole claim in a few rounds), then frees
 what it was not granted. One connection never holds every slot: a quiet
 tenant's change must find room beside a tenant with a huge backlog. Every
-freed slot and every scheduling change sets ``kick``, which wakes the loop.
+freed slot and every connection added or woken sets ``kick``, which wakes the
+loop.
 """
 
 from __future__ import annotations
