@@ -32,6 +32,8 @@ async def mock(start_mock_crm: StartMock) -> MockHandle:
         AccountSpec("hubspot", "acme", token="secret", limits=(Window(5, 1000),)),
         AccountSpec("salesforce", "free", limits=(Window(0, 1000),)),
         AccountSpec("hubspot", "free", limits=(Window(0, 1000),)),
+        # An org whose CrmSync_Id__c is not unique: naive clients can duplicate it.
+        AccountSpec("salesforce", "loose", limits=(Window(0, 1000),), id_field="not-unique"),
         seed=1,
     )
 
@@ -183,28 +185,34 @@ async def test_batch_sizes_and_uniqueness_are_enforced(
 
 
 async def test_duplicates_are_counted(mock: MockHandle, http: aiohttp.ClientSession) -> None:
-    # A naive client creating with POST (no upsert) makes duplicates; the mock sees them.
+    # A unique external id refuses a second record with it, as Salesforce does.
     url = f"{mock.base_url('salesforce', 'free')}{SF}/sobjects/Contact"
+    body = {"LastName": "L", "Email": "same@x.io", "CrmSync_Id__c": "c1"}
+    assert (await call(http, "POST", url, "token-free", body))[0] == 201
+    status, answer, _ = await call(http, "POST", url, "token-free", body)
+    assert status == 400 and answer[0]["errorCode"] == "DUPLICATE_VALUE"
+    # Where it is not unique, a naive client creating with POST (no upsert) makes
+    # duplicates; the mock sees them.
+    url = f"{mock.base_url('salesforce', 'loose')}{SF}/sobjects/Contact"
     for _ in range(3):
-        body = {"LastName": "L", "Email": "same@x.io", "CrmSync_Id__c": "c1"}
-        status, _, _ = await call(http, "POST", url, "token-free", body)
+        status, _, _ = await call(http, "POST", url, "token-loose", body)
         assert status == 201
-    s = mock.account_stats("salesforce", "free")
+    s = mock.account_stats("salesforce", "loose")
     assert s["records"] == 3 and s["duplicates_by"] == {"external_id": 2, "email": 2}
     assert s["duplicates"] == 4
     # Kept up to date on every write: a delete and an email change count down.
-    ids = [r["Id"] for r in mock.records("salesforce", "free")]
-    status, _, _ = await call(http, "DELETE", f"{url}/{ids[0]}", "token-free")
+    ids = [r["Id"] for r in mock.records("salesforce", "loose")]
+    status, _, _ = await call(http, "DELETE", f"{url}/{ids[0]}", "token-loose")
     assert status == 204
     status, _, _ = await call(
         http,
         "PATCH",
         f"{url}/CrmSync_Id__c/c2",
-        "token-free",
+        "token-loose",
         {"LastName": "L", "Email": "SAME@x.io"},
     )
     assert status == 201  # a new record, sharing the email (case-insensitive)
-    s = mock.account_stats("salesforce", "free")
+    s = mock.account_stats("salesforce", "loose")
     assert s["duplicates_by"] == {"external_id": 1, "email": 2}
 
 
@@ -273,7 +281,7 @@ async def test_accounts_added_at_run_time(mock: MockHandle, http: aiohttp.Client
     status, _, _ = await call(http, "GET", f"{view['base_url']}{HS}/1", "tok")
     assert status == 404  # authenticated, no such contact
     async with http.get(f"{mock.url}/_control/accounts") as r:
-        assert len(await r.json()) == 5
+        assert len(await r.json()) == 6
 
 
 def test_seed_scenario() -> None:
