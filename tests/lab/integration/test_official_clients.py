@@ -206,8 +206,13 @@ def _sf_token(mock: MockCli, url: str, **form: str) -> requests.Response:
     return mock.session().post(f"{url}/services/oauth2/token", data=form, timeout=5)
 
 
+def lifetime(mock: MockCli, view: dict[str, Any], seconds: float) -> None:
+    """How long the account's access tokens live from now on."""
+    mock.control("POST", "tokens", {"account": view["account"], "token_lifetime": seconds})
+
+
 def test_salesforce_refresh_token_flow_and_expiry(mock: MockCli) -> None:
-    view = mock.add("salesforce", oauth={"token_lifetime": 1.5}, static_token=False)
+    view = mock.add("salesforce", oauth={"token_lifetime": 60}, static_token=False)
     app = view["oauth"]
     form = {
         "grant_type": "refresh_token",
@@ -225,16 +230,19 @@ def test_salesforce_refresh_token_flow_and_expiry(mock: MockCli) -> None:
             hashlib.sha256,
         ).digest()
         assert base64.b64decode(answer["signature"]) == expected
-    sf = salesforce(mock, view, answer["access_token"])
-    contact(sf).create({"LastName": "Before"})
-    time.sleep(1.6)
+    assert contact(salesforce(mock, view, answer["access_token"])).create({"LastName": "A"})
+    # A token issued while tokens live 0.3 s: used after that, the real 401.
+    lifetime(mock, view, 0.3)
+    sf = salesforce(mock, view, _sf_token(mock, mock.url, **form).json()["access_token"])
+    time.sleep(0.4)
     with pytest.raises(SalesforceExpiredSession) as expired:
         contact(sf).create({"LastName": "After"})
     assert sf_errors(expired.value)[0]["errorCode"] == "INVALID_SESSION_ID"
+    lifetime(mock, view, 60)
     fresh = _sf_token(mock, view["instance_url"], **form).json()["access_token"]
     assert contact(salesforce(mock, view, fresh)).create({"LastName": "After"})["success"]
     auth = mock.stats(view)["auth"]
-    assert auth["expired_rejections"] == 1 and auth["refresh_grants"] == 3
+    assert auth["expired_rejections"] == 1 and auth["refresh_grants"] == 4
     # The wrong secret, an unknown client, a revoked refresh token.
     bad = _sf_token(mock, view["instance_url"], **{**form, "client_secret": "nope"})
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_client"
@@ -472,25 +480,32 @@ def test_hubspot_properties_read_and_create(mock: MockCli) -> None:
 
 
 def test_hubspot_oauth_refresh_and_expiry(mock: MockCli) -> None:
-    view = mock.add("hubspot", oauth={"token_lifetime": 1.5}, static_token=False)
+    view = mock.add("hubspot", oauth=True, static_token=False)
     app = view["oauth"]
     tokens = HubSpot(host=mock.url).oauth.tokens_api  # the root, as api.hubapi.com
-    answer = tokens.create(
-        grant_type="refresh_token",
-        client_id=app["client_id"],
-        client_secret=app["client_secret"],
-        refresh_token=app["refresh_token"],
-    )
-    assert answer.expires_in == 2 and answer.refresh_token == app["refresh_token"]
+
+    def refresh() -> Any:
+        return tokens.create(
+            grant_type="refresh_token",
+            client_id=app["client_id"],
+            client_secret=app["client_secret"],
+            refresh_token=app["refresh_token"],
+        )
+
+    answer = refresh()
+    assert answer.expires_in == 1800 and answer.refresh_token == app["refresh_token"]
     basic = hubspot(view, answer.access_token).crm.contacts.basic_api
     basic.create(SimplePublicObjectInputForCreate(properties={"email": "a@x.io"}))
-    time.sleep(1.6)
+    lifetime(mock, view, 0.3)
+    basic = hubspot(view, refresh().access_token).crm.contacts.basic_api
+    time.sleep(0.4)
     with pytest.raises(ApiException) as expired:
         basic.get_page(limit=1)
     body = json.loads(expired.value.body)
     assert expired.value.status == 401 and body["category"] == "EXPIRED_AUTHENTICATION"
     assert body["message"].startswith("The OAuth token used to make this call expired ")
     # The account's own token URL works too (base URL + /oauth/v1/token).
+    lifetime(mock, view, 60)
     again = HubSpot(host=view["base_url"]).oauth.tokens_api.create(
         grant_type="refresh_token",
         client_id=app["client_id"],

@@ -246,6 +246,7 @@ class MockCrm:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.instance_host, 0))
+        sock.listen(128)  # connections wait in the backlog until the loop serves the port
         sock.setblocking(False)
         acct.instance_url = f"https://{self.instance_host}:{sock.getsockname()[1]}"
         task = asyncio.get_running_loop().create_task(self._serve_instance(acct, sock))
