@@ -22,6 +22,7 @@ from typing import Any
 
 DAY_MS = 86_400_000
 MAX_VIOLATION_TIMES = 20  # violations whose time is kept (stats: violations_at)
+EDGE_SLACK = 1e-9  # seconds (see SlidingLog.count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,9 @@ class SlidingLog:
     times: deque[float] = field(default_factory=deque)
 
     def count(self, now: float) -> int:
-        edge = now - self.seconds
+        # A nanosecond of slack: ``now - seconds`` in floats can miss an arrival exactly
+        # one window old by an ulp (10.001 - 10 < 0.001), a violation no sender caused.
+        edge = now - self.seconds + EDGE_SLACK
         times = self.times
         while times and times[0] <= edge:
             times.popleft()

@@ -73,14 +73,14 @@ class RollingCount:
         self.total = 0
 
     def count(self, t: float) -> int:
-        edge = int(t * 1000) - self.span_ms
+        edge = round(t * 1000) - self.span_ms
         buckets = self.buckets
         while buckets and buckets[0][0] <= edge:
             self.total -= buckets.popleft()[1]
         return self.total
 
     def add(self, t: float) -> None:
-        ms = int(t * 1000)
+        ms = round(t * 1000)
         if self.buckets and self.buckets[-1][0] == ms:
             self.buckets[-1][1] += 1
         else:

@@ -45,6 +45,12 @@ MAX_CURSORS = 64
 _cursor_ids = itertools.count(1)
 
 
+def free(method: str, segs: list[str]) -> bool:
+    """Requests the allocation does not count (and answers even when it is spent):
+    ``GET .../limits``, so a client can always learn where it stands."""
+    return method == "GET" and len(segs) >= 4 and segs[3] == "limits" and segs[4:] in ([], [""])
+
+
 def _json_object(body: Any) -> Answer | None:
     if isinstance(body, dict):
         return None
@@ -191,7 +197,12 @@ class SalesforceApi:
                 return _multiple(version, problem)
             if problem:
                 return org.answer_problem(problem)
-            payload: dict[str, Any] = {"id": sf_id, "success": True, "errors": [], "created": created}
+            payload: dict[str, Any] = {
+                "id": sf_id,
+                "success": True,
+                "errors": [],
+                "created": created,
+            }
             return Answer(201 if created else 200, payload, wrote=True)
         found = org.matches(field, value)
         if not found:

@@ -43,7 +43,7 @@ from crmsync_lab.mock.limits import CONCURRENT, Refusal
 from crmsync_lab.mock.loopwatch import LoopWatch
 from crmsync_lab.mock.salesforce import SalesforceOrg
 from crmsync_lab.mock.salesforce import error as sf_error
-from crmsync_lab.mock.salesforce_rest import SalesforceApi, versions
+from crmsync_lab.mock.salesforce_rest import SalesforceApi, free, versions
 
 JSON = "application/json;charset=UTF-8"
 SF_LIMIT = sf_error("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
@@ -409,6 +409,8 @@ class MockCrm:
         elif now < f.storm_until:
             acct.storm += 1
             early, extra = acct.limit_answer(None)
+        elif acct.salesforce and free(req.method, rest):
+            pass
         else:
             search = not acct.salesforce and is_search(req.method, rest)
             refusal = acct.limits.admit(now, acct.clock.wall(now), search)
