@@ -190,10 +190,21 @@ def mock_crm(
     """
     from crmsync_lab.mock import seeding
     from crmsync_lab.mock import tls as tls_files
-    from crmsync_lab.mock.config import HS_SEED, SF_SEED, MockConfig, OAuthSpec, accounts
+    from crmsync_lab.mock.clock import zone
+    from crmsync_lab.mock.config import (
+        DUPLICATE_RULES,
+        HS_SEED,
+        ID_FIELD,
+        MODELS,
+        SF_SEED,
+        MockConfig,
+        OAuthSpec,
+        accounts,
+    )
     from crmsync_lab.mock.config import scenario as named
     from crmsync_lab.mock.faults import Faults
     from crmsync_lab.mock.limits import Window, parse_limit
+    from crmsync_lab.mock.models import tier
     from crmsync_lab.mock.server import MockHandle, run_mock
 
     def limit_flag(flag: str, spec: str | None) -> Window | None:
@@ -202,6 +213,21 @@ def mock_crm(
         except ValueError as exc:
             raise UserError(f"mock-crm {flag}: {exc}") from exc
 
+    def choice(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
+        if value is not None and value not in allowed:
+            raise UserError(f"mock-crm {flag} must be one of {', '.join(allowed)}, not {value!r}")
+
+    choice("--limit-model", limit_model, MODELS)
+    choice("--sf-duplicates", sf_duplicates, DUPLICATE_RULES)
+    choice("--id-field", id_field, ID_FIELD)
+    for flag, check in (
+        ("--hs-tier", lambda: tier(hs_tier)),
+        ("--hs-time-zone", lambda: zone(hs_time_zone)),
+    ):
+        try:
+            check()
+        except ValueError as exc:
+            raise UserError(f"mock-crm {flag}: {exc}") from exc
     sf_window = limit_flag("--sf-limit", sf_limit)
     hs_window = limit_flag("--hs-limit", hs_limit)
     made: Path | None = None  # a temp folder of our own for --tls, removed at the end
