@@ -170,10 +170,11 @@ class HubSpotPortal:
             if name == "email" and value and "@" not in str(value):
                 msg = _invalid(name, f"Email address {value} is invalid", "INVALID_EMAIL")
                 return 400, "VALIDATION_ERROR", msg
-            options = [o["value"] for o in prop["options"]]
-            if prop["type"] == "enumeration" and value and str(value) not in options:
-                msg = f"{value} was not one of the allowed options: {options}"
-                return 400, "VALIDATION_ERROR", _invalid(name, msg, "INVALID_OPTION")
+            if prop["type"] == "enumeration" and value:
+                options = [o["value"] for o in prop["options"]]
+                if str(value) not in options:
+                    msg = f"{value} was not one of the allowed options: {options}"
+                    return 400, "VALIDATION_ERROR", _invalid(name, msg, "INVALID_OPTION")
         for prop_name, owners in self.unique.items():
             value = props.get(prop_name)
             if value:
