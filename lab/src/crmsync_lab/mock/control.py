@@ -52,8 +52,10 @@ def account_view(mock: MockCrm, acct: Account) -> dict[str, Any]:
         "account": spec.name,
         "token": spec.bearer if spec.static_token else None,
         "base_url": base,
+        # The windows model lists its spec as given (an unlimited account: limit 0).
         "limits": [
-            {"limit": w.limit, "window_ms": w.window_ms} for w in acct.limits.windows_view()
+            {"limit": w.limit, "window_ms": w.window_ms}
+            for w in (spec.limits if spec.model == "windows" else acct.limits.windows_view())
         ],
         "daily_limit": acct.limits.daily(0.0, acct.clock.wall(time.monotonic()))[1],
         **acct.limits.view(),
