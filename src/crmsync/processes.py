@@ -11,15 +11,27 @@ import signal
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
+import aiohttp
+import asyncpg
 import structlog
+from redis.asyncio import Redis
 
 from crmsync import db
+from crmsync.breaker import CrmBreaker
+from crmsync.clock import Clock, RedisClock
 from crmsync.crm.http import http_session
 from crmsync.queue.store import QueueStore
 from crmsync.redis_client import open_redis
-from crmsync.registry import Registry
 from crmsync.settings import Settings
 from crmsync.worker import Worker
+from crmsync.worker.claim import Claims
+from crmsync.worker.crm_gate import CrmGate
+from crmsync.worker.inflight import InFlight
+from crmsync.worker.ledger import PgLedger
+from crmsync.worker.loop import RedisWakes
+from crmsync.worker.permits import Permits
+from crmsync.worker.registry import Registry
+from crmsync.worker.slots import Slots
 
 log = structlog.get_logger(__name__)
 
@@ -31,18 +43,74 @@ def install_stop(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def build_worker(
+    settings: Settings,
+    *,
+    pool: asyncpg.Pool[Any],
+    redis: Redis,
+    session: aiohttp.ClientSession,
+    concurrency: int,
+    clock: Clock,
+) -> Worker:
+    """A worker and its collaborators on PostgreSQL, Redis and the HTTP session."""
+    store = QueueStore(redis, margin=settings.limit_margin)
+    slots = Slots(concurrency)
+    breaker = CrmBreaker(
+        redis,
+        threshold=settings.breaker_threshold,
+        recovery_ms=int(settings.breaker_recovery_seconds * 1000),
+        # The probe's request may take the whole HTTP timeout before it reports.
+        probe_ms=int(settings.http_timeout_seconds * 1000) + 2000,
+    )
+    permits = Permits(
+        store,
+        clock,
+        margin=settings.limit_margin,
+        http_timeout_seconds=settings.http_timeout_seconds,
+    )
+    claims = Claims(
+        settings,
+        clock=clock,
+        store=store,
+        ledger=PgLedger(pool),
+        crm_gate=CrmGate(breaker, clock),
+        permits=permits,
+        inflight=InFlight(concurrency),
+        slots=slots,
+    )
+    return Worker(
+        clock=clock,
+        slots=slots,
+        registry=Registry(pool, store, session, settings),
+        claims=claims,
+        wakes=RedisWakes(store.wakeups),
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
+    )
+
+
 async def run_worker(
-    settings: Settings, concurrency: int, stop: asyncio.Event, *, own_process: bool = False
+    settings: Settings,
+    concurrency: int,
+    stop: asyncio.Event,
+    *,
+    own_process: bool = False,
+    clock: Clock | None = None,
 ) -> None:
     """One worker's event loop until ``stop`` is set. ``own_process``: the process
-    is the worker's alone (not a test's), so what exists at start may be frozen."""
+    is the worker's alone (not a test's), so what exists at start may be frozen.
+    ``clock``: Redis time as learnt from the claims, unless a test brings its own."""
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=8, light_reset=True)
     redis = await open_redis(settings.redis_url)
     session = http_session(concurrency, settings.http_timeout_seconds)
     try:
-        store = QueueStore(redis, margin=settings.limit_margin)
-        registry = Registry(pool, store, session, settings)
-        worker = Worker(settings, pool, redis, store, registry, concurrency=concurrency)
+        worker = build_worker(
+            settings,
+            pool=pool,
+            redis=redis,
+            session=session,
+            concurrency=concurrency,
+            clock=clock or RedisClock(),
+        )
         if own_process:
             # Everything alive now (modules, classes, pools) lives as long as the
             # process: out of the collector's sight, a full collection scans only

@@ -12,31 +12,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+from crmsync.model import Contact, LedgerRow
+
 Action = Literal["create", "update", "delete", "skip", "noop"]
-
-
-@dataclass(frozen=True, slots=True)
-class ContactRow:
-    """The current contact as the worker reads it from ``contacts``."""
-
-    id: str
-    tenant: str
-    email: str
-    first_name: str | None
-    last_name: str | None
-    company: str | None
-    status: str
-    version: int
-    deleted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerRow:
-    """What one connection holds of a contact (``sync_state``)."""
-
-    external_id: str | None
-    synced_version: int | None
-    status: str  # synced | skipped | deleted | retrying | dead
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,19 +23,19 @@ class Decision:
     rule: str | None  # "<crm>.<operation>.<predicate>"; None for noop
 
 
-def _always(_: ContactRow) -> bool:
+def _always(_: Contact) -> bool:
     return True
 
 
-def _active_only(c: ContactRow) -> bool:
+def _active_only(c: Contact) -> bool:
     return c.status == "active"
 
 
-def _has_company(c: ContactRow) -> bool:
+def _has_company(c: Contact) -> bool:
     return bool(c.company and c.company.strip())
 
 
-PREDICATES: Mapping[str, Callable[[ContactRow], bool]] = MappingProxyType(
+PREDICATES: Mapping[str, Callable[[Contact], bool]] = MappingProxyType(
     {"always": _always, "active_only": _active_only, "has_company": _has_company}
 )
 
@@ -87,14 +65,14 @@ def rule_table() -> list[tuple[str, str, str]]:
     return [(crm, op, pred) for crm, ops in RULES.items() for op, pred in ops.items()]
 
 
-def _apply(crm: str, operation: Literal["create", "update"], contact: ContactRow) -> Decision:
+def _apply(crm: str, operation: Literal["create", "update"], contact: Contact) -> Decision:
     name = rule_name(crm, operation)
     if PREDICATES[RULES[crm][operation]](contact):
         return Decision(operation, name)
     return Decision("skip", name)
 
 
-def decide(crm: str, contact: ContactRow | None, state: LedgerRow | None) -> Decision:
+def decide(crm: str, contact: Contact | None, state: LedgerRow | None) -> Decision:
     """Create, update, delete, skip (with the rule's name) or do nothing."""
     if crm not in RULES:
         raise ValueError(f"no sync rules for CRM {crm!r}; known: {', '.join(RULES)}")

@@ -9,8 +9,10 @@ import aiohttp
 import pytest
 
 from crmsync.crm import make_adapter
-from crmsync.crm.base import ContactFields, CrmAdapter, Op
+from crmsync.crm.base import CrmAdapter, Op
+from crmsync.crm.http import WriteWatch
 from crmsync.errors import AuthFailed, Permanent, RateLimited, Retryable
+from crmsync.model import Contact
 from crmsync_lab.mock.config import AccountSpec
 from crmsync_lab.mock.limits import Window
 from crmsync_lab.mock.server import MockHandle
@@ -54,8 +56,9 @@ def adapter(
 
 def contact(
     i: int, *, last: str | None = "Lovelace", email: str | None = None, company: str = "Acme"
-) -> ContactFields:
-    return ContactFields(f"c{i}", email or f"c{i}@example.com", "Ada", last, company, "active")
+) -> Contact:
+    email = email or f"c{i}@example.com"
+    return Contact(f"c{i}", "default", email, "Ada", last, company, "active", 1)
 
 
 async def send_all(a: CrmAdapter, ops: list[Op], mode: str) -> list[Any]:
@@ -234,7 +237,7 @@ async def test_ids_that_need_encoding_reach_the_crm_intact(
         Op(
             "create",
             cid,
-            ContactFields(cid, f"u{i}@example.com", "Ada", "L", "Acme", "active"),
+            Contact(cid, "default", f"u{i}@example.com", "Ada", "L", "Acme", "active", 1),
             None,
         )
         for i, cid in enumerate(odd)
@@ -243,8 +246,31 @@ async def test_ids_that_need_encoding_reach_the_crm_intact(
     assert all(r.ok for r in created), created
     assert set(fields_of(mock, crm)) == set(odd)
     updates = [
-        Op("update", op.contact_id, op.fields, r.external_id)
+        Op("update", op.contact_id, op.contact, r.external_id)
         for op, r in zip(ops, created, strict=True)
     ]
     assert all(r.ok and r.created is False for r in await send_all(a, updates, "single"))
     assert mock.account_stats(crm, ACCOUNTS[crm])["duplicates"] == 0
+
+
+@pytest.mark.parametrize("crm", CRMS)
+async def test_every_request_of_a_send_reports_to_its_watch(
+    mock: MockHandle, session: aiohttp.ClientSession, crm: str
+) -> None:
+    """A send's first request is reported written; each further request of it
+    (deletes without a CRM id go one by one, HubSpot's after a lookup) first
+    takes a permit: every request the CRM counts had one."""
+    a = adapter(mock, session, crm)
+    await send_all(a, [Op("create", f"c{i}", contact(i), None) for i in range(3)], "batch")
+    events: list[str] = []
+
+    async def permit() -> None:
+        events.append("permit")
+
+    before = mock.account_stats(crm, ACCOUNTS[crm])["requests"]
+    deletes = [Op("delete", f"c{i}", None, None) for i in range(3)]
+    res = await a.send(deletes, WriteWatch(lambda: events.append("written"), permit))
+    assert all(r.ok for r in res.results)
+    sent = mock.account_stats(crm, ACCOUNTS[crm])["requests"] - before
+    assert sent > 1 and events == ["written"] + ["permit"] * (sent - 1)
+    assert not fields_of(mock, crm)

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from crmsync import db
 from crmsync.capture.relay import relay_once
+from crmsync.clock import RedisClock
 from crmsync.connections import Connection
 from crmsync.processes import run_worker
 from crmsync.queue.store import QueueStore
@@ -66,7 +67,10 @@ class System:
 
 @contextlib.asynccontextmanager
 async def _running(
-    s: Settings, mock: MockHandle, specs: Sequence[Connection]
+    s: Settings,
+    mock: MockHandle,
+    specs: Sequence[Connection],
+    clock: RedisClock | None = None,
 ) -> AsyncIterator[System]:
     """A worker (concurrency 50) on a fresh pool and Redis client, after the
     connections ``specs`` were added; stopped and closed afterwards."""
@@ -75,7 +79,7 @@ async def _running(
     store = QueueStore(redis, margin=s.limit_margin)
     await add_connections(pool, specs)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(s, 50, stop))
+    task = asyncio.create_task(run_worker(s, 50, stop, clock=clock))
     try:
         yield System(s, pool, redis, store, mock, stop)
     finally:
@@ -95,6 +99,7 @@ async def _one_salesforce(
     latency_ms: float,
     limit: int,
     conn_settings: dict[str, Any],
+    clock: RedisClock | None = None,
 ) -> AsyncIterator[System]:
     """One Salesforce account at ``limit``/s, its connection (id = the account) and
     a worker."""
@@ -102,7 +107,7 @@ async def _one_salesforce(
         AccountSpec("salesforce", account, limits=(Window(limit, 1000),)), latency_ms=latency_ms
     )
     spec = to_mock(mock, account, "salesforce", account, per_second=limit, settings=conn_settings)
-    async with _running(s, mock, [spec]) as system:
+    async with _running(s, mock, [spec], clock) as system:
         yield system
 
 
@@ -350,7 +355,7 @@ async def test_a_connection_keeps_to_its_in_flight_limit(
 
 
 async def test_a_worker_whose_clock_is_off_keeps_to_redis_time(
-    settings: Settings, start_mock_crm: StartMock, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, start_mock_crm: StartMock
 ) -> None:
     """A worker host 500 ms ahead of Redis learns the offset from its first claim.
     Without it every claim would look half a second late: a re-admission per claim
@@ -358,21 +363,12 @@ async def test_a_worker_whose_clock_is_off_keeps_to_redis_time(
     e.g. the first burst opening its connections: so not "none", but not all.)"""
     import time
 
-    from crmsync import worker
-    from crmsync.clock import RedisClock
-
-    clocks: list[RedisClock] = []
-
-    def skewed() -> RedisClock:
-        clocks.append(RedisClock(lambda: time.time() + 0.5))
-        return clocks[-1]
-
-    monkeypatch.setattr(worker, "RedisClock", skewed)
+    clock = RedisClock(lambda: time.time() + 0.5)
     async with _one_salesforce(
-        settings, start_mock_crm, "skew", latency_ms=1, limit=100, conn_settings={}
+        settings, start_mock_crm, "skew", latency_ms=1, limit=100, conn_settings={}, clock=clock
     ) as system:
         counters = (await _sync_new(system, "skew", 60))["counters"]
-        assert len(clocks) == 1 and abs(clocks[0].offset_ms + 500) < 50, clocks[0].offset_ms
+        assert abs(clock.offset_ms + 500) < 50, clock.offset_ms
         assert counters.get("readmitted", 0) < 60, counters  # counted per request
         assert counters.get("restamped", 0) < 60, counters
         assert system.mock.account_stats("salesforce", "skew")["violations"] == 0

@@ -1,6 +1,6 @@
-"""``call`` tells the sending task when its request is written (once, with or
-without a body, only the task that asked) and asks for a permit before every
-further request of the same send."""
+"""``call`` tells a send's watch when its request is written (once, with or
+without a body, only the watch it was given) and asks it for a permit before
+every further request of the same send."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from crmsync.crm.http import WRITE_WATCH, WriteWatch, call
+from crmsync.crm.http import WriteWatch, call
 
 LIMIT = aiohttp.ClientTimeout(total=5)
 JSON = {"Content-Type": "application/json"}
@@ -51,10 +51,10 @@ async def test_watch_fires_once_at_the_write(server: tuple[str, list[tuple[str, 
     fired: list[tuple[str, float]] = []
 
     async def send(method: str, body: bytes | None) -> float:
-        WRITE_WATCH.set(WriteWatch(lambda: fired.append((method, time.monotonic()))))
+        watch = WriteWatch(lambda: fired.append((method, time.monotonic())))
         t0 = time.monotonic()
         status, _, raw = await call(
-            session, method, f"{url}/x", headers=JSON, body=body, limit=LIMIT
+            session, method, f"{url}/x", headers=JSON, body=body, limit=LIMIT, watch=watch
         )
         assert status == 200 and raw == b'{"len": %d}' % len(body or b"")
         return t0
@@ -66,7 +66,7 @@ async def test_watch_fires_once_at_the_write(server: tuple[str, list[tuple[str, 
         )
         # Without a body the headers are the request: fired within the call.
         await send("DELETE", None)
-        # A request from a task without a watch fires nothing.
+        # A request without a watch fires nothing.
         await call(session, "GET", f"{url}/y", headers=JSON, body=None, limit=LIMIT)
     assert sorted(m for m, _ in fired) == ["DELETE", "PATCH", "POST"]
     by_method = dict(fired)
@@ -86,9 +86,10 @@ async def test_follow_up_requests_wait_for_a_permit(
         await asyncio.sleep(0.01)
 
     async with aiohttp.ClientSession() as session:
-        WRITE_WATCH.set(WriteWatch(lambda: events.append("written"), permit))
-        await call(session, "POST", f"{url}/a", headers=JSON, body=b"{}", limit=LIMIT)
-        await call(session, "PATCH", f"{url}/a", headers=JSON, body=b"{}", limit=LIMIT)
-        await call(session, "DELETE", f"{url}/a", headers=JSON, body=None, limit=LIMIT)
+        watch = WriteWatch(lambda: events.append("written"), permit)
+        for method, body in (("POST", b"{}"), ("PATCH", b"{}"), ("DELETE", None)):
+            await call(
+                session, method, f"{url}/a", headers=JSON, body=body, limit=LIMIT, watch=watch
+            )
     assert events == ["written", "permit", "permit"]
     assert [m for m, _ in seen] == ["POST", "PATCH", "DELETE"]

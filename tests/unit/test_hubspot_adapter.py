@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from crmsync.crm import make_adapter
-from crmsync.crm.base import ContactFields, Op
+from crmsync.crm.base import Op
 from crmsync.crm.http import Headers, loads
 from crmsync.crm.hubspot import (
     HubSpotAdapter,
@@ -23,6 +23,7 @@ from crmsync.crm.hubspot import (
     quota_block,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
+from crmsync.model import Contact
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "hubspot.json").read_text())
 KEY = "crmsync_id"
@@ -35,7 +36,7 @@ def answer(name: str) -> tuple[int, Headers, Any]:
 
 
 def upsert(cid: str, ext: str | None = None, company: str | None = "Acme") -> Op:
-    f = ContactFields(cid, f"{cid}@example.com", "Ada", None, company, "active")
+    f = Contact(cid, "default", f"{cid}@example.com", "Ada", None, company, "active", 1)
     return Op("update" if ext else "create", cid, f, ext)
 
 
@@ -176,10 +177,8 @@ def test_results_without_crmsync_id_fall_back_to_email_then_to_plain_success() -
     for r in body["results"]:
         del r["properties"]["crmsync_id"]
     ops = [
-        Op("create", "x1", ContactFields("x1", "Ada@example.com", None, None, None, "lead"), None),
-        Op(
-            "create", "x2", ContactFields("x2", "grace@example.com", None, None, None, "lead"), None
-        ),
+        Op("create", cid, Contact(cid, "default", email, None, None, None, "lead", 1), None)
+        for cid, email in (("x1", "Ada@example.com"), ("x2", "grace@example.com"))
     ]
     res = parse_batch_upsert(ops, status, headers, body, id_property=KEY)
     assert [(r.contact_id, r.ok, r.external_id) for r in res.results] == [

@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 
-from crmsync.rules import RULES, ContactRow, Decision, LedgerRow, decide, rule_name, rule_table
+from crmsync.model import Contact, LedgerRow
+from crmsync.rules import RULES, Decision, decide, rule_name, rule_table
 
-BASE = ContactRow(
+BASE = Contact(
     id="c1",
     tenant="default",
     email="ada@example.com",
@@ -20,7 +21,7 @@ BASE = ContactRow(
 )
 
 
-def contact(**changes: object) -> ContactRow:
+def contact(**changes: object) -> Contact:
     return dataclasses.replace(BASE, **changes)  # type: ignore[arg-type]
 
 
@@ -34,7 +35,7 @@ RETRYING_UPDATE = LedgerRow(external_id="X1", synced_version=2, status="retrying
 DEAD_UPDATE = LedgerRow(external_id="X1", synced_version=2, status="dead")
 DELETED_IN_CRM = LedgerRow(external_id="X1", synced_version=3, status="deleted")
 
-CASES: list[tuple[str, str, ContactRow | None, LedgerRow | None, Decision]] = [
+CASES: list[tuple[str, str, Contact | None, LedgerRow | None, Decision]] = [
     # never synced -> create, by the create rule
     (
         "sf create",
@@ -196,9 +197,7 @@ CASES: list[tuple[str, str, ContactRow | None, LedgerRow | None, Decision]] = [
     [c[1:] for c in CASES],
     ids=[c[0] for c in CASES],
 )
-def test_decide(
-    crm: str, row: ContactRow | None, state: LedgerRow | None, expected: Decision
-) -> None:
+def test_decide(crm: str, row: Contact | None, state: LedgerRow | None, expected: Decision) -> None:
     assert decide(crm, row, state) == expected
 
 

@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from crmsync.crm import make_adapter
-from crmsync.crm.base import ContactFields, Op
+from crmsync.crm.base import Op
 from crmsync.crm.http import Headers, loads
 from crmsync.crm.quota import DEFAULT_LIMITED_SECONDS
 from crmsync.crm.salesforce import (
@@ -23,6 +23,7 @@ from crmsync.crm.salesforce import (
     parse_upsert,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable, UserError
+from crmsync.model import Contact
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "salesforce.json").read_text())
 
@@ -33,8 +34,8 @@ def answer(name: str) -> tuple[int, Headers, Any]:
     return f["status"], CIMultiDict(f["headers"]), loads(raw.encode() if raw != "null" else b"")
 
 
-def fields(cid: str, last: str | None = "Lovelace") -> ContactFields:
-    return ContactFields(cid, f"{cid}@example.com", "Ada", last, "Acme", "active")
+def fields(cid: str, last: str | None = "Lovelace") -> Contact:
+    return Contact(cid, "default", f"{cid}@example.com", "Ada", last, "Acme", "active", 1)
 
 
 def upsert(cid: str, ext: str | None = None) -> Op:

@@ -14,24 +14,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from crmsync.crm.http import WriteWatch
 from crmsync.errors import AuthFailed, CrmError, RateLimited
-
-
-@dataclass(frozen=True, slots=True)
-class ContactFields:
-    contact_id: str
-    email: str
-    first_name: str | None
-    last_name: str | None
-    company: str | None
-    status: str
+from crmsync.model import CONTACT_ATTRS, Contact
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
     kind: Literal["create", "update", "delete"]
     contact_id: str
-    fields: ContactFields | None  # None for delete
+    contact: Contact | None  # the contact as the worker read it; None for delete
     external_id: str | None  # CRM record id from the ledger (update/delete)
 
 
@@ -54,13 +46,12 @@ class CrmAdapter(Protocol):
     crm: str  # "salesforce" | "hubspot"
     max_batch: int  # 200 / 100
 
-    async def send(self, ops: Sequence[Op]) -> SendResult:
-        """One HTTP request (see docs/INTERNALS.md); whole-request failures raise."""
+    async def send(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> SendResult:
+        """One HTTP request when it can (see docs/INTERNALS.md); whole-request
+        failures raise. Every HTTP call of the send reports to ``watch``
+        (``crmsync.crm.http``): the first one's write, a permit before each
+        further one."""
         ...
-
-
-# Our contact attributes, in the order adapters map them onto CRM fields.
-CONTACT_ATTRS = ("email", "first_name", "last_name", "company", "status")
 
 
 def field_map(defaults: Mapping[str, str], override: Any) -> dict[str, str]:

@@ -1,15 +1,22 @@
 """One HTTP exchange with a CRM, on the process's shared aiohttp session.
 
 ``call`` sends one request and maps "no answer" (timeout, reset, refused) onto
-``Retryable``. A sender may watch its request being written (``WRITE_WATCH``):
-the rate limiter counts sends as the CRM counts arrivals, so a request written
-late has its permit moved to the moment it went out.
+``Retryable``.
+
+The write watch: the rate limiter counts sends as the CRM counts arrivals, so a
+request written late must have its permit moved to the moment it went out, and
+every request the CRM counts must have had a permit. The worker hands a
+``WriteWatch`` to ``CrmAdapter.send``; the adapter passes it to every ``call``
+of that send. ``call`` tells it when the first request is written (its body's
+bytes reach the socket, after the headers are built and a connection is taken,
+so a stall anywhere before the write is seen) and awaits its ``extra_permit``
+before every further request of the same send. Without a watch (no limits, a
+check from the CLI) nothing is reported and nothing waits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,15 +70,15 @@ async def call(
     headers: Mapping[str, str],
     body: bytes | None,
     limit: aiohttp.ClientTimeout,
+    watch: WriteWatch | None = None,
 ) -> tuple[int, Headers, bytes]:
     """One HTTP exchange; no answer at all (timeout, reset, refused) is Retryable.
 
-    A ``WRITE_WATCH`` set by the calling task is told when its first request is
-    written: by the body as it goes out, or now for a request without one (its
-    headers go out within this call, waiting on nothing but a pooled connection).
-    A further request of the same task first awaits the watch's extra permit."""
+    ``watch`` is told when its first request is written: by the body as it goes
+    out, or now for a request without one (its headers go out within this call,
+    waiting on nothing but a pooled connection). A further request on the same
+    watch first awaits its extra permit."""
     data: bytes | WatchedBody | None = body
-    watch = WRITE_WATCH.get()
     if watch is not None:
         if not watch.started:
             watch.started = True
@@ -97,7 +104,7 @@ async def call(
 
 @dataclass(slots=True)
 class WriteWatch:
-    """What a sender wants to hear from ``call`` about its requests to the CRM.
+    """What a sender wants to hear from ``call`` about the requests of one send.
 
     ``on_write`` is told once, when the first request is written (the moment the
     CRM starts counting it). ``extra_permit`` is awaited before every further
@@ -113,10 +120,6 @@ class WriteWatch:
         if not self.fired:
             self.fired = True
             self.on_write()
-
-
-# Set by a sender in its own task; read by ``call``.
-WRITE_WATCH: ContextVar[WriteWatch | None] = ContextVar("crmsync_write_watch", default=None)
 
 
 class WatchedBody(aiohttp.BytesPayload):
@@ -152,10 +155,18 @@ class JsonClient:
             "Accept": "application/json",
         }
 
-    async def _call(self, method: str, url: str, payload: Any = None) -> tuple[int, Headers, Any]:
+    async def _call(
+        self, method: str, url: str, payload: Any = None, watch: WriteWatch | None = None
+    ) -> tuple[int, Headers, Any]:
         body = None if payload is None else dumps(payload)
         status, headers, raw = await call(
-            self.session, method, url, headers=self.headers, body=body, limit=self.timeout
+            self.session,
+            method,
+            url,
+            headers=self.headers,
+            body=body,
+            limit=self.timeout,
+            watch=watch,
         )
         return status, headers, loads(raw)
 

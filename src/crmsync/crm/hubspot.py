@@ -13,14 +13,15 @@ loses the latest fields.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from crmsync import clock
-from crmsync.crm.base import CONTACT_ATTRS, Op, RecordResult, SendResult, field_map, send_singles
-from crmsync.crm.http import Headers, JsonClient, base_of
+from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
 from crmsync.crm.quota import (
     DEFAULT_LIMITED_SECONDS,
     header_int,
@@ -29,6 +30,7 @@ from crmsync.crm.quota import (
     seconds_to_midnight_utc,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
+from crmsync.model import CONTACT_ATTRS
 
 DEFAULT_PROPERTIES = {
     "email": "email",
@@ -145,7 +147,7 @@ def parse_batch_upsert(
         raise Retryable("HubSpot batch answer is not a JSON object", status=status)
     by_email = {}
     if email_property:
-        by_email = {op.fields.email.lower(): op.contact_id for op in ops if op.fields}
+        by_email = {op.contact.email.lower(): op.contact_id for op in ops if op.contact}
     done: dict[str, RecordResult] = {}
     unkeyed: list[dict[str, Any]] = []
     for item in body.get("results") or []:
@@ -236,46 +238,48 @@ class HubSpotAdapter(JsonClient):
         self.by_key = f"?idProperty={quote(self.id_property, safe='')}"
 
     def _properties(self, op: Op) -> dict[str, str]:
-        assert op.fields is not None, "upserts carry fields"
-        f = op.fields
+        assert op.contact is not None, "upserts carry the contact"
+        c = op.contact
         # HubSpot clears a property with "", not null.
-        props = {self.props[a]: getattr(f, a) or "" for a in CONTACT_ATTRS if a in self.props}
+        props = {self.props[a]: getattr(c, a) or "" for a in CONTACT_ATTRS if a in self.props}
         props[self.id_property] = op.contact_id
         return props
 
     def _url(self, record: str) -> str:
         return f"{self.contacts}/{quote(record, safe='')}"
 
-    async def send(self, ops: Sequence[Op]) -> SendResult:
+    async def send(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> SendResult:
         if not ops:
             return SendResult([])
         if ops[0].kind == "delete":
-            return await self._delete(ops)
+            return await self._delete(ops, watch)
         if len(ops) == 1:
-            return await self._upsert_one(ops[0])
+            return await self._upsert_one(ops[0], watch)
         key = self.id_property
         inputs = [
             {"id": op.contact_id, "idProperty": key, "properties": self._properties(op)}
             for op in ops
         ]
-        answer = await self._call("POST", f"{self.contacts}/batch/upsert", {"inputs": inputs})
+        answer = await self._call(
+            "POST", f"{self.contacts}/batch/upsert", {"inputs": inputs}, watch
+        )
         return parse_batch_upsert(
             ops, *answer, id_property=self.id_property, email_property=self.props.get("email")
         )
 
-    async def _upsert_one(self, op: Op) -> SendResult:
+    async def _upsert_one(self, op: Op, watch: WriteWatch | None) -> SendResult:
         payload = {"properties": self._properties(op)}
         if op.kind == "update":
             url = self._url(op.external_id) if op.external_id else self._keyed(op)
-            return parse_single(op, *await self._call("PATCH", url, payload))
-        status, headers, body = await self._call("POST", self.contacts, payload)
+            return parse_single(op, *await self._call("PATCH", url, payload, watch))
+        status, headers, body = await self._call("POST", self.contacts, payload, watch)
         if not self._is_conflict(status, body):
             return parse_single(op, status, headers, body)
         # 409: a contact with this crmsync_id (our earlier create whose answer
         # was lost) or with this email exists. Update ours by crmsync_id; if
         # there is none, the email belongs to someone else: a real conflict.
         conflict = error_for(status, headers, body)
-        s2, h2, b2 = await self._call("PATCH", self._keyed(op), payload)
+        s2, h2, b2 = await self._call("PATCH", self._keyed(op), payload, watch)
         if s2 == 404:
             raise conflict
         res = parse_single(op, s2, h2, b2)
@@ -291,12 +295,12 @@ class HubSpotAdapter(JsonClient):
     def _keyed(self, op: Op) -> str:
         return self._url(op.contact_id) + self.by_key
 
-    async def _delete_one(self, op: Op) -> SendResult:
+    async def _delete_one(self, op: Op, watch: WriteWatch | None) -> SendResult:
         ext = op.external_id
         if not ext:
             # No HubSpot id in the ledger (the create's answer was lost): look
             # the contact up by crmsync_id first; not found = nothing to delete.
-            status, headers, body = await self._call("GET", self._keyed(op))
+            status, headers, body = await self._call("GET", self._keyed(op), None, watch)
             if status == 404:
                 return parse_delete(op, status, headers, body)
             found = parse_single(op, status, headers, body).results[0].external_id
@@ -304,20 +308,22 @@ class HubSpotAdapter(JsonClient):
                 raise Retryable("HubSpot lookup by crmsync_id returned no id", status=status)
             op = Op(op.kind, op.contact_id, None, found)
             ext = found
-        return parse_delete(op, *await self._call("DELETE", self._url(ext)))
+        return parse_delete(op, *await self._call("DELETE", self._url(ext), None, watch))
 
-    async def _delete(self, ops: Sequence[Op]) -> SendResult:
+    async def _delete(self, ops: Sequence[Op], watch: WriteWatch | None) -> SendResult:
         if len(ops) == 1:
-            return await self._delete_one(ops[0])
+            return await self._delete_one(ops[0], watch)
         known = [op for op in ops if op.external_id]
         unknown = [op for op in ops if not op.external_id]
         by_contact: dict[str, RecordResult] = {}
         blocks: list[float] = []
         if known:
             inputs = [{"id": op.external_id} for op in known]
-            answer = await self._call("POST", f"{self.contacts}/batch/archive", {"inputs": inputs})
+            answer = await self._call(
+                "POST", f"{self.contacts}/batch/archive", {"inputs": inputs}, watch
+            )
             res = parse_archive(known, *answer)
             by_contact.update((r.contact_id, r) for r in res.results)
             blocks.extend(b for b in [res.block_for] if b)
-        await send_singles(unknown, self._delete_one, by_contact, blocks)
+        await send_singles(unknown, partial(self._delete_one, watch=watch), by_contact, blocks)
         return SendResult([by_contact[op.contact_id] for op in ops], max(blocks, default=None))

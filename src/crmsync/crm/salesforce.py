@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from crmsync.crm.base import CONTACT_ATTRS, Op, RecordResult, SendResult, field_map, send_singles
-from crmsync.crm.http import Headers, JsonClient, base_of
+from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
 from crmsync.crm.quota import DEFAULT_LIMITED_SECONDS, lower_keys, retry_after_seconds
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
+from crmsync.model import CONTACT_ATTRS
 
 DEFAULT_FIELDS = {
     "email": "Email",
@@ -185,39 +187,39 @@ class SalesforceAdapter(JsonClient):
         self.collection_upsert = f"{self.collection}/Contact/{quote(self.ext_field, safe='')}"
 
     def _values(self, op: Op) -> dict[str, Any]:
-        assert op.fields is not None, "upserts carry fields"
-        f = op.fields
-        return {self.fields[a]: getattr(f, a) for a in CONTACT_ATTRS if a in self.fields}
+        assert op.contact is not None, "upserts carry the contact"
+        c = op.contact
+        return {self.fields[a]: getattr(c, a) for a in CONTACT_ATTRS if a in self.fields}
 
-    async def send(self, ops: Sequence[Op]) -> SendResult:
+    async def send(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> SendResult:
         if not ops:
             return SendResult([])
         if ops[0].kind == "delete":
-            return await self._delete(ops)
+            return await self._delete(ops, watch)
         if len(ops) == 1:
             op = ops[0]
             url = f"{self.by_ext}/{quote(op.contact_id, safe='')}"
-            return parse_upsert(op, *await self._call("PATCH", url, self._values(op)))
+            return parse_upsert(op, *await self._call("PATCH", url, self._values(op), watch))
         records = [
             {"attributes": {"type": "Contact"}, self.ext_field: op.contact_id, **self._values(op)}
             for op in ops
         ]
         payload = {"allOrNone": False, "records": records}
-        answer = await self._call("PATCH", self.collection_upsert, payload)
+        answer = await self._call("PATCH", self.collection_upsert, payload, watch)
         return parse_collection(ops, *answer, deleting=False)
 
-    async def _delete_one(self, op: Op) -> SendResult:
+    async def _delete_one(self, op: Op, watch: WriteWatch | None) -> SendResult:
         if op.external_id:
             url = f"{self.sobject}/{quote(op.external_id, safe='')}"
         else:
             # No Salesforce Id in the ledger (the create's answer was lost):
             # delete by our external id instead.
             url = f"{self.by_ext}/{quote(op.contact_id, safe='')}"
-        return parse_delete(op, *await self._call("DELETE", url))
+        return parse_delete(op, *await self._call("DELETE", url, None, watch))
 
-    async def _delete(self, ops: Sequence[Op]) -> SendResult:
+    async def _delete(self, ops: Sequence[Op], watch: WriteWatch | None) -> SendResult:
         if len(ops) == 1:
-            return await self._delete_one(ops[0])
+            return await self._delete_one(ops[0], watch)
         known = [op for op in ops if op.external_id]
         unknown = [op for op in ops if not op.external_id]
         by_contact: dict[str, RecordResult] = {}
@@ -225,10 +227,11 @@ class SalesforceAdapter(JsonClient):
         if len(known) > 1:
             ids = ",".join(quote(op.external_id or "", safe="") for op in known)
             url = f"{self.collection}?ids={ids}&allOrNone=false"
-            res = parse_collection(known, *await self._call("DELETE", url), deleting=True)
+            answer = await self._call("DELETE", url, None, watch)
+            res = parse_collection(known, *answer, deleting=True)
             by_contact.update((r.contact_id, r) for r in res.results)
             blocks.extend(b for b in [res.block_for] if b)
         else:
             unknown = known + unknown
-        await send_singles(unknown, self._delete_one, by_contact, blocks)
+        await send_singles(unknown, partial(self._delete_one, watch=watch), by_contact, blocks)
         return SendResult([by_contact[op.contact_id] for op in ops], max(blocks, default=None))

@@ -18,6 +18,7 @@ import pytest
 
 from crmsync_lab.mock.config import AccountSpec, scenario
 from crmsync_lab.mock.limits import AccountLimits, Window
+from crmsync_lab.mock.seeding import chosen
 from crmsync_lab.mock.server import MockHandle
 from support import StartMock
 
@@ -32,6 +33,8 @@ async def mock(start_mock_crm: StartMock) -> MockHandle:
         AccountSpec("hubspot", "acme", token="secret", limits=(Window(5, 1000),)),
         AccountSpec("salesforce", "free", limits=(Window(0, 1000),)),
         AccountSpec("hubspot", "free", limits=(Window(0, 1000),)),
+        # An org whose CrmSync_Id__c is not unique: naive clients can duplicate it.
+        AccountSpec("salesforce", "loose", limits=(Window(0, 1000),), id_field="not-unique"),
         seed=1,
     )
 
@@ -183,28 +186,34 @@ async def test_batch_sizes_and_uniqueness_are_enforced(
 
 
 async def test_duplicates_are_counted(mock: MockHandle, http: aiohttp.ClientSession) -> None:
-    # A naive client creating with POST (no upsert) makes duplicates; the mock sees them.
+    # A unique external id refuses a second record with it, as Salesforce does.
     url = f"{mock.base_url('salesforce', 'free')}{SF}/sobjects/Contact"
+    body = {"LastName": "L", "Email": "same@x.io", "CrmSync_Id__c": "c1"}
+    assert (await call(http, "POST", url, "token-free", body))[0] == 201
+    status, answer, _ = await call(http, "POST", url, "token-free", body)
+    assert status == 400 and answer[0]["errorCode"] == "DUPLICATE_VALUE"
+    # Where it is not unique, a naive client creating with POST (no upsert) makes
+    # duplicates; the mock sees them.
+    url = f"{mock.base_url('salesforce', 'loose')}{SF}/sobjects/Contact"
     for _ in range(3):
-        body = {"LastName": "L", "Email": "same@x.io", "CrmSync_Id__c": "c1"}
-        status, _, _ = await call(http, "POST", url, "token-free", body)
+        status, _, _ = await call(http, "POST", url, "token-loose", body)
         assert status == 201
-    s = mock.account_stats("salesforce", "free")
+    s = mock.account_stats("salesforce", "loose")
     assert s["records"] == 3 and s["duplicates_by"] == {"external_id": 2, "email": 2}
     assert s["duplicates"] == 4
     # Kept up to date on every write: a delete and an email change count down.
-    ids = [r["Id"] for r in mock.records("salesforce", "free")]
-    status, _, _ = await call(http, "DELETE", f"{url}/{ids[0]}", "token-free")
+    ids = [r["Id"] for r in mock.records("salesforce", "loose")]
+    status, _, _ = await call(http, "DELETE", f"{url}/{ids[0]}", "token-loose")
     assert status == 204
     status, _, _ = await call(
         http,
         "PATCH",
         f"{url}/CrmSync_Id__c/c2",
-        "token-free",
+        "token-loose",
         {"LastName": "L", "Email": "SAME@x.io"},
     )
     assert status == 201  # a new record, sharing the email (case-insensitive)
-    s = mock.account_stats("salesforce", "free")
+    s = mock.account_stats("salesforce", "loose")
     assert s["duplicates_by"] == {"external_id": 1, "email": 2}
 
 
@@ -273,7 +282,7 @@ async def test_accounts_added_at_run_time(mock: MockHandle, http: aiohttp.Client
     status, _, _ = await call(http, "GET", f"{view['base_url']}{HS}/1", "tok")
     assert status == 404  # authenticated, no such contact
     async with http.get(f"{mock.url}/_control/accounts") as r:
-        assert len(await r.json()) == 5
+        assert len(await r.json()) == 6
 
 
 def test_seed_scenario() -> None:
@@ -307,3 +316,59 @@ def test_cli_serves_the_seed_scenario() -> None:
         if proc.stdout is not None:
             proc.stdout.close()
     assert code == 0  # SIGTERM is a clean stop
+
+
+def test_cli_demo_with_the_crms_models_oauth_and_seeds(tmp_path: Path) -> None:
+    seeds = tmp_path / "contacts.csv"
+    rows = [f"c{i},p{i}@x.io,P,Person{i},Acme" for i in range(40)]
+    seeds.write_text("id,email,first_name,last_name,company\n" + "\n".join(rows) + "\n")
+    share = sum(chosen(f"p{i}@x.io", 0.5) for i in range(40))
+    assert 0 < share < 40
+    exe = Path(sys.executable).parent / "crmsync"
+    args = ["--port", "0", "--scenario", "demo", "--json", "--limit-model", "crm"]
+    args += ["--token-lifetime", "5", "--no-static-tokens", "--hs-tier", "250"]
+    args += ["--seed-contacts", str(seeds), "--seed-share", "0.5", "--day-seconds", "60"]
+    proc = subprocess.Popen([str(exe), "mock-crm", *args], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        views = {f"{a['crm']}/{a['account']}": a for a in info["accounts"]}
+        assert set(views) == {
+            "salesforce/sf-01",
+            "salesforce/sf-02",
+            "hubspot/hs-01",
+            "hubspot/hs-02",
+        }
+        for key, view in views.items():
+            assert view["token"] is None and view["oauth"]["token_lifetime"] == 5
+            assert view["model"] == key.split("/")[0] and view["day_seconds"] == 60
+        assert views["hubspot/hs-01"]["limits"][0] == {"limit": 250, "window_ms": 10_000}
+        with urllib.request.urlopen(f"{info['url']}/_control/stats", timeout=5) as r:
+            stats = json.loads(r.read())
+        assert {s["records"] for s in stats["accounts"].values()} == {share}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--limit-model", "fast"], "--limit-model must be one of windows, crm"),
+        (["--hs-tier", "gold"], "--hs-tier: tier 'gold' is not a HubSpot tier"),
+        (["--seed-contacts", "/no/such.csv"], "cannot read seed file /no/such.csv"),
+        (["--tls-cert", "/x.pem"], "--tls-cert and --tls-key go together"),
+    ],
+)
+def test_cli_names_a_bad_option(flags: list[str], words: str) -> None:
+    exe = Path(sys.executable).parent / "crmsync"
+    done = subprocess.run(
+        [str(exe), "mock-crm", "--port", "0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode != 0 and words in done.stderr and "Traceback" not in done.stderr

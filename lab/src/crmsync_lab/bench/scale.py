@@ -28,7 +28,7 @@ from crmsync.queue import keys
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
 from crmsync.redis_client import RedisClient
-from crmsync.scheduler import Scheduler
+from crmsync.worker.slots import Scheduler
 from crmsync_lab.bench.report import ScenarioResult, percentile, ratio, target
 from crmsync_lab.bench.scenarios import cluster_config, rounded
 from crmsync_lab.bench.stage import UNLIMITED_SPEC, BenchConfig, Stage

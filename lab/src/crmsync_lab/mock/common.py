@@ -73,3 +73,37 @@ class Counts:
 
     def view(self) -> dict[str, int]:
         return {"created": self.created, "updated": self.updated, "deleted": self.deleted}
+
+
+class Index:
+    """Record ids by one field's value (case-folded: both CRMs match these fields
+    without case), in the order the records got the value."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self) -> None:
+        self.ids: dict[str, list[str]] = {}
+
+    @staticmethod
+    def key(value: Any) -> str | None:
+        return str(value).lower() if value not in (None, "") else None
+
+    def get(self, value: Any) -> list[str]:
+        key = self.key(value)
+        return self.ids.get(key, []) if key is not None else []
+
+    def move(self, record_id: str, old: Any, new: Any) -> None:
+        old_key, new_key = self.key(old), self.key(new)
+        if old_key == new_key:
+            return
+        if old_key is not None:
+            owners = self.ids.get(old_key, [])
+            if record_id in owners:
+                owners.remove(record_id)
+            if not owners:
+                self.ids.pop(old_key, None)
+        if new_key is not None:
+            self.ids.setdefault(new_key, []).append(record_id)
+
+    def clear(self) -> None:
+        self.ids.clear()

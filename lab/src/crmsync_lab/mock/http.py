@@ -11,10 +11,12 @@ chunked bodies, ``Expect: 100-continue``, responses written in request order
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from ssl import SSLContext
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, unquote
 
@@ -33,6 +35,7 @@ class Request:
     headers: dict[str, str]  # lower-case names
     body: bytes
     version: str = "HTTP/1.1"
+    origin: str = ""  # the instance URL a request came in at, "" for the main port
 
     @property
     def path(self) -> str:
@@ -193,8 +196,16 @@ class HttpProtocol(asyncio.Protocol):
         segs = path.split("/")
         if "%" in path:
             segs = [unquote(s) for s in segs]
-        query = dict(parse_qsl(qs, keep_blank_values=True)) if qs else {}
-        return Request(method, segs, query, headers, body, version)
+        return Request(method, segs, _query(qs) if qs else {}, headers, body, version)
+
+
+def _query(qs: str) -> dict[str, str]:
+    """The query's fields; a repeated one (``properties=a&properties=b``, as
+    generated clients send lists) is joined with commas."""
+    out: dict[str, str] = {}
+    for key, value in parse_qsl(qs, keep_blank_values=True):
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
 
 
 def _dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | None:
@@ -221,10 +232,23 @@ def _dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | None:
         pos += size + 2
 
 
-async def serve(app: App, host: str, port: int, *, backlog: int = 2048) -> asyncio.Server:
+async def serve(
+    app: App,
+    host: str | None = None,
+    port: int = 0,
+    *,
+    backlog: int = 2048,
+    ssl: SSLContext | None = None,
+    sock: socket.socket | None = None,
+) -> asyncio.Server:
+    """Serve ``app`` on ``host:port`` or on a bound ``sock``, over TLS with ``ssl``."""
     loop = asyncio.get_running_loop()
 
     def factory() -> Any:
         return HttpProtocol(app)
 
-    return await loop.create_server(factory, host, port, backlog=backlog, reuse_address=True)
+    if sock is not None:
+        return await loop.create_server(factory, sock=sock, backlog=backlog, ssl=ssl)
+    return await loop.create_server(
+        factory, host, port, backlog=backlog, reuse_address=True, ssl=ssl
+    )

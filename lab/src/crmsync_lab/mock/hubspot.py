@@ -1,12 +1,12 @@
-"""A HubSpot portal as the mock serves it: contacts over the CRM v3 API.
+"""A HubSpot portal as the mock serves it: contact records and their rules.
 
-Speaks what crmsync's adapter and a strict client expect: create (201; 409
-CONFLICT "Contact already exists. Existing ID: N" on a taken email or
-``crmsync_id``), read/update/delete by id or by a unique ``idProperty``,
-``batch/upsert`` (<= 100 inputs, 200 COMPLETE or 207 with ``errors`` whose
-``context.ids`` name the inputs; results deliberately NOT in input order) and
-``batch/archive`` (204), with HubSpot's error body
-``{"status":"error","message","correlationId","category"}``.
+Properties as the portal defines them (schema.py; more can be created over
+the API): unknown ones are ``PROPERTY_DOESNT_EXIST``, read-only ones
+``READ_ONLY_VALUE``, enumerations take their options only. ``email`` is
+unique per portal, and so is every property with ``hasUniqueValue``
+(``crmsync_id`` unless the account says otherwise): a write that takes
+another contact's value is 409 ``Contact already exists. Existing ID: <id>``,
+as HubSpot answers. The REST routes are in hubspot_rest.py.
 """
 
 from __future__ import annotations
@@ -20,13 +20,18 @@ from typing import Any
 
 import orjson
 
+from crmsync_lab.mock import schema
 from crmsync_lab.mock.common import Answer, Counts, Duplicates
 
-PROPERTIES = frozenset(
-    {"email", "firstname", "lastname", "company", "crmsync_status", "crmsync_id"}
+DEFAULT_PROPERTIES = (
+    "createdate",
+    "email",
+    "firstname",
+    "hs_object_id",
+    "lastmodifieddate",
+    "lastname",
 )
-UNIQUE = ("crmsync_id", "email")
-MAX_BATCH = 100
+SYSTEM = ("hs_object_id", "createdate", "lastmodifieddate")
 
 
 def error(category: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -39,10 +44,15 @@ def error(category: str, message: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def batch_error(category: str, message: str, ids: list[str]) -> dict[str, Any]:
+    """One error of a batch answer (the official client requires every key)."""
+    return error(category, message, context={"ids": ids}, links={}, errors=[])
+
+
 _second: list[Any] = [-1, ""]
 
 
-def _now_iso() -> str:
+def now_iso() -> str:
     """Now as HubSpot writes it (``2024-05-01T10:00:00.123Z``); the date part is cached."""
     t = time.time()
     sec = int(t)
@@ -57,17 +67,40 @@ def _invalid(name: str, message: str, code: str) -> str:
     return "Property values were not valid: " + orjson.dumps(detail).decode()
 
 
+Problem = tuple[int, str, str]  # (status, category, message)
+
+
 class HubSpotPortal:
-    def __init__(self, name: str, index: int, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        *,
+        rng: random.Random | None = None,
+        id_field: str = "ok",
+    ) -> None:
         self.name = name
         self.index = index
         self.rng = rng or random.Random(index)
+        self.properties = schema.hubspot_properties(id_field)
         self.records: dict[str, dict[str, str]] = {}
         self.times: dict[str, tuple[str, str]] = {}  # id -> (created, updated) ISO times
-        self.unique: dict[str, dict[str, str]] = {p: {} for p in UNIQUE}
+        self.unique: dict[str, dict[str, str]] = {}
+        self._index_unique()
         self.next = 1
         self.counts = Counts()
         self.dups = Duplicates()
+
+    def _index_unique(self) -> None:
+        names = ["email"] + [
+            n for n, p in self.properties.items() if p["hasUniqueValue"] and n != "hs_object_id"
+        ]
+        for name in names:
+            self.unique.setdefault(name, {})
+
+    @staticmethod
+    def _fold(prop: str, value: str) -> str:
+        return value.lower() if prop == "email" else value
 
     # -- inspection -------------------------------------------------------
     def view(self) -> list[dict[str, Any]]:
@@ -79,55 +112,79 @@ class HubSpotPortal:
     def reset(self) -> None:
         self.records.clear()
         self.times.clear()
-        self.unique = {p: {} for p in UNIQUE}
+        self.unique = {p: {} for p in self.unique}
         self.counts = Counts()
         self.dups = Duplicates()
 
-    # -- records ----------------------------------------------------------
-    def _object(self, hs_id: str, new: bool | None = None) -> dict[str, Any]:
+    def obj(
+        self, hs_id: str, wanted: list[str] | None = None, new: bool | None = None
+    ) -> dict[str, Any]:
+        """The contact as the API shows it: every stored property (``wanted``
+        None) or the asked ones (null when unset) plus the system ones."""
         created, updated = self.times[hs_id]
-        props = dict(self.records[hs_id])
-        props["hs_object_id"] = hs_id
-        props["createdate"] = created
-        props["lastmodifieddate"] = updated
+        stored = self.records[hs_id]
+        system = {"hs_object_id": hs_id, "createdate": created, "lastmodifieddate": updated}
+        if wanted is None:
+            props: dict[str, Any] = {**stored, **system}
+        else:
+            props = {n: stored.get(n) for n in wanted if n in self.properties}
+            props.update(system)
         obj: dict[str, Any] = {
             "id": hs_id,
             "properties": props,
-            "createdAt": props["createdate"],
-            "updatedAt": props["lastmodifieddate"],
+            "createdAt": created,
+            "updatedAt": updated,
             "archived": False,
         }
         if new is not None:
             obj["new"] = new
         return obj
 
-    def _find(self, key: str, prop: str | None) -> str | None:
+    def find(self, key: str, prop: str | None) -> str | None:
         if prop is None or prop == "hs_object_id":
             return key if key in self.records else None
-        return self.unique.get(prop, {}).get(key.lower() if prop == "email" else key)
+        return self.unique.get(prop, {}).get(self._fold(prop, key))
 
-    def _problem(self, props: Any, hs_id: str | None) -> tuple[int, str, str] | None:
+    def id_property_problem(self, prop: str | None) -> Problem | None:
+        """Why ``prop`` cannot name one contact (None: it can)."""
+        if prop is None or prop == "hs_object_id" or prop in self.unique:
+            return None
+        if prop not in self.properties:
+            msg = f"Unable to find property {prop} on object type 0-1"
+            return 400, "VALIDATION_ERROR", msg
+        msg = f"Property {prop} is not a unique identifier property; it has no unique values"
+        return 400, "VALIDATION_ERROR", msg
+
+    def problem(self, props: Any, hs_id: str | None) -> Problem | None:
         """(status, category, message) when the properties cannot be written."""
         if not isinstance(props, dict):
             return 400, "VALIDATION_ERROR", "properties must be an object"
         for name, value in props.items():
-            if name not in PROPERTIES:
+            prop = self.properties.get(name)
+            if prop is None:
                 msg = _invalid(name, f'Property "{name}" does not exist', "PROPERTY_DOESNT_EXIST")
                 return 400, "VALIDATION_ERROR", msg
+            if prop["modificationMetadata"]["readOnlyValue"]:
+                msg = f'"{name}" is a read only property; its value cannot be set.'
+                return 400, "VALIDATION_ERROR", _invalid(name, msg, "READ_ONLY_VALUE")
             if name == "email" and value and "@" not in str(value):
                 msg = _invalid(name, f"Email address {value} is invalid", "INVALID_EMAIL")
                 return 400, "VALIDATION_ERROR", msg
-        for prop in UNIQUE:
-            value = props.get(prop)
+            if prop["type"] == "enumeration" and value:
+                options = [o["value"] for o in prop["options"]]
+                if str(value) not in options:
+                    msg = f"{value} was not one of the allowed options: {options}"
+                    return 400, "VALIDATION_ERROR", _invalid(name, msg, "INVALID_OPTION")
+        for prop_name, owners in self.unique.items():
+            value = props.get(prop_name)
             if value:
-                key = str(value).lower() if prop == "email" else str(value)
-                owner = self.unique[prop].get(key)
+                owner = owners.get(self._fold(prop_name, str(value)))
                 if owner is not None and owner != hs_id:
                     return 409, "CONFLICT", f"Contact already exists. Existing ID: {owner}"
         return None
 
-    def _write(self, hs_id: str | None, props: Mapping[str, Any]) -> str:
-        now = _now_iso()
+    def write(self, hs_id: str | None, props: Mapping[str, Any]) -> str:
+        now = now_iso()
         if hs_id is None:
             hs_id = str(self.index * 1_000_000_000 + self.next)
             self.next += 1
@@ -138,133 +195,75 @@ class HubSpotPortal:
             self.times[hs_id] = (self.times[hs_id][0], now)
             self.counts.updated += 1
         record = self.records[hs_id]
-        before = (record.get("crmsync_id"), record.get("email")) if record else None
+        before = (record.get(schema.HS_EXT), record.get("email")) if record else None
         for name, value in props.items():
             text = "" if value is None else str(value)
-            if name in UNIQUE:
+            owners = self.unique.get(name)
+            if owners is not None:
                 old = record.get(name)
                 if old:
-                    self.unique[name].pop(old.lower() if name == "email" else old, None)
+                    owners.pop(self._fold(name, old), None)
                 if text:
-                    self.unique[name][text.lower() if name == "email" else text] = hs_id
+                    owners[self._fold(name, text)] = hs_id
             record[name] = text
-        self.dups.change(before, (record.get("crmsync_id"), record.get("email")))
+        self.dups.change(before, (record.get(schema.HS_EXT), record.get("email")))
         return hs_id
 
-    def _archive(self, hs_id: str) -> bool:
+    def archive(self, hs_id: str) -> bool:
         record = self.records.pop(hs_id, None)
         if record is None:
             return False
         del self.times[hs_id]
-        self.dups.change((record.get("crmsync_id"), record.get("email")), None)
-        for name in UNIQUE:
+        self.dups.change((record.get(schema.HS_EXT), record.get("email")), None)
+        for name, owners in self.unique.items():
             value = record.get(name)
             if value:
-                self.unique[name].pop(value.lower() if name == "email" else value, None)
+                owners.pop(self._fold(name, value), None)
         self.counts.deleted += 1
         return True
 
-    # -- REST -------------------------------------------------------------
-    def handle(self, method: str, segs: list[str], query: Mapping[str, str], body: Any) -> Answer:
-        """``segs`` is the path after ``/hs/<account>``."""
-        if segs[:4] != ["crm", "v3", "objects", "contacts"]:
-            return Answer(404, error("OBJECT_NOT_FOUND", "Unable to infer object type"))
-        rest = segs[4:]
-        if not rest:
-            if method == "POST":
-                return self._create(body)
-        elif len(rest) == 2 and rest[0] == "batch" and method == "POST":
-            if rest[1] == "upsert":
-                return self._batch_upsert(body)
-            if rest[1] == "archive":
-                return self._batch_archive(body)
-        elif len(rest) == 1:
-            return self._one(method, rest[0], query.get("idProperty"), body)
-        return Answer(404, error("OBJECT_NOT_FOUND", "Resource not found"))
+    def create_property(self, body: Any) -> Answer:
+        """``POST /crm/v3/properties/contacts``: a new (custom) property."""
+        if not isinstance(body, dict):
+            return Answer(400, error("VALIDATION_ERROR", "the body must be a JSON object"))
+        name = str(body.get("name") or "")
+        missing = [
+            k for k in ("name", "label", "type", "fieldType", "groupName") if not body.get(k)
+        ]
+        if missing:
+            msg = f"Property create is missing required field(s): {', '.join(missing)}"
+            return Answer(400, error("VALIDATION_ERROR", msg))
+        if name in self.properties:
+            msg = f"Property named '{name}' already exists."
+            return Answer(409, error("OBJECT_ALREADY_EXISTS", msg))
+        if body["type"] not in ("string", "number", "date", "datetime", "enumeration", "bool"):
+            return Answer(400, error("VALIDATION_ERROR", f"Invalid property type {body['type']}"))
+        options = [
+            {"displayOrder": i, "hidden": False, **o}
+            for i, o in enumerate(body.get("options") or [])
+            if isinstance(o, dict)
+        ]
+        flags = "xu" if body.get("hasUniqueValue") else "x"
+        prop = schema.hubspot_property(
+            name,
+            str(body["type"]),
+            str(body["fieldType"]),
+            str(body["label"]),
+            str(body["groupName"]),
+            flags,
+            created=now_iso(),
+            options=options,
+        )
+        prop["description"] = str(body.get("description") or "")
+        self.properties[name] = prop
+        self._index_unique()
+        return Answer(201, prop)
 
-    def _create(self, body: Any) -> Answer:
-        props = body.get("properties") if isinstance(body, dict) else None
-        problem = self._problem(props, None)
+    def seed(self, props: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """Load one existing contact; (id, None) or (None, why it was refused)."""
+        problem = self.problem(dict(props), None)
         if problem:
-            return Answer(problem[0], error(problem[1], problem[2]))
-        assert isinstance(props, dict)
-        return Answer(201, self._object(self._write(None, props)), wrote=True)
-
-    def _one(self, method: str, key: str, prop: str | None, body: Any) -> Answer:
-        hs_id = self._find(key, prop)
-        if hs_id is None:
-            msg = "Object not found.  objectId are usually numeric."
-            return Answer(404, error("OBJECT_NOT_FOUND", msg, context={"id": [key]}))
-        if method == "GET":
-            return Answer(200, self._object(hs_id))
-        if method == "DELETE":
-            self._archive(hs_id)
-            return Answer(204, None, wrote=True)
-        if method == "PATCH":
-            props = body.get("properties") if isinstance(body, dict) else None
-            problem = self._problem(props, hs_id)
-            if problem:
-                return Answer(problem[0], error(problem[1], problem[2]))
-            assert isinstance(props, dict)
-            return Answer(200, self._object(self._write(hs_id, props)), wrote=True)
-        return Answer(405, error("VALIDATION_ERROR", f"Method {method} not allowed"))
-
-    def _inputs(self, body: Any) -> list[Any] | Answer:
-        inputs = body.get("inputs") if isinstance(body, dict) else None
-        if not isinstance(inputs, list) or not inputs:
-            return Answer(400, error("VALIDATION_ERROR", "inputs must be a non-empty list"))
-        if len(inputs) > MAX_BATCH:
-            msg = f"Batch input limit exceeded: {len(inputs)} inputs, at most {MAX_BATCH}"
-            return Answer(400, error("VALIDATION_ERROR", msg))
-        return inputs
-
-    def _batch_upsert(self, body: Any) -> Answer:
-        inputs = self._inputs(body)
-        if isinstance(inputs, Answer):
-            return inputs
-        ids = [str(i.get("id")) if isinstance(i, dict) else "" for i in inputs]
-        dup: list[str] = []
-        if len(set(ids)) != len(ids):
-            dup = sorted({i for i in ids if ids.count(i) > 1})  # rare: the error path
-        if dup:
-            msg = f"Duplicate IDs found in batch input: {dup}. IDs must be unique"
-            return Answer(400, error("VALIDATION_ERROR", msg))
-        started = _now_iso()
-        results: list[dict[str, Any]] = []
-        errors: list[dict[str, Any]] = []
-        for item, key in zip(inputs, ids, strict=True):
-            prop = item.get("idProperty") if isinstance(item, dict) else None
-            if prop not in UNIQUE or not key:
-                msg = "idProperty must name a unique property (crmsync_id or email)"
-                errors.append(error("VALIDATION_ERROR", msg, context={"ids": [key]}))
-                continue
-            props = dict(item.get("properties") or {})
-            props[prop] = key
-            hs_id = self._find(key, prop)
-            problem = self._problem(props, hs_id)
-            if problem:
-                errors.append(error(problem[1], problem[2], context={"ids": [key]}))
-                continue
-            results.append(self._object(self._write(hs_id, props), new=hs_id is None))
-        # HubSpot does not promise input order; neither does the mock.
-        self.rng.shuffle(results)
-        payload: dict[str, Any] = {
-            "status": "COMPLETE",
-            "results": results,
-            "startedAt": started,
-            "completedAt": _now_iso(),
-        }
-        if errors:
-            payload["numErrors"] = len(errors)
-            payload["errors"] = errors
-        return Answer(207 if errors else 200, payload, wrote=bool(results))
-
-    def _batch_archive(self, body: Any) -> Answer:
-        inputs = self._inputs(body)
-        if isinstance(inputs, Answer):
-            return inputs
-        wrote = False
-        for item in inputs:
-            if isinstance(item, dict) and item.get("id") is not None:
-                wrote = self._archive(str(item["id"])) or wrote
-        return Answer(204, None, wrote=wrote)
+            return None, problem[2]
+        hs_id = self.write(None, props)
+        self.counts.created -= 1  # seeds are not writes a client made
+        return hs_id, None

@@ -1,56 +1,84 @@
-"""A Salesforce org as the mock serves it: Contact records over the REST API.
+"""A Salesforce org as the mock serves it: Contact records and their rules.
 
-Speaks what crmsync's adapter and a strict client expect: upsert by external
-id (201 created / 200 updated), delete by Id or external id, sObject
-Collections upsert (<= 200, per-record results in input order, ``allOrNone``)
-and delete, with Salesforce's own error bodies
-``[{"message","errorCode","fields"}]`` and per-record
-``{"success": false, "errors": [{"statusCode","message","fields"}]}``.
+Writes as the REST API applies them: the Contact's fields (schema.py) with
+their create/update permissions, the required ``LastName``, valid emails,
+field lengths, a unique external id field (``DUPLICATE_VALUE``), and the org's
+duplicate rule (``duplicate_rule: block``: creating a contact whose email
+another one has, or changing an email to one, is ``DUPLICATES_DETECTED``
+with Salesforce's ``duplicateResult``). Upsert goes by the external id field
+or any idLookup field (``Email``): no match creates, one match updates,
+several answer 300 with the matches. The REST routes are in salesforce_rest.py.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from crmsync_lab.mock.common import Answer, Counts, Duplicates
+from crmsync_lab.mock import schema
+from crmsync_lab.mock.common import Answer, Counts, Duplicates, Index
 
-FIELDS = frozenset({"Email", "FirstName", "LastName", "Company__c", "Status__c"})
-MAX_COLLECTION = 200
-VERSION = re.compile(r"^v\d+\.\d+$")
 ID = re.compile(r"^[0-9A-Za-z]{15}([0-9A-Za-z]{3})?$")
-NOT_FOUND = [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
-ROLLED_BACK = {
-    "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
-    "message": "Record rolled back because not all records were valid and the request was "
-    "using AllOrNone header",
-    "fields": [],
-}
+OWNER_ID = "005000000000001AAA"
+DUPLICATE_RULE = "Standard_Contact_Duplicate_Rule"
 
 Problem = tuple[str, str, list[str]]  # (errorCode, message, fields)
+# A problem that carries more than the three keys (DUPLICATES_DETECTED).
+Rich = dict[str, Any]
 
 
 def error(code: str, message: str, fields: Sequence[str] = ()) -> list[dict[str, Any]]:
     return [{"message": message, "errorCode": code, "fields": list(fields)}]
 
 
-def _record_error(p: Problem) -> dict[str, Any]:
+def record_error(p: Problem | Rich) -> dict[str, Any]:
+    """A failed record in an sObject Collections answer."""
+    if isinstance(p, dict):
+        return {"success": False, "errors": [p]}
     return {"success": False, "errors": [{"statusCode": p[0], "message": p[1], "fields": p[2]}]}
 
 
+def rest_error(p: Problem | Rich) -> list[dict[str, Any]]:
+    """The same problem as a single-record REST answer body."""
+    if isinstance(p, dict):
+        body = {k: v for k, v in p.items() if k != "statusCode"}
+        return [{**body, "errorCode": p["statusCode"]}]
+    return error(*p)
+
+
+def _sf_time(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
 class SalesforceOrg:
-    def __init__(self, name: str, index: int, *, ext_field: str = "CrmSync_Id__c") -> None:
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        *,
+        id_field: str = "ok",
+        duplicate_rule: str = "allow",
+        ext_field: str = schema.SF_EXT,
+    ) -> None:
         self.name = name
         self.prefix = f"003{index % 1000:03d}"
         self.ext_field = ext_field
-        self.fields = FIELDS | {ext_field}
+        self.fields = schema.salesforce_fields(id_field, ext_field)
+        ext = self.fields.get(ext_field)
+        self.ext_unique = bool(ext and ext["unique"])
+        self.block_duplicates = duplicate_rule == "block"
         self.records: dict[str, dict[str, Any]] = {}
-        self.by_ext: dict[str, str] = {}
+        self.times: dict[str, tuple[float, float]] = {}
+        self.by_ext = Index()
+        self.by_email = Index()
         self.deleted: set[str] = set()
         self.next = 1
         self.counts = Counts()
         self.dups = Duplicates()
+        self.usage: Callable[[], tuple[int, int]] = lambda: (0, 0)  # set by the server
 
     # -- inspection -------------------------------------------------------
     def view(self) -> list[dict[str, Any]]:
@@ -59,26 +87,65 @@ class SalesforceOrg:
     def duplicates(self) -> dict[str, int]:
         return self.dups.view()
 
-    def _keys(self, fields: Mapping[str, Any]) -> tuple[Any, Any]:
-        return fields.get(self.ext_field), fields.get("Email")
-
     def reset(self) -> None:
         self.records.clear()
+        self.times.clear()
         self.by_ext.clear()
+        self.by_email.clear()
         self.deleted.clear()
         self.counts = Counts()
         self.dups = Duplicates()
 
-    # -- records ----------------------------------------------------------
+    def full(self, sf_id: str) -> dict[str, Any]:
+        """A record with the fields Salesforce fills in itself."""
+        fields = self.records[sf_id]
+        created, modified = self.times[sf_id]
+        first, last = fields.get("FirstName"), fields.get("LastName")
+        return {
+            "Id": sf_id,
+            "IsDeleted": False,
+            "Name": " ".join(str(p) for p in (first, last) if p),
+            "OwnerId": OWNER_ID,
+            **fields,
+            "CreatedDate": _sf_time(created),
+            "LastModifiedDate": _sf_time(modified),
+            "SystemModstamp": _sf_time(modified),
+        }
+
+    # -- rules --------------------------------------------------------------
     def _new_id(self) -> str:
         n, self.next = self.next, self.next + 1
         return f"{self.prefix}{n:012d}"
 
-    def _problem(self, values: Mapping[str, Any], *, creating: bool) -> Problem | None:
-        for key in values:
-            if key not in self.fields and key != "attributes":
-                msg = f"No such column '{key}' on sobject of type Contact"
-                return ("INVALID_FIELD", msg, [key])
+    def problem(self, values: Mapping[str, Any], *, sf_id: str | None) -> Problem | Rich | None:
+        """Why ``values`` cannot be written (to record ``sf_id``; None: a new one)."""
+        creating = sf_id is None
+        locked = []
+        for key, value in values.items():
+            if key == "attributes":
+                continue
+            field = self.fields.get(key)
+            if field is None:
+                return (
+                    "INVALID_FIELD",
+                    f"No such column '{key}' on sobject of type Contact",
+                    [key],
+                )
+            if not field["createable" if creating else "updateable"]:
+                locked.append(key)
+                continue
+            length = field["length"]
+            text = field["type"] in ("string", "email", "phone", "textarea")
+            if text and value is not None and len(str(value)) > length:
+                msg = f"{field['label']}: data value too large: {value} (max length={length})"
+                return ("STRING_TOO_LONG", msg, [key])
+        if locked:
+            msg = (
+                f"Unable to create/update fields: {', '.join(locked)}. Please check the security "
+                "settings of this field and verify that it is read/write for your profile or "
+                "permission set."
+            )
+            return ("INVALID_FIELD_FOR_INSERT_UPDATE", msg, locked)
         last = values.get("LastName")
         if (creating and not last) or ("LastName" in values and not last):
             return (
@@ -88,177 +155,156 @@ class SalesforceOrg:
             )
         email = values.get("Email")
         if email and "@" not in str(email):
-            msg = f"Email: invalid email address: {email}"
-            return ("INVALID_EMAIL_ADDRESS", msg, ["Email"])
+            return ("INVALID_EMAIL_ADDRESS", f"Email: invalid email address: {email}", ["Email"])
+        ext = values.get(self.ext_field)
+        if self.ext_unique and ext not in (None, ""):
+            owners = [i for i in self.by_ext.get(ext) if i != sf_id]
+            if owners:
+                msg = (
+                    f"duplicate value found: {self.ext_field} duplicates value on record "
+                    f"with id: {owners[0]}"
+                )
+                return ("DUPLICATE_VALUE", msg, [self.ext_field])
+        if self.block_duplicates and email:
+            old = self.records[sf_id].get("Email") if sf_id else None
+            same = [i for i in self.by_email.get(email) if i != sf_id]
+            if same and Index.key(old) != Index.key(email):
+                return self._duplicates_detected(same)
         return None
 
-    def _write(self, ext: str, values: Mapping[str, Any]) -> tuple[str, bool]:
-        fields = {k: v for k, v in values.items() if k != "attributes"}
-        fields[self.ext_field] = ext
-        sf_id = self.by_ext.get(ext)
-        if sf_id is not None:
-            record = self.records[sf_id]
-            before = self._keys(record)
-            record.update(fields)
-            self.dups.change(before, self._keys(record))
-            self.counts.updated += 1
-            return sf_id, False
-        sf_id = self._new_id()
-        self.records[sf_id] = fields
-        self.dups.change(None, self._keys(fields))
-        self.by_ext[ext] = sf_id
-        self.counts.created += 1
-        return sf_id, True
+    def _duplicates_detected(self, matches: list[str]) -> Rich:
+        records = [
+            {
+                "additionalInformation": [],
+                "fieldDiffs": [],
+                "matchConfidence": 100.0,
+                "record": {
+                    "attributes": {
+                        "type": "Contact",
+                        "url": f"/services/data/v60.0/sobjects/Contact/{i}",
+                    },
+                    "Id": i,
+                },
+            }
+            for i in matches
+        ]
+        return {
+            "duplicateResult": {
+                "allowSave": False,
+                "duplicateRule": DUPLICATE_RULE,
+                "duplicateRuleEntityType": "Contact",
+                "errorMessage": "Use one of these records?",
+                "matchResults": [
+                    {
+                        "entityType": "Contact",
+                        "errors": [],
+                        "matchEngine": "ExactMatchEngine",
+                        "matchRecords": records,
+                        "rule": "Standard_Contact_Match_Rule_v1_1",
+                        "size": len(records),
+                        "success": True,
+                    }
+                ],
+            },
+            "statusCode": "DUPLICATES_DETECTED",
+            "message": "Use one of these records?",
+            "fields": [],
+        }
 
-    def _delete(self, sf_id: str) -> Problem | None:
-        fields = self.records.pop(sf_id, None)
-        if fields is not None:
-            self.dups.change(self._keys(fields), None)
+    # -- writes -------------------------------------------------------------
+    def _keys(self, fields: Mapping[str, Any]) -> tuple[Any, Any]:
+        return fields.get(self.ext_field), fields.get("Email")
+
+    def write(self, sf_id: str | None, values: Mapping[str, Any]) -> str:
+        """Apply checked ``values`` to ``sf_id`` (None: a new record); its Id."""
+        now = time.time()
+        fields = {k: v for k, v in values.items() if k != "attributes"}
+        if sf_id is None:
+            sf_id = self._new_id()
+            self.records[sf_id] = {}
+            self.times[sf_id] = (now, now)
+            self.counts.created += 1
         else:
+            self.times[sf_id] = (self.times[sf_id][0], now)
+            self.counts.updated += 1
+        record = self.records[sf_id]
+        before = self._keys(record) if record else None
+        self.by_ext.move(
+            sf_id,
+            record.get(self.ext_field),
+            fields.get(self.ext_field, record.get(self.ext_field)),
+        )
+        self.by_email.move(sf_id, record.get("Email"), fields.get("Email", record.get("Email")))
+        record.update(fields)
+        self.dups.change(before, self._keys(record))
+        return sf_id
+
+    def delete(self, sf_id: str) -> Problem | None:
+        fields = self.records.pop(sf_id, None)
+        if fields is None:
             if sf_id in self.deleted:
                 return ("ENTITY_IS_DELETED", "entity is deleted", [])
             if not ID.match(sf_id):
                 return ("MALFORMED_ID", f"malformed id {sf_id}", [])
             return ("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", [])
-        ext = fields.get(self.ext_field)
-        if ext is not None and self.by_ext.get(str(ext)) == sf_id:
-            del self.by_ext[str(ext)]
+        del self.times[sf_id]
+        self.dups.change(self._keys(fields), None)
+        self.by_ext.move(sf_id, fields.get(self.ext_field), None)
+        self.by_email.move(sf_id, fields.get("Email"), None)
         self.deleted.add(sf_id)
         self.counts.deleted += 1
         return None
 
-    # -- REST -------------------------------------------------------------
-    def handle(self, method: str, segs: list[str], query: Mapping[str, str], body: Any) -> Answer:
-        """``segs`` is the path after ``/sf/<account>``."""
-        if (
-            len(segs) < 4
-            or segs[0] != "services"
-            or segs[1] != "data"
-            or not VERSION.match(segs[2])
-        ):
-            return Answer(404, NOT_FOUND)
-        rest = segs[3:]
-        if rest[0] == "sobjects" and len(rest) >= 2 and rest[1] == "Contact":
-            return self._sobject(method, rest[2:], body)
-        if rest[0] == "composite" and len(rest) >= 2 and rest[1] == "sobjects":
-            if len(rest) == 2 and method == "DELETE":
-                return self._collection_delete(query)
-            if len(rest) == 4 and rest[2] == "Contact" and method == "PATCH":
-                return self._collection_upsert(rest[3], body)
-        return Answer(404, NOT_FOUND)
+    def create(self, values: Mapping[str, Any]) -> tuple[str | None, Problem | Rich | None]:
+        problem = self.problem(values, sf_id=None)
+        return (None, problem) if problem else (self.write(None, values), None)
 
-    def _sobject(self, method: str, rest: list[str], body: Any) -> Answer:
-        if not rest and method == "POST":  # plain create: no idempotency (what naive clients do)
-            if not isinstance(body, dict):
-                return Answer(400, error("JSON_PARSER_ERROR", "The request body is not an object"))
-            problem = self._problem(body, creating=True)
-            if problem:
-                return Answer(400, error(*problem))
-            sf_id = self._new_id()
-            self.records[sf_id] = {k: v for k, v in body.items() if k != "attributes"}
-            self.dups.change(None, self._keys(self.records[sf_id]))
-            self.counts.created += 1
-            return Answer(201, {"id": sf_id, "success": True, "errors": []}, wrote=True)
-        if len(rest) == 1:
-            sf_id = rest[0]
-            if method == "GET":
-                fields = self.records.get(sf_id)
-                return Answer(200, {"Id": sf_id, **fields}) if fields else Answer(404, NOT_FOUND)
-            if method == "DELETE":
-                problem = self._delete(sf_id)
-                if problem is None:
-                    return Answer(204, None, wrote=True)
-                return Answer(404, error(problem[0], problem[1]))
-            return Answer(405, error("METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed"))
-        if len(rest) == 2:
-            field, ext = rest
-            if field != self.ext_field:
-                msg = f"Provided external ID field does not exist or is not accessible: {field}"
-                return Answer(404, error("NOT_FOUND", msg))
-            if method == "PATCH":
-                return self._upsert_one(ext, body)
-            found = self.by_ext.get(ext)
-            if found is None:
-                return Answer(404, NOT_FOUND)
-            if method == "GET":
-                return Answer(200, {"Id": found, **self.records[found]})
-            if method == "DELETE":
-                self._delete(found)
-                return Answer(204, None, wrote=True)
-        return Answer(404, NOT_FOUND)
-
-    def _upsert_one(self, ext: str, body: Any) -> Answer:
-        if not isinstance(body, dict):
-            return Answer(400, error("JSON_PARSER_ERROR", "The request body is not an object"))
-        if self.ext_field in body and str(body[self.ext_field]) != ext:
-            msg = f"The {self.ext_field} in the body differs from the one in the URL"
-            return Answer(400, error("INVALID_FIELD", msg, [self.ext_field]))
-        problem = self._problem(body, creating=ext not in self.by_ext)
-        if problem:
-            return Answer(400, error(*problem))
-        sf_id, created = self._write(ext, body)
-        payload = {"id": sf_id, "success": True, "errors": [], "created": created}
-        return Answer(201 if created else 200, payload, wrote=True)
-
-    def _collection_upsert(self, field: str, body: Any) -> Answer:
-        if field != self.ext_field:
+    def lookup_field(self, field: str) -> Problem | None:
+        """Why ``field`` cannot identify records for an upsert (None: it can)."""
+        info = self.fields.get(field)
+        if info is None:
             msg = f"Provided external ID field does not exist or is not accessible: {field}"
-            return Answer(404, error("NOT_FOUND", msg))
-        records = body.get("records") if isinstance(body, dict) else None
-        if not isinstance(records, list) or not records:
-            return Answer(400, error("JSON_PARSER_ERROR", "records must be a non-empty list"))
-        if len(records) > MAX_COLLECTION:
-            msg = "record limit reached. cannot submit more than 200 records into this call"
-            return Answer(400, error("EXCEEDED_ID_LIMIT", msg))
-        for rec in records:
-            attrs = rec.get("attributes") if isinstance(rec, dict) else None
-            if not isinstance(attrs, dict) or attrs.get("type") != "Contact":
-                msg = "Each record needs attributes with type Contact"
-                return Answer(400, error("INVALID_TYPE", msg))
-        problems: list[Problem | None] = []
-        seen: set[str] = set()
-        for rec in records:
-            ext = rec.get(field)
-            if not ext:
-                msg = f"Field {field} not specified in an sobject instance"
-                problems.append(("MISSING_ARGUMENT", msg, [field]))
-            elif str(ext) in seen:
-                msg = f"Duplicate external id specified: {ext}"
-                problems.append(("DUPLICATE_EXTERNAL_ID", msg, [field]))
-            else:
-                seen.add(str(ext))
-                problems.append(self._problem(rec, creating=str(ext) not in self.by_ext))
-        if body.get("allOrNone") and any(problems):
-            out = [
-                _record_error(p) if p else {"success": False, "errors": [ROLLED_BACK]}
-                for p in problems
-            ]
-            return Answer(200, out)
-        results: list[dict[str, Any]] = []
-        wrote = False
-        for rec, problem in zip(records, problems, strict=True):
-            if problem:
-                results.append(_record_error(problem))
-                continue
-            sf_id, created = self._write(str(rec[field]), rec)
-            wrote = True
-            results.append({"id": sf_id, "success": True, "errors": [], "created": created})
-        return Answer(200, results, wrote=wrote)
+            return ("NOT_FOUND", msg, [])
+        if not (info["externalId"] or info["idLookup"]) or field == "Id":
+            msg = f"Field name provided, {field} is not an External ID or indexed field for Contact"
+            return ("INVALID_FIELD", msg, [field])
+        return None
 
-    def _collection_delete(self, query: Mapping[str, str]) -> Answer:
-        ids = [i for i in query.get("ids", "").split(",") if i]
-        if not ids:
-            return Answer(400, error("MISSING_ARGUMENT", "ids parameter is required"))
-        if len(ids) > MAX_COLLECTION:
-            msg = "record limit reached. cannot submit more than 200 records into this call"
-            return Answer(400, error("EXCEEDED_ID_LIMIT", msg))
-        results: list[dict[str, Any]] = []
-        wrote = False
-        for sf_id in ids:
-            problem = self._delete(sf_id)
-            if problem is None:
-                wrote = True
-                results.append({"id": sf_id, "success": True, "errors": []})
-            else:
-                results.append(_record_error(problem))
-        return Answer(200, results, wrote=wrote)
+    def matches(self, field: str, value: str) -> list[str]:
+        if field == self.ext_field:
+            return list(self.by_ext.get(value))
+        if field == "Email":
+            return list(self.by_email.get(value))
+        key = Index.key(value)
+        return [i for i, r in self.records.items() if Index.key(r.get(field)) == key]
+
+    def upsert(
+        self, field: str, value: str, values: Mapping[str, Any]
+    ) -> tuple[str | None, bool, Problem | Rich | list[str] | None]:
+        """(Id, created, problem); several matches give their Ids as the problem."""
+        found = self.matches(field, value)
+        if len(found) > 1:
+            return None, False, found
+        sf_id = found[0] if found else None
+        merged = dict(values)
+        if sf_id is None:
+            merged[field] = value
+        problem = self.problem(merged, sf_id=sf_id)
+        if problem:
+            return None, False, problem
+        return self.write(sf_id, merged), sf_id is None, None
+
+    # -- seeding (control API) ---------------------------------------------
+    def seed(self, values: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """Load one existing record; (Id, None) or (None, why it was refused)."""
+        sf_id, problem = self.create(values)
+        if problem is None:
+            self.counts.created -= 1  # seeds are not writes a client made
+            return sf_id, None
+        if isinstance(problem, dict):
+            return None, str(problem["message"])
+        return None, problem[1]
+
+    def answer_problem(self, problem: Problem | Rich) -> Answer:
+        status = 404 if not isinstance(problem, dict) and problem[0] == "NOT_FOUND" else 400
+        return Answer(status, rest_error(problem))

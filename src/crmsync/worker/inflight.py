@@ -16,7 +16,9 @@ the way TCP Vegas (and Netflix's concurrency-limits) do:
   at a time); fewer than ``alpha`` while the limit was all used: it grows by
   ``log10(limit)`` plus one. Never below ``floor`` nor above ``ceiling``.
 
-``Gate`` holds a connection's sends to that limit, first come first served.
+``Gate`` holds a connection's sends to that limit, first come first served;
+``InFlight`` keeps one gate per connection, bounded for its settings and for
+whether it has the process to itself.
 """
 
 from __future__ import annotations
@@ -27,8 +29,19 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+import structlog
+
+from crmsync.connections import Connection
+from crmsync.ratelimit import MAX_REQUESTS_PER_CLAIM, PACING_BURST, normalize, with_pacing
+
+log = structlog.get_logger(__name__)
+
 PERIOD_MS = 10_000.0  # how long the no-load time is remembered
 MIN_SAMPLES = 8  # answers per adjustment at the least
+ALONE = MAX_REQUESTS_PER_CLAIM  # floor of a connection alone in its process: one whole claim
+FLOOR = 4  # floor of a connection beside others
+ACTIVE_MS = 1000.0  # a connection that sent within this long is active
+LOG_EVERY_MS = 30_000.0  # how often a worker logs its active connections' in-flight limits
 
 
 @dataclass
@@ -141,3 +154,88 @@ class Gate:
             if not fut.done():
                 self.inflight += 1
                 fut.set_result(None)
+
+
+class InFlight:
+    """The in-flight gates of one worker process, one per connection.
+
+    A connection alone in the process (the only one that sent within
+    ``ACTIVE_MS``) may fill it: its floor is a whole claim. Beside other active
+    connections it keeps only what keeps its CRM's queue short, down to
+    ``FLOOR``, or to its pacing burst when that is small (what one claim carries
+    and sends at once). Never above the connection's ``max_in_flight`` nor the
+    process's concurrency.
+    """
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        # connection -> (the Connection and alone-ness it was bounded for, its gate)
+        self.gates: dict[str, tuple[Connection, bool, Gate]] = {}
+        self.active: dict[str, float] = {}  # connection -> when it last sent
+        self._alone: str | None = None  # the only active connection, if just one
+        self._active_at = 0.0
+        self._logged_at = 0.0
+
+    def sending(self, connection_id: str, now_ms: float) -> None:
+        """Note a sending connection; once a second, forget the quiet ones and
+        see whether a single connection has the process to itself."""
+        self.active[connection_id] = now_ms
+        if now_ms - self._active_at >= ACTIVE_MS:
+            self._active_at = now_ms
+            self.active = {c: t for c, t in self.active.items() if now_ms - t < ACTIVE_MS}
+            if now_ms - self._logged_at >= LOG_EVERY_MS:
+                self._logged_at = now_ms
+                self._log()
+        self._alone = next(iter(self.active)) if len(self.active) == 1 else None
+
+    def gate(self, conn: Connection) -> Gate:
+        """The connection's gate, bounded for its settings and for whether it is
+        alone (history kept when either changes)."""
+        alone = self._alone == conn.id
+        known = self.gates.get(conn.id)
+        if known is not None and known[1] == alone and (known[0] is conn or known[0] == conn):
+            if known[0] is not conn:
+                self.gates[conn.id] = (conn, alone, known[2])
+            return known[2]
+        floor, ceiling = bounds(conn, self.concurrency, alone=alone)
+        if known is None:
+            gate = Gate(AdaptiveLimit(floor, ceiling, ALONE))
+        else:
+            gate = known[2]
+            gate.limit.bound(floor, ceiling)
+        self.gates[conn.id] = (conn, alone, gate)
+        return gate
+
+    def _log(self) -> None:
+        """What the in-flight limits settled on, for the active connections."""
+        for cid in sorted(self.active):
+            known = self.gates.get(cid)
+            if known is None:
+                continue
+            gate = known[2]
+            lim = gate.limit
+            log.info(
+                "worker.in_flight",
+                connection=cid,
+                limit=lim.allowed,
+                floor=lim.floor,
+                ceiling=lim.ceiling,
+                no_load_ms=None if math.isinf(lim.no_load_ms) else round(lim.no_load_ms, 1),
+                in_flight=gate.inflight,
+                waiting=gate.waiting,
+            )
+
+
+def bounds(conn: Connection, concurrency: int, *, alone: bool) -> tuple[int, int]:
+    """(floor, ceiling) of a connection's adaptive in-flight limit in one process."""
+    ceiling = conn.max_in_flight(concurrency)
+    if alone:
+        floor = ALONE
+    else:
+        floor = FLOOR
+        if conn.windows:
+            # Paced in small bursts (limits up to about 500/s): keep one whole.
+            burst = min(w.limit for w in with_pacing(normalize(conn.windows)))
+            if burst <= PACING_BURST:
+                floor = max(floor, burst)
+    return min(floor, ceiling), ceiling

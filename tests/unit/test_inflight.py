@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crmsync.concurrency import MIN_SAMPLES, AdaptiveLimit, Gate
+from crmsync.ratelimit import RateWindow
+from crmsync.worker.inflight import LOG_EVERY_MS, MIN_SAMPLES, AdaptiveLimit, Gate, InFlight, bounds
 
 
 def feed(lim: AdaptiveLimit, rtts: list[float], *, full: bool, start_ms: float = 0.0) -> None:
@@ -137,36 +138,47 @@ def test_a_worker_logs_its_active_connections_in_flight_limits() -> None:
     from structlog.testing import capture_logs
 
     from crmsync.connections import Connection
-    from crmsync.settings import Settings
-    from crmsync.worker import GATE_LOG_MS, Worker
 
-    w = Worker(Settings(), None, None, None, None, concurrency=200)  # type: ignore[arg-type]
+    inflight = InFlight(concurrency=200)
     conn = Connection("c1", "t", "salesforce", "a", "http://x", "tok", ())
-    w._mark_active("c1", 1.0)
-    gate = w._gate(conn)
+    inflight.sending("c1", 1.0)
+    gate = inflight.gate(conn)
     gate.sample(5.0, 1.0)
     with capture_logs() as logs:
-        w._mark_active("c1", 1.0 + GATE_LOG_MS)
+        inflight.sending("c1", 1.0 + LOG_EVERY_MS)
     (entry,) = [e for e in logs if e["event"] == "worker.in_flight"]
     assert entry["connection"] == "c1" and entry["limit"] == gate.limit.allowed
     assert entry["no_load_ms"] == 5.0 and entry["floor"] == 64  # alone in the process
 
 
-def test_the_redis_clock_learns_the_offset_from_the_quickest_answer() -> None:
-    from crmsync.clock import FakeClock, RedisClock
+@pytest.mark.parametrize(
+    ("windows", "settings", "alone", "expected"),
+    [
+        ((), {}, True, (64, 200)),  # alone: one whole claim at least
+        ((), {}, False, (4, 200)),  # beside others, no limits: the floor
+        ((RateWindow(100, 1000),), {}, False, (20, 200)),  # a paced burst of 20 kept whole
+        ((RateWindow(100_000, 1000),), {}, False, (4, 200)),  # large bursts: the floor
+        ((), {"max_in_flight": 2}, True, (2, 2)),  # the CRM's own cap bounds both
+    ],
+)
+def test_in_flight_bounds(
+    windows: tuple[RateWindow, ...], settings: dict[str, int], alone: bool, expected: object
+) -> None:
+    from crmsync.connections import Connection
 
-    wall = FakeClock(1000.0)  # local clock: 1,000,000 ms; Redis is 250 ms ahead
-    clock = RedisClock(wall)
-    assert clock.now_ms() == 1_000_000.0  # nothing learnt yet: local time
-    # A slow answer (40 ms round trip) first, then a quick one (2 ms).
-    clock.observe(1_000_250 + 20, 1_000_000.0, 1_000_040.0)
-    clock.observe(1_000_250 + 101, 1_000_100.0, 1_000_102.0)
-    assert abs(clock.offset_ms - 250.5) <= 1.0
-    # A slower answer soon after does not replace the quick one's estimate ...
-    clock.observe(1_000_250 + 500, 1_000_300.0, 1_000_400.0)
-    assert abs(clock.offset_ms - 250.5) <= 1.0
-    # ... but after renew_ms the offset is learnt again (a clock can drift).
-    clock.observe(1_000_100 + 20_010, 1_020_000.0, 1_020_020.0)
-    assert abs(clock.offset_ms - 100.5) <= 1.0
-    wall.advance(1.0)
-    assert abs(clock.now_ms() - (1_001_000 + 100.5)) <= 1.0
+    conn = Connection("c1", "t", "salesforce", "a", "http://x", "tok", windows, settings)
+    assert bounds(conn, 200, alone=alone) == expected
+
+
+def test_a_connection_keeps_its_gate_when_it_stops_being_alone() -> None:
+    """Bounds follow whether the connection has the process to itself; what the
+    gate learnt (its limit, its requests in flight) stays."""
+    from crmsync.connections import Connection
+
+    inflight = InFlight(concurrency=200)
+    a = Connection("a", "t", "salesforce", "a", "http://x", "tok", ())
+    inflight.sending("a", 0.0)
+    gate = inflight.gate(a)
+    assert gate.limit.floor == 64
+    inflight.sending("b", 1.0)
+    assert inflight.gate(a) is gate and gate.limit.floor == 4

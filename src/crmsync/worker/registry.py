@@ -4,13 +4,15 @@ PostgreSQL is the source of truth for connections (the CLI and API write only
 there); every worker process refreshes its view on ``crmsync_connections``
 notifications (and every few seconds as a fallback), pushes limits, breaker
 settings and pause state into the connection's Redis state, and keeps one CRM
-adapter per connection on the process's shared HTTP session.
+adapter per connection on the process's shared HTTP session: every id in
+``connections`` has its adapter in ``adapters`` whenever the loop looks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -86,12 +88,12 @@ class Registry:
         self.connections = fresh
         return touched
 
-    async def pause(self, connection_id: str, reason: str) -> None:
-        """Pause for every worker: PostgreSQL (survives Redis loss) and Redis (at once)."""
-        await self.store.pause(connection_id, reason)
-        await self.pool.execute(db.q("worker_pause_connection"), connection_id, reason)
-
-    async def watch(self, stop: asyncio.Event, on_change: Any, poll_seconds: float = 2.0) -> None:
+    async def watch(
+        self,
+        stop: asyncio.Event,
+        on_change: Callable[[set[str]], None],
+        poll_seconds: float = 2.0,
+    ) -> None:
         """Refresh on NOTIFY crmsync_connections, and every ``poll_seconds``."""
         changed = asyncio.Event()
 

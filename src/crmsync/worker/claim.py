@@ -1,0 +1,246 @@
+"""One claim of one connection: claim → load → plan → send → sort → record.
+
+1. Claim: the CRM-wide breaker gate allows it (a half-open probe carries one
+   request); the claim script leases up to ``want`` requests' worth of ids
+   with their permits, or refuses and names when to come back. The connection
+   goes back to the scheduler at once; slots not granted are freed.
+2. Load: one statement reads every claimed id's current contact and ledger row.
+3. Plan: the rules decide per contact; sends are grouped into requests. More
+   requests than permits: the rest are released (no attempt).
+4. Send: every request at once, each through its connection's in-flight gate,
+   on its permit (``permits.py``), the adapter reporting the write.
+5. Sort each result (``outcome.py``); pause the connection on a 401 (once),
+   block it for everyone on a CRM's 429 (once, and slowed for a while).
+6. Record: ledger rows and dead letters first, in PostgreSQL; then one Redis
+   round trip acknowledges, refunds unsent permits, schedules retries, releases,
+   reports to the per-connection breaker and adds the counters. Ledger before
+   acknowledgement: a crash in between lets the lease expire and the same
+   idempotent upsert go again; a ledger write that fails releases every id.
+
+The lease is renewed while the claim runs. Anything that stops a claim midway
+(Redis or PostgreSQL failing, shutdown) gives its ids back, no attempt burned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+from redis.exceptions import RedisError
+
+from crmsync import counters
+from crmsync.clock import Clock
+from crmsync.connections import Connection
+from crmsync.crm.base import CrmAdapter, Op, SendResult
+from crmsync.errors import CrmError, Retryable
+from crmsync.queue.store import Claim
+from crmsync.retry import RetryPolicy
+from crmsync.settings import Settings
+from crmsync.worker.crm_gate import CrmGate
+from crmsync.worker.inflight import Gate, InFlight
+from crmsync.worker.outcome import Outcome, sort_result
+from crmsync.worker.permits import ClaimPermits, NoPermit, Permits
+from crmsync.worker.plan import plan_claim
+from crmsync.worker.ports import Ledger, LedgerUnavailable, Store
+from crmsync.worker.slots import Slots
+
+log = structlog.get_logger(__name__)
+
+CLAIM_RETRY_MS = 1000  # a claim that failed (Redis down or flushed) is tried again this soon
+
+
+class Claims:
+    """Runs the claims of one worker process, each in a task of its own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock,
+        store: Store,
+        ledger: Ledger,
+        crm_gate: CrmGate,
+        permits: Permits,
+        inflight: InFlight,
+        slots: Slots,
+    ) -> None:
+        self.clock = clock
+        self.store = store
+        self.ledger = ledger
+        self.crm_gate = crm_gate
+        self.permits = permits
+        self.inflight = inflight
+        self.slots = slots
+        self.batch_size = settings.batch_size
+        self.lease_ms = int(settings.lease_seconds * 1000)
+        self.policy = RetryPolicy.from_settings(settings)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, conn: Connection, adapter: CrmAdapter, want: int) -> None:
+        """Run a claim of ``want`` reserved slots in its own task."""
+        task = asyncio.create_task(self.run(conn, adapter, want))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop: give the claims in flight the grace period, then cancel the
+        rest (each releases its ids)."""
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=grace_seconds)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        await self.permits.drain(grace_seconds=5.0)
+
+    async def run(self, conn: Connection, adapter: CrmAdapter, want: int) -> None:
+        """One claim, holding ``want`` slots until it knows its permits."""
+        held = want
+        batch = conn.batch_size(self.batch_size, adapter.max_batch)
+        try:
+            try:
+                verdict = await self.crm_gate.ask(conn.crm)
+                if not verdict.allowed:
+                    self.slots.retry_at(conn.id, verdict.retry_at_ms, self.clock.now_ms())
+                    return
+                sent_ms = self.clock.local_ms()
+                claim = await self.store.claim(
+                    conn.id,
+                    max_requests=1 if verdict.probe else want,
+                    batch_size=batch,
+                    lease_ms=self.lease_ms,
+                    backdate_ms=self.permits.backdate_ms,
+                )
+                self.clock.observe(claim.redis_ms, sent_ms, self.clock.local_ms())
+            except Exception as exc:  # Redis down or flushed mid-call: try again soon
+                log.warning("worker.claim_failed", connection=conn.id, error=str(exc))
+                now = self.clock.now_ms()
+                self.slots.retry_at(conn.id, now + CLAIM_RETRY_MS, now)
+                return
+            self.slots.claimed(claim, held, self.clock.now_ms())
+            held = claim.permits
+            if not claim.ids:
+                return
+            try:
+                outcomes = await self._process(conn, adapter, claim, batch)
+            except (RedisError, OSError, LedgerUnavailable) as exc:
+                # The work was released (or its lease will expire): nothing lost.
+                log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
+                return
+            await self.crm_gate.report(conn.crm, outcomes, probe=verdict.probe)
+        finally:
+            self.slots.free(conn.id, held)
+
+    async def _process(
+        self, conn: Connection, adapter: CrmAdapter, claim: Claim, batch: int
+    ) -> list[bool]:
+        """Load, plan, send, sort, record; the breaker outcomes of its requests."""
+        renew = asyncio.create_task(self._renew(claim))
+        done = False
+        try:
+            try:
+                items = await self.ledger.load(conn.id, conn.tenant, claim.ids)
+            except LedgerUnavailable:
+                await self.store.release(claim, claim.ids)
+                done = True
+                return []
+            plan = plan_claim(conn.crm, items, batch)
+            out = Outcome.of_plan(plan)
+            sent = plan.requests[: claim.permits]
+            out.release_requests(plan.requests[claim.permits :])
+            if sent:
+                # Re-admitted at the time of sending when the read took long.
+                claim = await self.permits.readmit_if_late(claim, len(sent))
+                out.release_requests(sent[claim.permits :])
+                sent = sent[: claim.permits]
+            if sent:
+                now = self.clock.now_ms()
+                out.counts[counters.latency_field(now - claim.admitted_ms, "lag")] += len(sent)
+                self.inflight.sending(conn.id, now)
+            gate = self.inflight.gate(conn)
+            # No windows: no permits to move or take.
+            permits = ClaimPermits(conn.id, claim.admitted_ms, len(sent)) if conn.windows else None
+            results = await asyncio.gather(
+                *(self._send(adapter, r.ops, permits, gate) for r in sent)
+            )
+            for req, (res, ms, waited) in zip(sent, results, strict=True):
+                out.counts[counters.latency_field(ms)] += 1
+                out.counts[counters.HELD] += waited
+                sort_result(out, req, res, self.policy)
+            if out.pause is not None:
+                # Paused for every worker: Redis at once, PostgreSQL for good.
+                await self.store.pause(conn.id, out.pause)
+                await self.ledger.pause(conn.id, out.pause)
+            if out.limited_for:
+                # The CRM's view of the limit differs from ours: everyone waits
+                # (and runs slower for a while), at once, one call for the claim.
+                await self.store.block(conn.id, out.limited_for, slow=True)
+            await self._record(conn, claim, out, refund=claim.permits - len(sent))
+            done = True
+            return out.outcomes
+        finally:
+            renew.cancel()
+            if not done:
+                # Cancelled (shutdown) or failed: give the work back, no attempt burned.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.release(claim, claim.ids))
+
+    async def _send(
+        self,
+        adapter: CrmAdapter,
+        ops: Sequence[Op],
+        permits: ClaimPermits | None,
+        gate: Gate,
+    ) -> tuple[SendResult | CrmError, float, bool]:
+        """(outcome, answer time ms, whether it waited at the in-flight gate).
+        ``permits``: the claim's, for a connection with rate limits."""
+        waited = await gate.acquire()
+        t0 = self.clock.monotonic()
+        try:
+            watch = None
+            if permits is not None:
+                admitted = await self.permits.admission(permits, waited)
+                if admitted is None:
+                    raise NoPermit("no rate-limit permit for a request held back")
+                watch = self.permits.watch(permits.connection_id, admitted)
+                t0 = self.clock.monotonic()
+            res: SendResult | CrmError = await adapter.send(ops, watch)
+        except CrmError as exc:
+            res = exc
+        finally:
+            gate.release()
+        ms = (self.clock.monotonic() - t0) * 1000.0
+        if not isinstance(res, NoPermit) and not (
+            isinstance(res, Retryable) and res.code == "CONNECTION"
+        ):
+            # A refused connection answers at once: no measure of the CRM's time.
+            gate.sample(ms, self.clock.now_ms())
+        return res, ms, waited
+
+    async def _record(self, conn: Connection, claim: Claim, out: Outcome, *, refund: int) -> None:
+        """Ledger first, then the hand-back to Redis."""
+        try:
+            await self.ledger.record(conn.id, out.ledger, out.dead)
+        except LedgerUnavailable:
+            # Nothing recorded: give everything back; the CRM calls were idempotent.
+            await self.store.finish(claim, release=claim.ids, block=out.block_for)
+            return
+        await self.store.finish(
+            claim,
+            ack=out.ack,
+            refund=max(0, refund),
+            retry=out.retry,
+            release=out.release,
+            outcomes=out.outcomes,
+            counters=out.counts,
+            block=out.block_for,
+        )
+
+    async def _renew(self, claim: Claim) -> None:
+        interval = self.lease_ms / 3000.0
+        while True:
+            await self.clock.sleep(interval)
+            with contextlib.suppress(RedisError, OSError):
+                await self.store.renew(claim, claim.ids, self.lease_ms)

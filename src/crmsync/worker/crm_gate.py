@@ -1,0 +1,81 @@
+"""The CRM-wide circuit breaker, as one worker process asks it.
+
+The breaker itself lives in Redis (``crmsync.breaker.CrmBreaker``, one per CRM,
+shared by every worker); the per-connection breaker is inside the claim script.
+Asking Redis before every claim would double the round trips of the hot path,
+so this gate caches the verdict: a closed breaker is asked again after
+``CLOSED_RECHECK_MS``, an open one not before its recovery time (or the probe's
+deadline). When the breaker lets exactly one probe through (half-open), that
+claim carries one request, and its outcome decides.
+
+Outcomes are reported only while they can matter: a failure, a probe, or any
+request of a CRM that failed in this process within ``SUSPECT_MS`` (a success
+resets the breaker's failure count; otherwise it has nothing to reset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from crmsync.clock import Clock
+from crmsync.worker.ports import Breaker
+
+log = structlog.get_logger(__name__)
+
+CLOSED_RECHECK_MS = 50.0
+SUSPECT_MS = 60_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool  # the claim may go ahead
+    probe: bool  # it is the CRM's one half-open probe: one request only
+    retry_at_ms: float  # when to ask again if not allowed (Redis time)
+
+
+class CrmGate:
+    def __init__(self, breaker: Breaker, clock: Clock) -> None:
+        self.breaker = breaker
+        self.clock = clock
+        # crm -> (valid until ms, allowed)
+        self._cache: dict[str, tuple[float, bool]] = {}
+        self._failed_at: dict[str, float] = {}
+
+    async def ask(self, crm: str) -> Verdict:
+        now = self.clock.now_ms()
+        cached = self._cache.get(crm)
+        if cached is not None and cached[0] > now:
+            return Verdict(cached[1], False, cached[0])
+        verdict = await self.breaker.allow(crm)
+        if verdict == "probe":
+            return Verdict(True, True, now)
+        if verdict:
+            self._cache[crm] = (now + CLOSED_RECHECK_MS, True)
+            return Verdict(True, False, now)
+        st = await self.breaker.state(crm)
+        recovery_ms = self.breaker.cfg.recovery_ms
+        until = max(st.opened_ms + recovery_ms, st.probe_until_ms, now + CLOSED_RECHECK_MS)
+        self._cache[crm] = (until, False)
+        log.debug("worker.crm_circuit_open", crm=crm, retry_at_ms=until)
+        return Verdict(False, False, until)
+
+    def _suspect(self, crm: str) -> bool:
+        """This process saw a failure of the CRM lately (or the gate is not open)."""
+        cached = self._cache.get(crm)
+        if cached is not None and not cached[1]:
+            return True
+        failed = self._failed_at.get(crm)
+        return failed is not None and self.clock.now_ms() - failed < SUSPECT_MS
+
+    async def report(self, crm: str, outcomes: Sequence[bool], *, probe: bool) -> None:
+        """A claim's breaker outcomes (True answered, False 5xx/timeout/connection).
+        A probe that sent nothing proves nothing: its slot expires."""
+        if not outcomes or not (probe or False in outcomes or self._suspect(crm)):
+            return
+        await self.breaker.record(crm, outcomes)
+        if False in outcomes:
+            self._failed_at[crm] = self.clock.now_ms()
+            self._cache.pop(crm, None)
