@@ -63,12 +63,16 @@ FIELDS = tuple(Point.__dataclass_fields__)
 RECORDS = (counters.CREATED, counters.UPDATED, counters.DELETED)
 
 
+SHORT_WINDOW_MS = 60_000  # windows up to a minute bound the per-second chart
+
+
 def limit_per_second(rate_limits: Iterable[Mapping[str, Any]]) -> float | None:
-    """The sustained rate a connection's windows allow: the tightest of them."""
-    rates = [
-        int(w["limit"]) * 1000 / int(w["window_ms"]) for w in rate_limits if int(w["window_ms"]) > 0
-    ]
-    return round(min(rates), 3) if rates else None
+    """The rate per second drawn against the sends: the tightest window of up to a
+    minute (a daily budget is shown as its share used instead), else the tightest."""
+    windows = [(int(w["limit"]), int(w["window_ms"])) for w in rate_limits]
+    windows = [w for w in windows if w[1] > 0]
+    short = [w for w in windows if w[1] <= SHORT_WINDOW_MS] or windows
+    return round(min(n * 1000 / ms for n, ms in short), 3) if short else None
 
 
 def point(before: Raw, now: Raw, limit: float | None) -> Point | None:
@@ -140,8 +144,11 @@ class Sampler:
             if cid in self.rings
         }
 
-    async def sample(self, redis: Redis, conns: Sequence[Mapping[str, Any]]) -> None:
-        """One sample of every connection: one pipelined Redis round trip for all."""
+    async def sample(
+        self, redis: Redis, conns: Sequence[Mapping[str, Any]], t_ms: int | None = None
+    ) -> None:
+        """One sample of every connection at ``t_ms`` (default now): one pipelined
+        Redis round trip for all."""
         if not conns:
             return
         pipe = redis.pipeline(transaction=False)
@@ -151,7 +158,8 @@ class Sampler:
             for k in (ck.ready, ck.leases, ck.delayed, ck.requeue):
                 pipe.zcard(k)
         raw = await pipe.execute()
-        t_ms = int(clock.now() * 1000)
+        if t_ms is None:
+            t_ms = int(clock.now() * 1000)
         for i, c in enumerate(conns):
             stats_raw, *depths = raw[i * 5 : i * 5 + 5]
             s = counters.ints_of(stats_raw)

@@ -92,7 +92,11 @@ async def test_no_configured_keys_fails_closed(database_url: str) -> None:
 
 
 async def test_health_and_metrics_need_no_key(api: httpx.AsyncClient) -> None:
-    assert (await api.get("/healthz")).json() == {"status": "ok"}
+    assert (await api.get("/healthz")).json() == {
+        "status": "ok",
+        "postgresql": "ok",
+        "redis": "ok",
+    }
     await api.put("/v1/contacts/m1", json={"email": "m@x.io"}, headers=AUTH)
     metrics = await api.get("/metrics")
     assert metrics.status_code == 200

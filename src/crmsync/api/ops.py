@@ -32,6 +32,8 @@ from crmsync.timeseries import FIELDS, Sampler
 
 LOOKUP_LIMIT = 20  # contacts one lookup returns (an email may be shared)
 HEALTH_TIMEOUT = 2.0  # seconds each server has to answer /healthz
+# What a server that is down or unreachable raises.
+DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
 
 ConnectionIdPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=64)]
 
@@ -95,8 +97,28 @@ def _pool(request: Request) -> asyncpg.Pool[Any]:
     return cast("asyncpg.Pool[Any]", request.app.state.pool)
 
 
-def _ops(request: Request) -> OpsState:
-    return cast(OpsState, request.app.state.ops)
+def _client(settings: Settings) -> aioredis.Redis:
+    return aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def _redis(request: Request) -> AsyncIterator[aioredis.Redis]:
+    """The running app's client; a short-lived one where the lifespan did not run
+    (an app under httpx's ASGITransport answers too, it just samples nothing)."""
+    state: OpsState | None = getattr(request.app.state, "ops", None)
+    if state is not None:
+        yield state.redis
+        return
+    client = _client(request.app.state.settings)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _sampler(request: Request) -> Sampler:
+    state: OpsState | None = getattr(request.app.state, "ops", None)
+    return state.sampler if state is not None else Sampler()
 
 
 async def _visible(pool: asyncpg.Pool[Any], caller: Caller, connection_id: str) -> None:
@@ -118,22 +140,21 @@ async def _scope(pool: asyncpg.Pool[Any], caller: Caller, connection_id: str | N
 async def running(app: FastAPI) -> AsyncIterator[None]:
     """For the app's lifespan: the Redis client of these endpoints and the
     once-a-second sampler of every connection (``crmsync.timeseries``)."""
-    settings: Settings = app.state.settings
-    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-    state = app.state.ops = OpsState(client, Sampler())
+    state = app.state.ops = OpsState(_client(app.state.settings), Sampler())
     stop = asyncio.Event()
 
     async def load() -> list[asyncpg.Record]:
         return list(await app.state.pool.fetch(db.q("ops_connections")))
 
-    task = asyncio.create_task(state.sampler.run(client, load, stop))
+    task = asyncio.create_task(state.sampler.run(state.redis, load, stop))
     try:
         yield
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await client.aclose()
+        await state.redis.aclose()
+        app.state.ops = None
 
 
 router = APIRouter()
@@ -147,7 +168,8 @@ async def healthz(request: Request) -> Response:
         await _pool(request).fetchval("SELECT 1", timeout=HEALTH_TIMEOUT)
 
     async def rd() -> None:
-        await asyncio.wait_for(_ops(request).redis.ping(), HEALTH_TIMEOUT)
+        async with _redis(request) as client:
+            await asyncio.wait_for(client.ping(), HEALTH_TIMEOUT)
 
     checks = {"postgresql": pg(), "redis": rd()}
     results = await asyncio.gather(*checks.values(), return_exceptions=True)
@@ -155,7 +177,7 @@ async def healthz(request: Request) -> Response:
     down = []
     for name, res in zip(checks, results, strict=True):
         if isinstance(res, BaseException):
-            if not isinstance(res, OSError | asyncpg.PostgresError | RedisError | TimeoutError):
+            if not isinstance(res, DOWN):
                 raise res
             out[name] = f"down: {type(res).__name__}: {res}".strip().rstrip(":")
             down.append({"postgresql": "PostgreSQL", "redis": "Redis"}[name])
@@ -208,8 +230,7 @@ async def series(
             for r in await pool.fetch(db.q("ops_connections"))
             if caller.tenant is None or r["tenant"] == caller.tenant
         ]
-    sampler = _ops(request).sampler
-    return _json({"fields": FIELDS, "series": sampler.series(ids, since)})
+    return _json({"fields": FIELDS, "series": _sampler(request).series(ids, since)})
 
 
 @router.get("/v1/dead-letters")
@@ -254,8 +275,9 @@ async def replay(
     pool = _pool(request)
     await _scope(pool, caller, body.connection)
     f = _filter(body)
-    with _as_http():
-        n = await dlq.replay(pool, QueueStore(_ops(request).redis), f, all_=body.all)
+    async with _redis(request) as client:
+        with _as_http():
+            n = await dlq.replay(pool, QueueStore(client), f, all_=body.all)
     return _json({"replayed": n})
 
 
@@ -294,8 +316,9 @@ async def lookup(
                     "dead_letters": [dict(d) for d in dead],
                 }
             )
-    for item in found:
-        await _queued(_ops(request).redis, item)
+    async with _redis(request) as client:
+        for item in found:
+            await _queued(client, item)
     return _json({"query": q, "contacts": found})
 
 

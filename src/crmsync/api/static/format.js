@@ -74,8 +74,11 @@ export function queuedOf(c) {
   return (q.ready || 0) + (q.leased || 0) + (q.delayed || 0) + (q.requeue || 0);
 }
 
-// The tightest rate window as requests per second.
+// The rate per second drawn against the sends: the tightest window of up to a
+// minute (a daily budget shows as its share used), else the tightest (timeseries.py).
 export function limitPerSecond(limits) {
-  const rates = (limits || []).filter((w) => w.window_ms > 0).map((w) => (w.limit * 1000) / w.window_ms);
+  const all = (limits || []).filter((w) => w.window_ms > 0);
+  const short = all.filter((w) => w.window_ms <= 60000);
+  const rates = (short.length ? short : all).map((w) => (w.limit * 1000) / w.window_ms);
   return rates.length ? Math.min(...rates) : null;
 }
