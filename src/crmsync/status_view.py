@@ -1,9 +1,9 @@
 """What `crmsync status` draws: the status report, readable at 80 columns.
 
-One row per connection with short, fixed columns; ids are never cut (the id
-column is as wide as the longest id, up to half the screen, and folds beyond);
-long text (why a connection is paused) goes under the table, wrapped to the
-screen, instead of into a narrow column.
+One row per connection with short columns when that fits the screen unwrapped,
+else one block of two lines per connection: ids and states are never cut or
+squeezed. Long text (why a connection is paused) goes under the table, wrapped
+to the screen, instead of into a narrow column.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-COLUMNS = ("connection", "crm", "state", "queued", "oldest", "synced", "dead", "429s", "lag p99")
+COLUMNS = ("connection", "crm", "state", "queued", "oldest", "synced", "dead", "429s", "lag99")
 CRM_SHORT = {"salesforce": "sf", "hubspot": "hs"}
 
 
@@ -68,9 +69,6 @@ def count(n: int) -> str:
     return f"{n / 1_000_000:.1f}M"
 
 
-TABLE_MIN_WIDTH = 76  # narrower: one block of lines per connection
-
-
 def _figures(c: Mapping[str, Any]) -> list[tuple[str, str | Text]]:
     lag = (c.get("sync_lag_ms") or {}).get("p99")
     dead = int(c["dead_letters"])
@@ -80,7 +78,7 @@ def _figures(c: Mapping[str, Any]) -> list[tuple[str, str | Text]]:
         ("synced", count(int(c["sync"].get("synced", 0)))),
         ("dead", Text(count(dead), style="red" if dead else "")),
         ("429s", count(int((c.get("counters") or {}).get("crm_rate_limited", 0)))),
-        ("lag p99", millis(lag)),
+        ("lag99", millis(lag)),
     ]
 
 
@@ -98,18 +96,12 @@ def _blocks(conns: list[Mapping[str, Any]]) -> list[RenderableType]:
 
 
 def render(report: Mapping[str, Any], width: int = 80) -> RenderableType:
-    """The report as a table and notes, for a console ``width`` columns wide."""
+    """The report as a table (or blocks, see the module) and notes, ``width`` wide."""
     conns = report["connections"]
-    if width < TABLE_MIN_WIDTH:
-        return Group(*_blocks(conns), *_notes(report))
-    longest = max((len(c["id"]) for c in conns), default=10)
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False, title_justify="left")
-    t.add_column("connection", no_wrap=longest <= width // 2, overflow="fold",
-                 min_width=min(longest, width // 2), max_width=max(10, width // 2))  # fmt: skip
-    t.add_column("crm", no_wrap=True)
-    t.add_column("state", overflow="fold", max_width=12)
-    for name in COLUMNS[3:]:
-        t.add_column(name, justify="right", no_wrap=True)
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0))
+    for name in COLUMNS:
+        left = name in ("connection", "crm", "state")
+        t.add_column(name, justify="left" if left else "right", no_wrap=True)
     for c in conns:
         label, style = state_of(c)
         t.add_row(
@@ -118,7 +110,10 @@ def render(report: Mapping[str, Any], width: int = 80) -> RenderableType:
             Text(label, style=style),
             *(value for _, value in _figures(c)),
         )
-    return Group(t, *_notes(report))
+    wide = Console(width=10_000)  # measures the table's natural width, unclamped
+    if Measurement.get(wide, wide.options, t).maximum > width:
+        return Group(*_blocks(conns), *_notes(report))
+    return Group(t, Text(""), *_notes(report))
 
 
 def _notes(report: Mapping[str, Any]) -> list[RenderableType]:
