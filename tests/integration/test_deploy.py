@@ -80,7 +80,7 @@ async def _exported(settings: Settings, redis: aioredis.Redis) -> set[str]:
         await pool.execute(
             "INSERT INTO connections (id, tenant, crm, account, base_url, token, rate_limits)"
             " VALUES ('a', 't', 'hubspot', 'a', 'http://127.0.0.1:1', 'tok',"
-            " '[{\"limit\": 100, \"window_ms\": 10000}, {\"limit\": 9, \"window_ms\": 86400000}]')"
+            ' \'[{"limit": 100, "window_ms": 10000}, {"limit": 9, "window_ms": 86400000}]\')'
         )
         store = QueueStore(redis)
         windows = [RateWindow(100, 10_000), RateWindow(9, 86_400_000)]
@@ -89,7 +89,8 @@ async def _exported(settings: Settings, redis: aioredis.Redis) -> set[str]:
         )
         counts: dict[str, int] = {}
         counters.record_sync_lag(counts, 0, 1500)
-        await redis.hset(keys.connection("a").stats, mapping=counts)
+        for name, n in counts.items():
+            await redis.hset(keys.connection("a").stats, name, n)
         await pool.execute("INSERT INTO contacts (id, tenant, email) VALUES ('c', 't', 'c@x.io')")
         await relay.relay_once(pool, store, 10)
         await relay.COUNTS.push(redis, force=True)

@@ -89,7 +89,11 @@ async def test_operator_routes_need_a_key_and_state_their_need(api: httpx.AsyncC
     for route in ops.router.routes:
         assert isinstance(route, APIRoute)
         if route.path.startswith("/v1/"):
-            found = [d.call.need for d in route.dependant.dependencies if hasattr(d.call, "need")]
+            found = [
+                getattr(d.call, "need")
+                for d in route.dependant.dependencies
+                if hasattr(d.call, "need")
+            ]
             assert len(found) == 1, route.path
             needs[route.path] = found[0].role
     assert needs["/v1/series"] == "read"
@@ -290,7 +294,8 @@ async def test_metrics_export_the_figures(
     counts: dict[str, int] = {}
     for lag_ms in (200, 4000, 40_000):
         counters.record_sync_lag(counts, 1_000_000, 1_000_000 + lag_ms)
-    await redis_client.hset(keys.connection("acme-hs").stats, mapping=counts)
+    for name, n in counts.items():
+        await redis_client.hset(keys.connection("acme-hs").stats, name, n)
     await store.enqueue([("acme-hs", "old", int(Band.DELETE)), ("acme-hs", "new", 0)])
     # The relay and reconcile push their counts to Redis.
     await pool.execute("INSERT INTO contacts (id, tenant, email) VALUES ('m1', 'acme', 'm@x.io')")

@@ -208,7 +208,7 @@ def test_status_names_the_breaker_and_puts_reasons_under_the_table() -> None:
         "totals": {"contacts": 1204, "outbox": 0, "dead_letters": 2},
     }
     lines = _lines(report, 80)
-    row = {}
+    row: dict[str, str] = {}
     for line in lines:
         if line.startswith("acme-"):
             row.setdefault(line.split()[0], line)  # the table's row, not the notes

@@ -1,2 +1,2 @@
 -- Operators look a contact up by email (the dashboard's contact page), case-insensitively.
-CREATE INDEX contacts_email_lower_idx ON contacts (lower(email));
+CREATE INDEX IF NOT EXISTS contacts_email_lower_idx ON contacts (lower(email));
