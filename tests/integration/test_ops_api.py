@@ -89,11 +89,8 @@ async def test_operator_routes_need_a_key_and_state_their_need(api: httpx.AsyncC
     for route in ops.router.routes:
         assert isinstance(route, APIRoute)
         if route.path.startswith("/v1/"):
-            found = [
-                getattr(d.call, "need")
-                for d in route.dependant.dependencies
-                if hasattr(d.call, "need")
-            ]
+            declared = (getattr(d.call, "need", None) for d in route.dependant.dependencies)
+            found = [n for n in declared if isinstance(n, ops.Need)]
             assert len(found) == 1, route.path
             needs[route.path] = found[0].role
     assert needs["/v1/series"] == "read"
