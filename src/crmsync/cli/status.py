@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.text import Text
 
 from crmsync.cli.common import DB_OPT, REDIS_OPT, run, settings_from
+from crmsync.errors import UserError
 
 app = typer.Typer()
 
@@ -20,16 +21,15 @@ app = typer.Typer()
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    watch: float | None = typer.Option(
-        None,
+    watch: bool = typer.Option(
+        False,
         "--watch",
         "-w",
-        is_flag=False,
-        flag_value=2.0,
-        min=0.5,
         envvar="CRMSYNC_STATUS_WATCH",
-        help="Redraw every SECONDS (2 when given alone) until Ctrl-C.",
-        metavar="[SECONDS]",
+        help="Redraw every SECONDS (default 2) until Ctrl-C: `status --watch 5`.",
+    ),
+    seconds: float | None = typer.Argument(
+        None, metavar="SECONDS", min=0.5, help="With --watch: seconds between redraws."
     ),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
@@ -40,6 +40,11 @@ def status(
     from crmsync.report import collect
     from crmsync.status_view import render
 
+    if seconds is not None and not watch:
+        raise UserError(
+            f"SECONDS ({seconds:g}) goes with --watch: `crmsync status --watch {seconds:g}`"
+        )
+    every = seconds or 2.0
     s = settings_from(database_url=database_url, redis_url=redis_url)
     console = Console()
 
@@ -48,11 +53,11 @@ def status(
         redis = await open_redis(s.redis_url)
         try:
             report = await collect(pool, redis)
-            if watch is None:
+            if not watch:
                 return report
             with Live(render(report, console.width), console=console, auto_refresh=False) as live:
                 while True:
-                    await asyncio.sleep(watch)
+                    await asyncio.sleep(every)
                     report = await collect(pool, redis)
                     stamp = time.strftime("%H:%M:%S")
                     live.update(_titled(render(report, console.width), stamp), refresh=True)
