@@ -3,6 +3,7 @@ against real PostgreSQL and Redis (the app's lifespan runs, so the sampler too).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -332,3 +333,77 @@ async def test_metrics_export_the_figures(
     assert s["crmsync_reconcile_connections_total"][0].value == 1
     assert "crmsync_queue_oldest_age_seconds" in s
     assert "secret-token" not in text
+
+
+async def test_a_tenant_caller_sees_and_acts_on_its_tenant_only(
+    pool: asyncpg.Pool[Any], settings: Settings
+) -> None:
+    """What a scoped key gets once the auth names its tenant (``request.state.tenant``)."""
+    await _dead(pool)
+    await pool.execute(
+        "INSERT INTO contacts (id, tenant, email) VALUES ('b1', 'beta', 'ann@example.com')"
+    )
+    app = create_app(settings, pool=pool)
+
+    @app.middleware("http")
+    async def as_tenant(request: Any, call_next: Any) -> Any:
+        request.state.tenant = request.headers.get("x-test-tenant")
+        return await call_next(request)
+
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
+    ):
+        beta = {**AUTH, "x-test-tenant": "beta"}
+        found = (await c.get("/v1/contacts:lookup?q=ann@example.com", headers=beta)).json()
+        assert [x["contact"]["id"] for x in found["contacts"]] == ["b1"]
+        assert {s["connection_id"] for s in found["contacts"][0]["sync"]} == {"beta-sf"}
+        # Another tenant's connection does not exist for this caller.
+        for method, path in (
+            ("POST", "/v1/connections/acme-sf/pause"),
+            ("GET", "/v1/dead-letters?connection=acme-sf"),
+            ("GET", "/v1/series?connection=acme-sf"),
+        ):
+            assert (await c.request(method, path, headers=beta)).status_code == 404, path
+        replay = await c.post(
+            "/v1/dead-letters/replay", json={"connection": "acme-sf", "all": True}, headers=beta
+        )
+        assert replay.status_code == 404
+        everything = await c.post("/v1/dead-letters/purge", json={"all": True}, headers=beta)
+        assert everything.status_code == 422 and "connection" in everything.json()["detail"]
+        assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 2
+        assert (
+            await pool.fetchval("SELECT count(*) FROM connections WHERE paused_reason IS NOT NULL")
+            == 0
+        )
+        own = (await c.get("/v1/dead-letters?connection=beta-sf", headers=beta)).json()
+        assert own == {"dead_letters": [], "total": 0}
+        acme = {**AUTH, "x-test-tenant": "acme"}
+        mine = (await c.get("/v1/contacts:lookup?q=ann@example.com", headers=acme)).json()
+        assert [x["contact"]["id"] for x in mine["contacts"]] == ["c1"]
+        assert [x["error_code"] for x in mine["contacts"][0]["dead_letters"]] == [
+            "INVALID_EMAIL_ADDRESS"
+        ]
+
+
+async def test_the_dashboard_files_need_no_key_and_only_they_are_served(
+    api: httpx.AsyncClient,
+) -> None:
+    page = await api.get("/ui")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "secret" not in page.text.lower()
+    # Every file the page and its modules name is served, with its type.
+    todo = set(re.findall(r'(?:src|href)="/ui/([a-z0-9_.-]+)"', page.text))
+    names: set[str] = set()
+    while todo:
+        name = todo.pop()
+        names.add(name)
+        resp = await api.get(f"/ui/{name}")
+        assert resp.status_code == 200, name
+        if name.endswith(".js"):
+            assert resp.headers["content-type"].startswith("text/javascript")
+            todo |= set(re.findall(r'from "\./([a-z0-9_-]+\.js)"', resp.text)) - names
+    assert {"app.js", "api.js", "chart.js", "overview.js", "connection.js", "contact.js"} <= names
+    for bad in ("/ui/../app.py", "/ui/%2e%2e%2fapp.py", "/ui/app.py", "/ui/nope.js", "/ui/x/y.js"):
+        assert (await api.get(bad)).status_code == 404, bad

@@ -56,12 +56,13 @@ class Caller:
 
 
 def require(need: Need) -> Callable[[Request], Caller]:
-    """The dependency that grants ``need``. Every configured key may do everything
-    today (BearerAuth let it in); scoped keys answer 403 here for a missing role
-    and return their tenant."""
+    """The dependency that grants ``need``. BearerAuth let the key in, and every
+    configured key may do everything today; the key's tenant, once keys are scoped,
+    is the ``request.state.tenant`` the auth sets (absent: every tenant). A scoped
+    key without the role answers 403 here."""
 
     def dependency(request: Request) -> Caller:
-        return Caller(tenant=None)
+        return Caller(tenant=getattr(request.state, "tenant", None))
 
     dependency.need = need  # type: ignore[attr-defined]  # read by tests and the auth
     return dependency
