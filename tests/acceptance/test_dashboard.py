@@ -89,7 +89,7 @@ async def status(cluster: ProxiedCluster) -> dict[str, Any]:
 async def card_figures(page: Page, cid: str) -> dict[str, str]:
     card = page.locator(f'article[data-connection="{cid}"]')
     out = {}
-    for field in ("state", "dead_letters", "synced", "queued", "rate_limited"):
+    for field in ("state", "dead_letters", "synced", "queued", "rate_limited", "requests"):
         out[field] = (await card.locator(f'[data-field="{field}"]').inner_text()).strip()
     return out
 
@@ -97,14 +97,15 @@ async def card_figures(page: Page, cid: str) -> dict[str, str]:
 def expected_figures(c: dict[str, Any]) -> dict[str, str]:
     queued = sum(c["queue"][k] for k in ("ready", "leased", "delayed", "requeue"))
     state = "paused" if c["paused"] else ("sending" if queued else "idle")
-    if not c["paused"] and c["breaker"] == "open":
-        state = "breaker open"
+    if not c["paused"] and c["breaker"] != "closed":
+        state = "breaker open" if c["breaker"] == "open" else "breaker half-open"
     return {
         "state": state,
         "dead_letters": f"{c['dead_letters']:,}",
         "synced": f"{c['sync'].get('synced', 0):,}",
         "queued": f"{queued:,}",
         "rate_limited": f"{c['counters'].get('crm_rate_limited', 0):,}",
+        "requests": f"{c['counters'].get('requests', 0):,}",
     }
 
 
@@ -115,6 +116,14 @@ def cluster_config(database_url: str, redis_url: str) -> ClusterConfig:
         tenant=TENANT,
         mock_scenario="demo",
         concurrency=50,
+        # An outage opens a breaker that recovers within seconds; its changes are
+        # retried, not dead-lettered.
+        env={
+            "CRMSYNC_BREAKER_RECOVERY_SECONDS": "3",
+            "CRMSYNC_RETRY_ATTEMPTS": "30",
+            "CRMSYNC_RETRY_BASE_SECONDS": "0.5",
+            "CRMSYNC_RETRY_CAP_SECONDS": "2",
+        },
     )
 
 
@@ -213,13 +222,40 @@ async def test_dashboard_as_an_operator_reads_it(
             is None
         )
 
+        # -- a CRM outage opens hs-02's breaker, as the overview shows -----------------
+        await cluster.set_faults("hs-02", "hubspot", outage_seconds=12)
+        more = contacts.generate(30, seed=8, tenant=TENANT, id_prefix="uo")
+        await cluster.put_contacts(more)
+        await page.goto(f"{cluster.api_url}/ui#/")
+        await page.wait_for_selector('article[data-connection="hs-02"]', timeout=UI_WAIT_MS)
+
+        async def breaker_shown() -> bool:
+            report = await status(cluster)
+            hs = next(c for c in report["connections"] if c["id"] == "hs-02")
+            shown = await card_figures(page, "hs-02")
+            return hs["breaker"] == "open" and shown == expected_figures(hs)
+
+        await wait_until(breaker_shown, 20, "hs-02 shown with its breaker open", cluster=cluster)
+        await page.screenshot(path=shots / "5-overview-outage.png", full_page=True)
+        assert await cluster.wait_synced(WAIT), await cluster.unsettled()
+
+        # -- the requests each card counts are those the CRMs counted ------------------
+        mock = (await cluster.mock_stats())["accounts"]
+        answered_by_proxy = {"sf-01": 1}  # the validation error never reached the CRM
+        await wait_until(overview_matches, 20, "overview figures equal to /v1/status")
+        for c in cluster.connections:
+            shown = (await card_figures(page, c.id))["requests"]
+            crm_count = mock[f"{c.crm}/{c.account}"]["requests"] + answered_by_proxy.get(c.id, 0)
+            assert shown == f"{crm_count:,}", (c.id, shown, crm_count)
+        assert mock["hubspot/hs-02"]["by_status"].get("503", 0) >= 5
+
         # -- a dead letter is replayed from its connection's page and syncs ------------
         await page.goto(f"{cluster.api_url}/ui#/connection/sf-01")
         row = page.locator(f'tr[data-dead-letter="{letters[0]["id"]}"]')
         await row.wait_for(timeout=UI_WAIT_MS)
         assert "INVALID_EMAIL_ADDRESS" in await row.inner_text()
         assert "400" in await row.inner_text()
-        await page.screenshot(path=shots / "5-connection-dead-letter.png", full_page=True)
+        await page.screenshot(path=shots / "6-connection-dead-letter.png", full_page=True)
         await row.locator("input[type=checkbox]").check()
         await page.click("#replay-selected")
         dialog = page.locator("dialog#confirm")
@@ -256,7 +292,7 @@ async def test_dashboard_as_an_operator_reads_it(
         assert await ledger.locator('[data-field="external_id"]').inner_text() == external
         card = page.locator(f'article[data-contact="{target.id}"]')
         assert await card.locator("tr[data-ledger]").count() == 4
-        await page.screenshot(path=shots / "6-contact.png", full_page=True)
+        await page.screenshot(path=shots / "7-contact.png", full_page=True)
 
         # -- sign out: the key is forgotten ----------------------------------------------
         await page.click("#signout")
@@ -280,4 +316,4 @@ async def test_demo_address_signs_in(
         async with cluster.http.get(f"{cluster.api_url}/ui", headers={"Authorization": ""}) as r:
             assert r.status == 200
             assert "default-src 'self'" in r.headers["Content-Security-Policy"]
-        await page.screenshot(path=shots / "7-demo-link.png", full_page=True)
+        await page.screenshot(path=shots / "8-demo-link.png", full_page=True)

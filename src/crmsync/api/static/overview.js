@@ -22,6 +22,7 @@ export function figures(c, points) {
     ["retried", "retries", num(cnt.retried || 0)],
     ["dead_letters", "dead letters", num(c.dead_letters), c.dead_letters > 0 ? "bad" : ""],
     ["synced", "synced", num((c.sync || {}).synced || 0)],
+    ["requests", "requests", num(cnt.requests || 0)],
   ];
 }
 
