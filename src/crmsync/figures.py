@@ -8,7 +8,7 @@ Read from Redis; ``report.collect`` adds them to the status report (so
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client.core import (
@@ -38,27 +38,34 @@ PROCESS_COUNTERS: dict[str, dict[str, str]] = {
 }
 
 
-async def oldest_enqueued_ms(redis: Redis, connection_id: str) -> int | None:
-    """Enqueue time (Redis ms) of the oldest change waiting in the ready set.
+async def oldest_enqueued_ms(redis: Redis, connection_ids: Sequence[str]) -> dict[str, int]:
+    """Enqueue time (Redis ms) of the oldest change waiting in each connection's
+    ready set (absent: none), in one pipelined round trip for all of them.
 
     Scores are ``band * BAND_SCALE + enqueue ms``: the lowest score is the oldest
     of the most urgent band, not the oldest overall, so each band is asked."""
-    ready = keys.connection(connection_id).ready
     pipe = redis.pipeline(transaction=False)
-    for band in Band:
-        lo = int(band) * BAND_SCALE
-        pipe.zrangebyscore(ready, lo, lo + BAND_SCALE - 1, start=0, num=1, withscores=True)
-    found = [
-        int(hits[0][1]) - int(band) * BAND_SCALE
-        for band, hits in zip(Band, await pipe.execute(), strict=True)
-        if hits
-    ]
-    return min(found) if found else None
+    for cid in connection_ids:
+        ready = keys.connection(cid).ready
+        for band in Band:
+            lo = int(band) * BAND_SCALE
+            pipe.zrangebyscore(ready, lo, lo + BAND_SCALE - 1, start=0, num=1, withscores=True)
+    answers = await pipe.execute() if connection_ids else []
+    out: dict[str, int] = {}
+    for i, cid in enumerate(connection_ids):
+        found = [
+            int(hits[0][1]) - int(band) * BAND_SCALE
+            for band, hits in zip(Band, answers[i * len(Band) : (i + 1) * len(Band)], strict=True)
+            if hits
+        ]
+        if found:
+            out[cid] = min(found)
+    return out
 
 
-async def connection_figures(redis: Redis, depth: QueueDepth) -> dict[str, Any]:
+def connection_figures(depth: QueueDepth, oldest_ms: int | None) -> dict[str, Any]:
     """What the status report adds per connection to the queue's depth."""
-    oldest = await oldest_enqueued_ms(redis, depth.connection_id)
+    oldest = oldest_ms
     stats = depth.stats
     lag = counters.buckets(stats, counters.SYNC_LAG, counters.SYNC_LAG_BOUNDS_MS)
     return {
@@ -83,7 +90,11 @@ async def connection_figures(redis: Redis, depth: QueueDepth) -> dict[str, Any]:
 
 
 async def process_counters(redis: Redis) -> dict[str, dict[str, int]]:
-    return {kind: await counters.read_process(redis, kind) for kind in PROCESS_COUNTERS}
+    pipe = redis.pipeline(transaction=False)
+    for kind in PROCESS_COUNTERS:
+        pipe.hgetall(keys.process_stats(kind))
+    raw = await pipe.execute()
+    return {kind: counters.ints_of(r) for kind, r in zip(PROCESS_COUNTERS, raw, strict=True)}
 
 
 def families(report: Mapping[str, Any]) -> Iterator[Metric]:

@@ -47,6 +47,7 @@ async def collect(pool: asyncpg.Pool[Any], redis: Redis | None) -> dict[str, Any
         return report
     store = QueueStore(redis)
     try:
+        oldest = await figures.oldest_enqueued_ms(redis, [c["id"] for c in report["connections"]])
         for c in report["connections"]:
             depth = await store.depth(c["id"])
             seen = depth.stats  # the workers' and the claim script's counters
@@ -67,7 +68,7 @@ async def collect(pool: asyncpg.Pool[Any], redis: Redis | None) -> dict[str, Any
                 "p99": counters.percentile(seen, 0.99),
                 "send_lag_p99": counters.percentile(seen, 0.99, "lag"),
             }
-            c.update(await figures.connection_figures(redis, depth))
+            c.update(figures.connection_figures(depth, oldest.get(c["id"])))
         report["processes"] = await figures.process_counters(redis)
     except (RedisError, OSError) as exc:
         report["redis_error"] = str(exc)
