@@ -65,6 +65,16 @@ def shots() -> Path:
     return folder
 
 
+async def on_a_phone(page: Page, shot: Path) -> None:
+    """The page at 375 px: no sideways scrolling; screenshot; back to a laptop."""
+    await page.set_viewport_size({"width": 375, "height": 800})
+    await page.wait_for_timeout(300)
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, f"{page.url} scrolls sideways on a phone ({width}px)"
+    await page.screenshot(path=shot, full_page=True)
+    await page.set_viewport_size({"width": 1280, "height": 900})
+
+
 def invalid_email(hit: Hit, target: str) -> Fault | None:
     """Salesforce's validation error for the first attempt of ``target`` on sf-01."""
     if hit.account == "sf-01" and hit.contact == target and hit.attempt == 1:
@@ -194,12 +204,7 @@ async def test_dashboard_as_an_operator_reads_it(
             await page.wait_for_timeout(250)
         assert await chart("sf-01", "data-points") >= 2
         await page.screenshot(path=shots / "2-overview.png", full_page=True)
-        await page.set_viewport_size({"width": 375, "height": 800})
-        await page.wait_for_timeout(300)
-        width = await page.evaluate("document.documentElement.scrollWidth")
-        assert width <= 375, f"the overview scrolls sideways on a phone ({width}px)"
-        await page.screenshot(path=shots / "3-overview-phone.png", full_page=True)
-        await page.set_viewport_size({"width": 1280, "height": 900})
+        await on_a_phone(page, shots / "3-overview-phone.png")
 
         # -- a paused connection is resumed from its page and syncs --------------------
         await sf02.locator("h3 a").click()
@@ -256,6 +261,7 @@ async def test_dashboard_as_an_operator_reads_it(
         assert "INVALID_EMAIL_ADDRESS" in await row.inner_text()
         assert "400" in await row.inner_text()
         await page.screenshot(path=shots / "6-connection-dead-letter.png", full_page=True)
+        await on_a_phone(page, shots / "6-connection-dead-letter-phone.png")
         await row.locator("input[type=checkbox]").check()
         await page.click("#replay-selected")
         dialog = page.locator("dialog#confirm")
@@ -293,6 +299,7 @@ async def test_dashboard_as_an_operator_reads_it(
         card = page.locator(f'article[data-contact="{target.id}"]')
         assert await card.locator("tr[data-ledger]").count() == 4
         await page.screenshot(path=shots / "7-contact.png", full_page=True)
+        await on_a_phone(page, shots / "7-contact-phone.png")
 
         # -- sign out: the key is forgotten ----------------------------------------------
         await page.click("#signout")
