@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh-machine set-up for crmsync, run by `make setup` (and so by `make test` / `make demo`):
-#   1. .venv with the package and its dev extras (reinstalled only when pyproject.toml changed);
+#   1. .venv with crmsync and its dev extras, and the lab beside it (lab/: mock CRMs, harness,
+#      bench, demo), both editable; reinstalled only when either pyproject.toml changed;
 #   2. PostgreSQL and Redis reachable (scripts/ensure_services.py), URLs in .crmsync/env;
 #   3. the crmsync database created and migrated;
 #   4. the system tools the tests drive: Debian's chromium (dashboard browser tests)
@@ -66,9 +67,10 @@ ensure_venv() {
     rm -f "$STAMP"
   fi
   # Reinstall only when the dependencies may have changed.
-  if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ ! -x "$VENV/bin/crmsync" ]; then
-    echo "setup: installing crmsync with its dev extras into $VENV"
-    "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e '.[dev]'
+  if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ lab/pyproject.toml -nt "$STAMP" ] ||
+    [ ! -x "$VENV/bin/crmsync" ]; then
+    echo "setup: installing crmsync with its dev extras and the lab into $VENV"
+    "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e '.[dev]' -e ./lab
     touch "$STAMP"
   fi
 }

@@ -1,17 +1,22 @@
 """Shared fixtures: a fresh PostgreSQL database per test (cloned from a migrated
-template) and a private, flushed Redis database per test. Real servers only."""
+template) and a private, flushed Redis database per test (real servers only);
+on them, a pool, Redis clients and a MONITOR log; mock CRMs in this process,
+crmsync processes, and the whole system as a cluster of processes (the lab's
+harness). Helpers and the factories' types are in support.py."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import fcntl
 import hashlib
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from importlib import resources
+from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
@@ -20,6 +25,11 @@ import redis.asyncio as aioredis
 
 from crmsync import db
 from crmsync.settings import Settings
+from crmsync_lab.harness.cluster import ClusterConfig
+from crmsync_lab.harness.processes import Proc, crmsync_argv, stop_all
+from crmsync_lab.mock.config import AccountSpec, MockConfig
+from crmsync_lab.mock.server import MockHandle, start_mock
+from support import RedisMonitor, StartCrmsync, StartMock
 
 # Where tests find the servers: the URLs `make setup` wrote, or the defaults.
 BASE_DSN = os.environ.get("CRMSYNC_DATABASE_URL", "postgresql://127.0.0.1:5432/crmsync")
@@ -152,9 +162,117 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection[Any]]:
 
 
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.from_url(redis_url)
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
+    """A small pool on this test's database."""
+    p = await db.create_pool(database_url, min_size=1, max_size=6)
     try:
-        yield r
+        yield p
     finally:
-        await r.aclose()
+        await p.close()
+
+
+@pytest.fixture
+async def redis_clients(redis_url: str) -> AsyncIterator[Callable[[], aioredis.Redis]]:
+    """Opens clients of this test's Redis database; each is closed after the test."""
+    opened: list[aioredis.Redis] = []
+
+    def open_client() -> aioredis.Redis:
+        opened.append(aioredis.from_url(redis_url))
+        return opened[-1]
+
+    try:
+        yield open_client
+    finally:
+        for r in opened:
+            await r.aclose()
+
+
+@pytest.fixture
+def redis_client(redis_clients: Callable[[], aioredis.Redis]) -> aioredis.Redis:
+    return redis_clients()
+
+
+@pytest.fixture
+async def redis_monitor(redis_clients: Callable[[], aioredis.Redis]) -> AsyncIterator[RedisMonitor]:
+    """MONITOR on a client of its own, from before the test runs until after it."""
+    client = redis_clients()
+    dbn = client.connection_pool.connection_kwargs.get("db", 0)
+    log = RedisMonitor()
+    async with client.monitor() as m:  # MONITOR is on once this returns
+
+        async def read() -> None:
+            while True:
+                cmd: dict[str, Any] = await m.next_command()
+                if cmd["db"] == dbn:
+                    log.add(cmd)
+
+        reader = asyncio.create_task(read())
+        try:
+            yield log
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+@pytest.fixture
+async def start_mock_crm() -> AsyncIterator[StartMock]:
+    """Starts mock CRMs in this process (a free port each); all closed after the test."""
+    handles: list[MockHandle] = []
+
+    async def start(
+        *accounts: AccountSpec,
+        latency_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        seed: int | None = None,
+    ) -> MockHandle:
+        config = MockConfig(list(accounts), latency_ms=latency_ms, jitter_ms=jitter_ms, seed=seed)
+        handles.append(await start_mock(config))
+        return handles[-1]
+
+    try:
+        yield start
+    finally:
+        for handle in handles:
+            await handle.close()
+
+
+@pytest.fixture
+async def crmsync_process(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> AsyncIterator[StartCrmsync]:
+    """Starts ``crmsync <args>`` on this test's database and Redis, its output in
+    ``tmp_path/logs``; every one still running is stopped after the test."""
+    started: list[Proc] = []
+
+    async def start(*args: str, env: Mapping[str, str] | None = None) -> Proc:
+        full = {
+            **os.environ,
+            "CRMSYNC_DATABASE_URL": database_url,
+            "CRMSYNC_REDIS_URL": redis_url,
+            **(env or {}),
+        }
+        name = f"{args[0]}-{len(started) + 1}"
+        proc = Proc(name, crmsync_argv(*args), full, tmp_path / "logs")
+        await proc.start()
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        await stop_all(started, grace=20.0)
+
+
+@pytest.fixture
+def cluster_config(database_url: str, redis_url: str, tmp_path: Path) -> ClusterConfig:
+    """The whole system as processes (``crmsync api``, ``relay`` and workers apart) on
+    this test's database and Redis, logs in ``tmp_path/run``; ``dataclasses.replace``
+    sets what a test needs."""
+    return ClusterConfig(
+        database_url=database_url,
+        redis_url=redis_url,
+        mode="split",
+        run_dir=tmp_path / "run",
+        grace_seconds=5.0,
+    )

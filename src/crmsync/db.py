@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -21,29 +20,43 @@ if TYPE_CHECKING:
 _QUERY_NAME = re.compile(r"^--\s*name:\s*(\S+)\s*$", re.MULTILINE)
 
 
-@lru_cache(maxsize=1)
-def queries() -> dict[str, str]:
-    """All named queries: a ``-- name: foo`` line starts query ``foo``."""
-    out: dict[str, str] = {}
-    folder = resources.files("crmsync") / "sql" / "queries"
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        text = entry.read_text()
-        parts = _QUERY_NAME.split(text)
-        # parts: [preamble, name1, body1, name2, body2, ...]
-        for name, body in zip(parts[1::2], parts[2::2], strict=True):
-            if name in out:
-                raise RuntimeError(f"duplicate query name {name!r} in {entry.name}")
-            out[name] = body.strip().rstrip(";")
-    return out
+class NamedQueries:
+    """The named queries of a package's ``.sql`` files, read once on first use: a
+    ``-- name: foo`` line starts query ``foo``. Another distribution (the lab) loads
+    its own files with one of these."""
+
+    def __init__(self, package: str, folder: str) -> None:
+        self.package = package
+        self.folder = folder
+        self._queries: dict[str, str] | None = None
+
+    def all(self) -> dict[str, str]:
+        if self._queries is None:
+            self._queries = self._load()
+        return self._queries
+
+    def __call__(self, name: str) -> str:
+        try:
+            return self.all()[name]
+        except KeyError:
+            raise KeyError(f"no SQL query named {name!r} in {self.package}/{self.folder}") from None
+
+    def _load(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        folder = resources.files(self.package).joinpath(*self.folder.split("/"))
+        for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+            if not entry.name.endswith(".sql"):
+                continue
+            parts = _QUERY_NAME.split(entry.read_text())
+            # parts: [preamble, name1, body1, name2, body2, ...]
+            for name, body in zip(parts[1::2], parts[2::2], strict=True):
+                if name in out:
+                    raise RuntimeError(f"duplicate query name {name!r} in {entry.name}")
+                out[name] = body.strip().rstrip(";")
+        return out
 
 
-def q(name: str) -> str:
-    try:
-        return queries()[name]
-    except KeyError:
-        raise KeyError(f"no SQL query named {name!r} in crmsync/sql/queries") from None
+q = NamedQueries("crmsync", "sql/queries")
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:

@@ -12,7 +12,11 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
+from structlog.dev import plain_traceback
+from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
+
+from crmsync import redact
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -54,11 +58,23 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Tracebacks are rendered without frame locals (they held tokens and request
+    # headers), then the whole line goes through the redaction step: no secret
+    # reaches a log, whoever logged it.
     render: list[Processor]
     if use_json:
-        render = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(_dumps)]
+        tracebacks = ExceptionDictTransformer(show_locals=False, use_rich=False)
+        render = [
+            structlog.processors.ExceptionRenderer(tracebacks),
+            redact.event,
+            structlog.processors.JSONRenderer(_dumps),
+        ]
     else:
-        render = [structlog.dev.ConsoleRenderer(colors=tty)]
+        render = [
+            structlog.processors.format_exc_info,
+            redact.event,
+            structlog.dev.ConsoleRenderer(colors=tty, exception_formatter=plain_traceback),
+        ]
 
     structlog.configure(
         processors=[

@@ -1,4 +1,4 @@
-"""What the acceptance tests need beyond ``crmsync.harness``.
+"""What the acceptance tests need beyond ``crmsync_lab.harness``.
 
 ``FaultProxy`` sits between the workers and the mock CRMs: it logs every
 request (arrival and answer time, account, contact, what the CRM answered) and
@@ -33,9 +33,9 @@ import pytest
 from aiohttp import web
 
 from crmsync import db
-from crmsync.harness.cluster import Cluster, ClusterConfig
-from crmsync.harness.processes import crmsync_argv, free_port
 from crmsync.queue.store import QueueDepth, QueueStore
+from crmsync_lab.harness.cluster import Cluster, ClusterConfig
+from crmsync_lab.harness.processes import crmsync_argv, free_port
 
 SF_EXT = "CrmSync_Id__c"
 HS_EXT = "crmsync_id"

@@ -21,8 +21,8 @@ import pytest
 from helpers import Fault, Hit, ProxiedCluster, wait_until
 from playwright.async_api import Browser, Page, async_playwright
 
-from crmsync.harness import contacts
-from crmsync.harness.cluster import ClusterConfig
+from crmsync_lab.harness import contacts
+from crmsync_lab.harness.cluster import ClusterConfig
 
 pytestmark = pytest.mark.slow
 

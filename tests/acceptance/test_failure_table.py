@@ -18,7 +18,6 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -42,9 +41,9 @@ from helpers import (
 )
 from helpers import private_postgres as start_private_postgres
 
-from crmsync.harness.cluster import ClusterConfig
-from crmsync.harness.contacts import Contact, generate
 from crmsync.queue import keys
+from crmsync_lab.harness.cluster import ClusterConfig
+from crmsync_lab.harness.contacts import Contact, generate
 
 # Shortened times for every row (a row may override). The proxy is one more hop
 # between admission and arrival at the CRM, so it widens the arrival jitter the
@@ -568,16 +567,15 @@ TABLE: list[Row] = [
     [pytest.param(r, id=r.name, marks=[pytest.mark.slow] if r.slow else []) for r in TABLE],
 )
 async def test_failure_table(
-    row: Row, database_url: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+    row: Row, cluster_config: ClusterConfig, request: pytest.FixtureRequest
 ) -> None:
-    url = database_url
+    config = cluster_config
     pg: PrivatePostgres | None = None
     if row.private_pg:
         pg = request.getfixturevalue("private_postgres")
-        url = pg.url
-    config = ClusterConfig(
-        database_url=url,
-        redis_url=redis_url,
+        config = replace(config, database_url=pg.url)
+    config = replace(
+        config,
         mode=row.mode,
         processes=row.processes,
         concurrency=row.concurrency,
@@ -585,8 +583,6 @@ async def test_failure_table(
         mock_scenario="none",
         mock_args=tuple(row.mock_args),
         env={**BASE_ENV, **row.env},
-        run_dir=tmp_path / "run",
-        grace_seconds=5.0,
     )
     cluster = ProxiedCluster(config)
     cluster.private_pg = pg  # type: ignore[attr-defined]

@@ -9,26 +9,19 @@ violations by the mock's own count; the achieved request rate is printed.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import replace
 
 from helpers import assert_final, settle
 
-from crmsync.harness.cluster import Cluster, ClusterConfig
-from crmsync.harness.contacts import generate, plan_changes
+from crmsync_lab.harness.cluster import Cluster, ClusterConfig
+from crmsync_lab.harness.contacts import generate, plan_changes
 
 
 async def test_500_contacts_to_two_salesforce_and_two_hubspot(
-    database_url: str, redis_url: str, tmp_path: Path
+    cluster_config: ClusterConfig,
 ) -> None:
-    config = ClusterConfig(
-        database_url=database_url,
-        redis_url=redis_url,
-        mode="split",
-        batch_size=1,
-        mock_scenario="demo",  # sf-01, sf-02 at 100/s; hs-01, hs-02 at 50/s
-        run_dir=tmp_path / "run",
-        grace_seconds=5.0,
-    )
+    # The demo's accounts: sf-01, sf-02 at 100/s; hs-01, hs-02 at 50/s.
+    config = replace(cluster_config, batch_size=1, mock_scenario="demo")
     async with Cluster(config) as cluster:
         assert sorted(c.crm for c in cluster.connections) == ["hubspot"] * 2 + ["salesforce"] * 2
         people = generate(500, seed=42)

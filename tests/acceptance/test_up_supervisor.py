@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
+from collections.abc import Callable
 
+import aiohttp
 import psutil
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from crmsync_lab.harness.processes import free_port
+from support import StartCrmsync
 
 
 def _workers(up: psutil.Process) -> list[psutil.Process]:
@@ -24,56 +19,49 @@ def _workers(up: psutil.Process) -> list[psutil.Process]:
     return [c for c in up.children() if "resource_tracker" not in " ".join(c.cmdline())]
 
 
-def _wait(pred: object, limit: float) -> bool:
-    deadline = time.monotonic() + limit
+async def _until(check: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if callable(pred) and pred():
+        if check():
             return True
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     return False
 
 
-def test_up_replaces_a_killed_worker_and_stops_cleanly(database_url: str, redis_url: str) -> None:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CRMSYNC_DATABASE_URL": database_url,
-        "CRMSYNC_REDIS_URL": redis_url,
-        "CRMSYNC_API_KEYS": "k",
-    }
-    exe = os.path.join(os.path.dirname(sys.executable), "crmsync")
-    proc = subprocess.Popen(
-        [exe, "up", "--port", str(port), "--processes", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        up = psutil.Process(proc.pid)
-
-        def healthy() -> bool:
+async def _healthy(url: str, within: float) -> bool:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
+        while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
+                async with http.get(f"{url}/healthz") as r:
+                    if r.status == 200:
+                        return True
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+    return False
 
-        assert _wait(healthy, 30), "the API never answered"
-        assert _wait(lambda: len(_workers(up)) == 2, 20)
-        victim = _workers(up)[0]
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)
 
-        def replaced() -> bool:
-            pids = {c.pid for c in _workers(up) if c.is_running()}
-            return len(pids) == 2 and victim.pid not in pids
+async def test_up_replaces_a_killed_worker_and_stops_cleanly(
+    crmsync_process: StartCrmsync,
+) -> None:
+    port = free_port()
+    args = ("up", "--port", str(port), "--processes", "2")
+    proc = await crmsync_process(*args, env={"CRMSYNC_API_KEYS": "k"})
+    assert proc.pid is not None
+    up = psutil.Process(proc.pid)
+    assert await _healthy(f"http://127.0.0.1:{port}", 30), "the API never answered"
+    assert await _until(lambda: len(_workers(up)) == 2, 20)
+    victim = _workers(up)[0]
+    victim.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(victim.wait, 10)
 
-        assert _wait(replaced, 15), "the killed worker was not replaced"
-        workers = _workers(up)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    def replaced() -> bool:
+        pids = {c.pid for c in _workers(up) if c.is_running()}
+        return len(pids) == 2 and victim.pid not in pids
+
+    assert await _until(replaced, 15), "the killed worker was not replaced"
+    workers = _workers(up)
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait(30) == 0, proc.tail()
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)

@@ -11,9 +11,10 @@ import pytest
 from crmsync.crm import make_adapter
 from crmsync.crm.base import ContactFields, CrmAdapter, Op
 from crmsync.errors import AuthFailed, Permanent, RateLimited, Retryable
-from crmsync.mock.config import AccountSpec, MockConfig
-from crmsync.mock.limits import Window
-from crmsync.mock.server import MockHandle, start_mock
+from crmsync_lab.mock.config import AccountSpec
+from crmsync_lab.mock.limits import Window
+from crmsync_lab.mock.server import MockHandle
+from support import StartMock
 
 ACCOUNTS = {"salesforce": "sf-a", "hubspot": "hs-a"}
 CRMS = ["salesforce", "hubspot"]
@@ -21,13 +22,11 @@ MODES = ["single", "batch"]
 
 
 @pytest.fixture
-async def mock() -> AsyncIterator[MockHandle]:
+async def mock(start_mock_crm: StartMock) -> MockHandle:
     specs = [AccountSpec(crm, name, limits=(Window(0, 1000),)) for crm, name in ACCOUNTS.items()]
     specs.append(AccountSpec("salesforce", "sf-slow", limits=(Window(2, 1000),)))
     specs.append(AccountSpec("hubspot", "hs-slow", limits=(Window(2, 1000),)))
-    handle = await start_mock(MockConfig(specs, latency_ms=0.5, jitter_ms=0.2, seed=7))
-    yield handle
-    await handle.close()
+    return await start_mock_crm(*specs, latency_ms=0.5, jitter_ms=0.2, seed=7)
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import asyncpg
 import httpx
 import pytest
 
-from crmsync import db
+from crmsync import connections, db
 from crmsync.api.app import create_app, serve
 from crmsync.settings import Settings
+from support import add_connections, connection
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -240,10 +241,12 @@ async def test_get_contact_with_sync_state(
 ) -> None:
     assert (await api.get("/v1/contacts/nobody", headers=AUTH)).status_code == 404
     await api.put("/v1/contacts/g1", json={"email": "g@x.io", "last_name": "G"}, headers=AUTH)
-    await pg.execute(
-        "INSERT INTO connections (id, crm, account, base_url, token) VALUES "
-        "('sf', 'salesforce', 'acme', 'http://sf', 't'),"
-        " ('hs', 'hubspot', 'acme', 'http://hs', 't')"
+    await add_connections(
+        pg,
+        [
+            connection("sf", "salesforce", account="acme"),
+            connection("hs", "hubspot", account="acme"),
+        ],
     )
     await pg.execute(
         "INSERT INTO sync_state (connection_id, contact_id, external_id, synced_version, status, "
@@ -279,12 +282,10 @@ async def test_get_contact_with_sync_state(
 
 async def test_connections_and_status(api: httpx.AsyncClient, pg: asyncpg.Connection[Any]) -> None:
     token = "sk-live-0123456789abcdef-a1b2"
-    await pg.execute(
-        "INSERT INTO connections (id, crm, account, base_url, token, rate_limits, paused_reason) "
-        "VALUES ('sf', 'salesforce', 'acme', 'http://sf', $1, "
-        "'[{\"limit\": 100, \"window_ms\": 1000}]', 'paused by operator')",
-        token,
+    await add_connections(
+        pg, [connection("sf", "salesforce", account="acme", token=token, per_second=100)]
     )
+    await connections.pause(pg, "sf", "paused by operator")
     await pg.execute(
         "INSERT INTO sync_state (connection_id, contact_id, status) VALUES "
         "('sf', 'a', 'synced'), ('sf', 'b', 'synced'), ('sf', 'c', 'dead')"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import asyncpg
@@ -13,13 +12,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from typer.testing import CliRunner
 
-from crmsync import db, dlq
+from crmsync import dlq
 from crmsync.cli import app
 from crmsync.dlq import DeadFilter
 from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.store import BAND_SCALE, Band, QueueStore
 from crmsync.settings import Settings
+from support import add_connections, connection
 
 # (connection, contact, operation, error_code, error, http_status)
 LETTERS = [
@@ -39,45 +39,38 @@ LETTERS = [
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    p = await db.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        await p.executemany(
-            "INSERT INTO connections (id, tenant, crm, account, base_url, token)"
-            " VALUES ($1, 'default', $2, $1, 'http://127.0.0.1:1', 't')",
-            [("sf", "salesforce"), ("hs", "hubspot")],
-        )
-        await p.execute(
-            "INSERT INTO contacts (id, email) VALUES ('c1', 'bad'), ('c2', 'b@x.io'),"
-            " ('c3', 'c@x.io'), ('c4', 'd@x.io')"
-        )
-        await p.execute("UPDATE contacts SET deleted_at = now() WHERE id = 'c3'")
-        await p.execute("DELETE FROM outbox")
-        # Ledger rows as the worker leaves them: dead, attempts spent, CRM id kept.
-        await p.executemany(
-            "INSERT INTO sync_state (connection_id, contact_id, external_id, synced_version,"
-            " status, attempts, last_error) VALUES ($1, $2, $3, $4, 'dead', 3, 'x')",
-            [
-                (
-                    "sf",
-                    "c1",
-                    "X1",
-                    1,
-                ),
-                ("sf", "c2", None, None),
-                ("sf", "c3", "X3", 1),
-                ("hs", "c1", None, None),
-                ("hs", "c4", "H4", 1),
-            ],
-        )
-        await p.executemany(
-            "INSERT INTO dead_letters (connection_id, contact_id, version, operation, error_code,"
-            " error, http_status, payload, attempts) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, 3)",
-            [(*letter, {"email": "x"}) for letter in LETTERS],
-        )
-        yield p
-    finally:
-        await p.close()
+async def pool(pool: asyncpg.Pool[Any]) -> asyncpg.Pool[Any]:
+    """The test's pool: two connections, four contacts and the dead letters of ``LETTERS``."""
+    await add_connections(pool, [connection("sf", "salesforce"), connection("hs", "hubspot")])
+    await pool.execute(
+        "INSERT INTO contacts (id, email) VALUES ('c1', 'bad'), ('c2', 'b@x.io'),"
+        " ('c3', 'c@x.io'), ('c4', 'd@x.io')"
+    )
+    await pool.execute("UPDATE contacts SET deleted_at = now() WHERE id = 'c3'")
+    await pool.execute("DELETE FROM outbox")
+    # Ledger rows as the worker leaves them: dead, attempts spent, CRM id kept.
+    await pool.executemany(
+        "INSERT INTO sync_state (connection_id, contact_id, external_id, synced_version,"
+        " status, attempts, last_error) VALUES ($1, $2, $3, $4, 'dead', 3, 'x')",
+        [
+            (
+                "sf",
+                "c1",
+                "X1",
+                1,
+            ),
+            ("sf", "c2", None, None),
+            ("sf", "c3", "X3", 1),
+            ("hs", "c1", None, None),
+            ("hs", "c4", "H4", 1),
+        ],
+    )
+    await pool.executemany(
+        "INSERT INTO dead_letters (connection_id, contact_id, version, operation, error_code,"
+        " error, http_status, payload, attempts) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, 3)",
+        [(*letter, {"email": "x"}) for letter in LETTERS],
+    )
+    return pool
 
 
 def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:

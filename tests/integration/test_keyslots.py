@@ -7,7 +7,6 @@ runner), and what the scripts really touch (recorded with MONITOR).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from crmsync.breaker import CrmBreaker
 from crmsync.queue import scripts
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
+from support import RedisMonitor, script_keys
 
 
 def slot(key: str) -> int:
@@ -116,52 +116,30 @@ async def test_keys_passed_to_each_script_share_one_slot(
 
 
 async def test_keys_scripts_touch_share_one_slot(
-    redis_client: aioredis.Redis, redis_url: str
+    redis_client: aioredis.Redis, redis_monitor: RedisMonitor
 ) -> None:
     """MONITOR shows the commands run inside scripts; between two markers sent
     after each call, all of them must hit the slot of that call's keys."""
-    db = redis_client.connection_pool.connection_kwargs.get("db", 0)
-    segments: list[list[dict[str, Any]]] = [[]]
     marker = f"keyslot-marker-{uuid.uuid4().hex}"
-    monitor_client = aioredis.from_url(redis_url)
     markers_sent = 0
-    try:
-        async with monitor_client.monitor() as m:
 
-            async def read() -> None:
-                while True:
-                    cmd = await m.next_command()
-                    if marker in cmd["command"]:
-                        segments.append([])
-                    elif cmd["db"] == db:
-                        segments[-1].append(cmd)
+    async def step() -> None:
+        nonlocal markers_sent
+        await redis_client.echo(marker)
+        markers_sent += 1
 
-            reader = asyncio.create_task(read())
-
-            async def step() -> None:
-                nonlocal markers_sent
-                await redis_client.echo(marker)
-                markers_sent += 1
-
-            await asyncio.sleep(0.05)
-            await lifecycle(redis_client, step)
-            for _ in range(100):
-                if len(segments) > markers_sent:
-                    break
-                await asyncio.sleep(0.02)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-    finally:
-        await monitor_client.aclose()
+    await lifecycle(redis_client, step)
+    await redis_monitor.wait_for(lambda: redis_monitor.count(marker) == markers_sent)
+    segments: list[list[dict[str, Any]]] = [[]]
+    for cmd in redis_monitor.commands:
+        if marker in cmd["command"]:
+            segments.append([])
+        else:
+            segments[-1].append(cmd)
     assert len(segments) == markers_sent + 1
     checked = 0
     for seg in segments[:-1]:
-        script_calls = [c for c in seg if c["command"].upper().startswith(("EVALSHA", "EVAL "))]
-        allowed = set()
-        for c in script_calls:
-            parts = c["command"].split(" ")
-            allowed |= {slot(k) for k in parts[3 : 3 + int(parts[2])]}
+        allowed = {slot(k) for c in seg for k in script_keys(c["command"]) or ()}
         for c in seg:
             if c["client_type"] != "lua":
                 continue

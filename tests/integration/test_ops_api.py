@@ -19,11 +19,11 @@ from crmsync.api import ops
 from crmsync.api.app import create_app
 from crmsync.capture import relay
 from crmsync.capture.reconcile import reconcile
-from crmsync.harness.processes import free_port
 from crmsync.queue import keys
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
 from crmsync.settings import Settings
+from crmsync_lab.harness.processes import free_port
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -241,19 +241,10 @@ async def test_drop_deletes_every_key(
     assert left == []
 
 
-@pytest.fixture
-async def second_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.from_url(redis_url)
-    try:
-        yield r
-    finally:
-        await r.aclose()
-
-
 async def test_no_two_claimers_ever_hold_one_contact(
-    store: QueueStore, cid: str, second_client: aioredis.Redis
+    store: QueueStore, cid: str, redis_clients: Callable[[], aioredis.Redis]
 ) -> None:
-    other = QueueStore(second_client)
+    other = QueueStore(redis_clients())
     await store.enqueue([(cid, f"c-{i}", i % 3) for i in range(300)])
     claims = await asyncio.gather(*(claim(s, cid, 7) for _ in range(40) for s in (store, other)))
     ids = [i for c in claims for i in c.ids]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import asyncpg
@@ -11,31 +10,25 @@ import pytest
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
-from crmsync import db
 from crmsync.capture.reconcile import reconcile
 from crmsync.cli import app
 from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.store import BAND_SCALE, Band, QueueStore
 from crmsync.settings import Settings
+from support import add_connections, connection
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    p = await db.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        await p.executemany(
-            "INSERT INTO connections (id, tenant, crm, account, base_url, token)"
-            " VALUES ($1, $2, $3, $1, 'http://127.0.0.1:1', 't')",
-            [
-                ("sf", "default", "salesforce"),
-                ("hs", "default", "hubspot"),
-                ("other", "t2", "hubspot"),
-            ],
-        )
-        yield p
-    finally:
-        await p.close()
+async def pool(pool: asyncpg.Pool[Any]) -> asyncpg.Pool[Any]:
+    """The test's pool: two connections of tenant default, one of t2."""
+    specs = [
+        connection("sf", "salesforce"),
+        connection("hs", "hubspot"),
+        connection("other", "hubspot", tenant="t2"),
+    ]
+    await add_connections(pool, specs)
+    return pool
 
 
 async def queued(r: aioredis.Redis, cid: str) -> dict[str, tuple[int, float]]:

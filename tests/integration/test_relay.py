@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import asyncpg
@@ -13,32 +13,25 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from crmsync import db
 from crmsync.api.app import create_app
 from crmsync.capture.relay import relay_once, run_relay
 from crmsync.queue import keys
 from crmsync.queue.store import BAND_SCALE, Band, QueueStore
 from crmsync.settings import Settings
+from support import add_connections, connection
 
 CONNECTIONS = [
-    ("acme-sf", "acme", "salesforce"),
-    ("acme-hs", "acme", "hubspot"),
-    ("dflt-sf", "default", "salesforce"),
+    connection("acme-sf", "salesforce", tenant="acme"),
+    connection("acme-hs", "hubspot", tenant="acme"),
+    connection("dflt-sf", "salesforce"),
 ]
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    p = await db.create_pool(database_url, min_size=1, max_size=6)
-    try:
-        await p.executemany(
-            "INSERT INTO connections (id, tenant, crm, account, base_url, token)"
-            " VALUES ($1, $2, $3, $1, 'http://127.0.0.1:1', 't')",
-            CONNECTIONS,
-        )
-        yield p
-    finally:
-        await p.close()
+async def pool(pool: asyncpg.Pool[Any]) -> asyncpg.Pool[Any]:
+    """The test's pool: the connections of ``CONNECTIONS``."""
+    await add_connections(pool, CONNECTIONS)
+    return pool
 
 
 async def queued(r: aioredis.Redis, cid: str) -> dict[str, int]:

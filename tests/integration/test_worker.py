@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +16,15 @@ import redis.asyncio as aioredis
 
 from crmsync import db
 from crmsync.capture.relay import relay_once
-from crmsync.mock.config import AccountSpec, MockConfig
-from crmsync.mock.limits import Window
-from crmsync.mock.server import MockHandle, start_mock
+from crmsync.connections import Connection
 from crmsync.processes import run_worker
 from crmsync.queue.store import QueueStore
 from crmsync.report import collect, prometheus_text
 from crmsync.settings import Settings
+from crmsync_lab.mock.config import AccountSpec
+from crmsync_lab.mock.limits import Window
+from crmsync_lab.mock.server import MockHandle
+from support import StartMock, add_connections, to_mock
 
 
 @dataclass
@@ -62,38 +64,16 @@ class System:
         return out
 
 
-async def _add_connection(
-    pool: asyncpg.Pool[Any],
-    mock: MockHandle,
-    cid: str,
-    crm: str,
-    account: str,
-    settings: dict[str, Any],
-    limit: int = 200,
-) -> None:
-    await pool.execute(
-        "INSERT INTO connections (id, tenant, crm, account, base_url, token, rate_limits, settings)"
-        " VALUES ($1, 'default', $2, $3, $4, $5, $6, $7)",
-        cid,
-        crm,
-        account,
-        mock.base_url(crm, account),
-        mock.token(crm, account),
-        [{"limit": limit, "window_ms": 1000}],
-        settings,
-    )
-
-
 @contextlib.asynccontextmanager
 async def _running(
-    s: Settings, mock: MockHandle, add: Callable[[asyncpg.Pool[Any]], Awaitable[None]]
+    s: Settings, mock: MockHandle, specs: Sequence[Connection]
 ) -> AsyncIterator[System]:
-    """A worker (concurrency 50) on a fresh pool and Redis client, after ``add``
-    wrote the connections; everything closed afterwards, the mock included."""
+    """A worker (concurrency 50) on a fresh pool and Redis client, after the
+    connections ``specs`` were added; stopped and closed afterwards."""
     pool = await db.create_pool(s.database_url)
     redis = aioredis.from_url(s.redis_url)
     store = QueueStore(redis, margin=s.limit_margin)
-    await add(pool)
+    await add_connections(pool, specs)
     stop = asyncio.Event()
     task = asyncio.create_task(run_worker(s, 50, stop))
     try:
@@ -104,27 +84,25 @@ async def _running(
             await asyncio.wait_for(task, 15)
         await redis.aclose()
         await pool.close()
-        await mock.close()
 
 
 @contextlib.asynccontextmanager
 async def _one_salesforce(
-    s: Settings, account: str, *, latency_ms: float, limit: int, conn_settings: dict[str, Any]
+    s: Settings,
+    start_mock_crm: StartMock,
+    account: str,
+    *,
+    latency_ms: float,
+    limit: int,
+    conn_settings: dict[str, Any],
 ) -> AsyncIterator[System]:
     """One Salesforce account at ``limit``/s, its connection (id = the account) and
     a worker."""
-    mock = await start_mock(
-        MockConfig(
-            accounts=[AccountSpec("salesforce", account, limits=(Window(limit, 1000),))],
-            latency_ms=latency_ms,
-            jitter_ms=0,
-        )
+    mock = await start_mock_crm(
+        AccountSpec("salesforce", account, limits=(Window(limit, 1000),)), latency_ms=latency_ms
     )
-
-    async def add(pool: asyncpg.Pool[Any]) -> None:
-        await _add_connection(pool, mock, account, "salesforce", account, conn_settings, limit)
-
-    async with _running(s, mock, add) as system:
+    spec = to_mock(mock, account, "salesforce", account, per_second=limit, settings=conn_settings)
+    async with _running(s, mock, [spec]) as system:
         yield system
 
 
@@ -144,7 +122,9 @@ async def _sync_new(system: System, account: str, n: int) -> dict[str, Any]:
 
 
 @pytest.fixture(params=[1, 50], ids=["single", "batch"])
-async def system(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[System]:
+async def system(
+    request: pytest.FixtureRequest, settings: Settings, start_mock_crm: StartMock
+) -> AsyncIterator[System]:
     s = settings.model_copy(
         update={
             "retry_base_seconds": 0.05,
@@ -157,22 +137,17 @@ async def system(request: pytest.FixtureRequest, settings: Settings) -> AsyncIte
             "lease_seconds": 5.0,
         }
     )
-    mock = await start_mock(
-        MockConfig(
-            accounts=[
-                AccountSpec("salesforce", "acme", limits=(Window(200, 1000),)),
-                AccountSpec("hubspot", "acme", limits=(Window(200, 1000),)),
-            ],
-            latency_ms=1,
-            jitter_ms=1,
-        )
+    mock = await start_mock_crm(
+        AccountSpec("salesforce", "acme", limits=(Window(200, 1000),)),
+        AccountSpec("hubspot", "acme", limits=(Window(200, 1000),)),
+        latency_ms=1,
+        jitter_ms=1,
     )
-
-    async def add(pool: asyncpg.Pool[Any]) -> None:
-        for cid, crm in (("sf", "salesforce"), ("hs", "hubspot")):
-            await _add_connection(pool, mock, cid, crm, "acme", {"batch_size": request.param})
-
-    async with _running(s, mock, add) as system:
+    specs = [
+        to_mock(mock, cid, crm, "acme", per_second=200, settings={"batch_size": request.param})
+        for cid, crm in (("sf", "salesforce"), ("hs", "hubspot"))
+    ]
+    async with _running(s, mock, specs) as system:
         yield system
 
 
@@ -345,11 +320,18 @@ async def test_revoked_token_pauses_connection_and_keeps_queue(system: System) -
     assert await system.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
 
 
-async def test_a_connection_keeps_to_its_in_flight_limit(settings: Settings) -> None:
+async def test_a_connection_keeps_to_its_in_flight_limit(
+    settings: Settings, start_mock_crm: StartMock
+) -> None:
     """``max_in_flight`` caps the requests waiting on one CRM at once: ten 1-record
     sends at 150 ms each, two at a time, take five rounds; the rest waited."""
     async with _one_salesforce(
-        settings, "slow", latency_ms=150, limit=1000, conn_settings={"max_in_flight": 2}
+        settings,
+        start_mock_crm,
+        "slow",
+        latency_ms=150,
+        limit=1000,
+        conn_settings={"max_in_flight": 2},
     ) as system:
         t0 = asyncio.get_running_loop().time()
         conn = await _sync_new(system, "slow", 10)
@@ -360,7 +342,7 @@ async def test_a_connection_keeps_to_its_in_flight_limit(settings: Settings) -> 
 
 
 async def test_a_worker_whose_clock_is_off_keeps_to_redis_time(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, start_mock_crm: StartMock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker host 500 ms ahead of Redis learns the offset from its first claim.
     Without it every claim would look half a second late: a re-admission per claim
@@ -379,7 +361,7 @@ async def test_a_worker_whose_clock_is_off_keeps_to_redis_time(
 
     monkeypatch.setattr(worker, "RedisClock", skewed)
     async with _one_salesforce(
-        settings, "skew", latency_ms=1, limit=100, conn_settings={}
+        settings, start_mock_crm, "skew", latency_ms=1, limit=100, conn_settings={}
     ) as system:
         counters = (await _sync_new(system, "skew", 60))["counters"]
         assert len(clocks) == 1 and abs(clocks[0].offset_ms + 500) < 50, clocks[0].offset_ms

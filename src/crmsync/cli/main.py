@@ -2,12 +2,15 @@
 
 Each command module owns a typer app of its own and imports only
 ``crmsync.cli.common``; this module puts them together, so nothing imports
-back up the tree.
+back up the tree. Commands of other distributions (the lab's demo, bench and
+mock-crm) come in through the ``crmsync.cli`` entry-point group.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
 
 import typer
 
@@ -52,15 +55,32 @@ app.add_typer(contacts.app, name="contacts")
 app.add_typer(dlq.app, name="dlq")
 
 
-def _add_lab() -> None:
-    """The lab's commands (demo, bench, mock-crm)."""
-    from crmsync.cli import bench, demo, mock
-
-    for module in (bench, demo, mock):
-        app.add_typer(module.app)
+EXTENSIONS = "crmsync.cli"
 
 
-_add_lab()
+def add_extensions(root: typer.Typer, found: Iterable[EntryPoint] | None = None) -> list[str]:
+    """Let each entry point of the ``crmsync.cli`` group add its commands to ``root``
+    (the lab adds demo, bench and mock-crm); the names of those that did.
+
+    The product never imports what installs itself here: without the lab its
+    commands are simply absent. One that fails to load is named on stderr and
+    skipped, so a broken extension never takes the product's commands with it.
+    """
+    added = []
+    for entry in entry_points(group=EXTENSIONS) if found is None else found:
+        try:
+            entry.load()(root)
+        except Exception as exc:
+            err.print(
+                f"[yellow]warning:[/yellow] the {EXTENSIONS} extension {entry.name!r} "
+                f"({entry.value}) failed to load, its commands are missing: {exc}"
+            )
+            continue
+        added.append(entry.name)
+    return added
+
+
+add_extensions(app)
 
 
 def main() -> None:

@@ -1,0 +1,113 @@
+"""What integration and acceptance tests share besides fixtures (those are in
+conftest.py): connection rows, the types of the fixture factories, a MONITOR log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from crmsync import connections, db
+from crmsync.connections import Connection
+from crmsync.ratelimit import RateWindow
+from crmsync_lab.harness.processes import Proc
+from crmsync_lab.mock.config import AccountSpec
+from crmsync_lab.mock.server import MockHandle
+
+# Nothing listens there: for connections a test must never send to.
+UNREACHABLE = "http://127.0.0.1:1"
+
+
+def connection(
+    id: str,
+    crm: str,
+    *,
+    tenant: str = "default",
+    account: str | None = None,
+    base_url: str = UNREACHABLE,
+    token: str = "t",
+    per_second: int | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> Connection:
+    """A connection (account: its id) with one window of ``per_second`` if given."""
+    windows = (RateWindow(per_second, 1000),) if per_second else ()
+    return Connection(id, tenant, crm, account or id, base_url, token, windows, settings or {})
+
+
+def to_mock(
+    mock: MockHandle,
+    id: str,
+    crm: str,
+    account: str,
+    *,
+    per_second: int | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> Connection:
+    """A connection to a mock CRM account (its base URL and token)."""
+    return connection(
+        id,
+        crm,
+        account=account,
+        base_url=mock.base_url(crm, account),
+        token=mock.token(crm, account),
+        per_second=per_second,
+        settings=settings,
+    )
+
+
+async def add_connections(pg: db.Executor, specs: Iterable[Connection]) -> None:
+    """Add them as ``crmsync connections add`` does (each one notified)."""
+    for spec in specs:
+        await connections.add(pg, spec)
+
+
+class StartMock(Protocol):
+    """The ``start_mock_crm`` fixture: mock CRMs in this process, closed after the test."""
+
+    async def __call__(
+        self,
+        *accounts: AccountSpec,
+        latency_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        seed: int | None = None,
+    ) -> MockHandle: ...
+
+
+class StartCrmsync(Protocol):
+    """The ``crmsync_process`` fixture: ``crmsync <args>`` as a child process on the
+    test's database and Redis, stopped (SIGTERM, then SIGKILL) after the test."""
+
+    async def __call__(self, *args: str, env: Mapping[str, str] | None = None) -> Proc: ...
+
+
+class RedisMonitor:
+    """Every command Redis runs on the test's database, as MONITOR reports them
+    (dicts with ``command``, ``client_type``, ``db``...), in order."""
+
+    def __init__(self) -> None:
+        self.commands: list[dict[str, Any]] = []
+        self._more = asyncio.Event()
+
+    def add(self, command: dict[str, Any]) -> None:
+        self.commands.append(command)
+        self._more.set()
+
+    def count(self, text: str) -> int:
+        """Commands seen so far whose text holds ``text``."""
+        return sum(text in c["command"] for c in self.commands)
+
+    async def wait_for(self, check: Callable[[], bool], within: float = 5.0) -> None:
+        """Until ``check()`` holds (MONITOR reports a moment after Redis ran a command)."""
+        async with asyncio.timeout(within):
+            while not check():
+                self._more.clear()
+                await self._more.wait()
+
+
+def script_keys(command: str) -> list[str] | None:
+    """The KEYS of an EVALSHA or EVAL command line as MONITOR prints it (None: other)."""
+    parts = command.split(" ")
+    if parts[0].upper().strip('"') not in ("EVALSHA", "EVAL"):
+        return None
+    n = int(parts[2].strip('"'))
+    return [k.strip('"') for k in parts[3 : 3 + n]]
