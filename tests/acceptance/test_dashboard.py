@@ -212,7 +212,9 @@ async def test_dashboard_as_an_operator_reads_it(
         head = page.locator("#connection-head")
         assert "paused" in await head.locator('[data-field="state"]').inner_text()
         assert "CRM maintenance" in await head.locator('[data-field="reason"]').inner_text()
-        settings_text = await page.locator("#connection-settings").inner_text()
+        settings = page.locator("#connection-settings dl.kv")  # after /v1/connections answers
+        await settings.wait_for(timeout=UI_WAIT_MS)
+        settings_text = await settings.inner_text()
         assert "100/s" in settings_text and "token" not in settings_text.lower()
         await page.screenshot(path=shots / "4-connection-paused.png", full_page=True)
         await page.click("#resume")
@@ -240,7 +242,7 @@ async def test_dashboard_as_an_operator_reads_it(
             shown = await card_figures(page, "hs-02")
             return hs["breaker"] == "open" and shown == expected_figures(hs)
 
-        await wait_until(breaker_shown, 20, "hs-02 shown with its breaker open", cluster=cluster)
+        await wait_until(breaker_shown, 30, "hs-02 shown with its breaker open", cluster=cluster)
         await page.screenshot(path=shots / "5-overview-outage.png", full_page=True)
         assert await cluster.wait_synced(WAIT), await cluster.unsettled()
 
