@@ -1,20 +1,20 @@
 """What crmsync is doing: per connection ledger, queues, limits, breakers, latency.
 
-One report for `crmsync status`, `GET /v1/status` and the demo: PostgreSQL
-gives the ledger and dead letters; Redis (when reachable) adds queue depth,
-breaker state, rate-limit blocks and the workers' counters.
+One report for `crmsync status`, `GET /v1/status`, the dashboard and the demo:
+PostgreSQL gives the ledger and dead letters; Redis (when reachable) adds queue
+depth, breaker state, rate-limit blocks, the workers' counters and the figures
+of ``crmsync.figures`` (queue age, sync lag, budget used, relay and reconcile).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from crmsync import counters, db
+from crmsync import counters, db, figures
 from crmsync.queue.store import QueueStore
 
 
@@ -47,6 +47,7 @@ async def collect(pool: asyncpg.Pool[Any], redis: Redis | None) -> dict[str, Any
         return report
     store = QueueStore(redis)
     try:
+        oldest = await figures.oldest_enqueued_ms(redis, [c["id"] for c in report["connections"]])
         for c in report["connections"]:
             depth = await store.depth(c["id"])
             seen = depth.stats  # the workers' and the claim script's counters
@@ -59,13 +60,16 @@ async def collect(pool: asyncpg.Pool[Any], redis: Redis | None) -> dict[str, Any
             }
             c["breaker"] = depth.breaker
             c["blocked_for_s"] = round(max(0.0, (blocked - depth.now_ms) / 1000), 1)
-            c["limits"] = [dataclasses.asdict(w) for w in depth.windows]
-            c["counters"] = {k: v for k, v in seen.items() if not k.startswith(("lat_", "lag_"))}
+            c["counters"] = {
+                k: v for k, v in seen.items() if not k.startswith(("lat_", "lag_", "synclag_"))
+            }
             c["latency_ms"] = {
                 "p50": counters.percentile(seen, 0.50),
                 "p99": counters.percentile(seen, 0.99),
                 "send_lag_p99": counters.percentile(seen, 0.99, "lag"),
             }
+            c.update(figures.connection_figures(depth, oldest.get(c["id"])))
+        report["processes"] = await figures.process_counters(redis)
     except (RedisError, OSError) as exc:
         report["redis_error"] = str(exc)
     return report
@@ -153,6 +157,7 @@ class _ReportCollector:
         outbox = GaugeMetricFamily("crmsync_outbox_pending", "Captured changes not yet relayed.")
         outbox.add_metric([], self.report["totals"]["outbox"])
         yield from (queue, ledger, dead, paused, breaker, blocked, *families.values(), outbox)
+        yield from figures.families(self.report)
 
 
 def prometheus_text(report: dict[str, Any]) -> bytes:

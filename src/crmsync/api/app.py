@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crmsync import connections, db
+from crmsync.api import ops, ui
 from crmsync.api.auth import BearerAuth
 from crmsync.api.metrics import (
     BATCHES,
@@ -120,14 +121,14 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if pool is not None:
-            yield
-            return
-        app.state.pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
+        if pool is None:
+            app.state.pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
         try:
-            yield
+            async with ops.running(app):
+                yield
         finally:
-            await app.state.pool.close()
+            if pool is None:
+                await app.state.pool.close()
 
     app = FastAPI(
         title="crmsync",
@@ -140,14 +141,8 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
     app.add_middleware(JsonBodies)
     app.add_middleware(BearerAuth, keys=settings.api_key_set)  # outermost: runs first
     app.add_exception_handler(RequestValidationError, _on_invalid)
-
-    @app.get("/healthz")
-    async def healthz(request: Request) -> Response:
-        try:
-            await _pool(request).fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError) as exc:
-            return _json({"status": "unavailable", "error": str(exc)}, 503)
-        return _json({"status": "ok"})
+    app.include_router(ops.router)  # /healthz and the operators' /v1 routes
+    app.include_router(ui.router)  # the dashboard at /ui
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
