@@ -3,7 +3,9 @@
 #   1. .venv with crmsync and its dev extras, and the lab beside it (lab/: mock CRMs, harness,
 #      bench, demo), both editable; reinstalled only when either pyproject.toml changed;
 #   2. PostgreSQL and Redis reachable (scripts/ensure_services.py), URLs in .crmsync/env;
-#   3. the crmsync database created and migrated.
+#   3. the crmsync database created and migrated;
+#   4. the system tools the tests drive: Debian's chromium (dashboard browser tests)
+#      and promtool (from the prometheus package: alert rule tests).
 # Re-running is fast and changes nothing.
 # Usage: scripts/setup.sh [--venv-only]
 set -euo pipefail
@@ -73,8 +75,19 @@ ensure_venv() {
   fi
 }
 
+ensure_tools() {
+  # Debian's packages, never a downloaded browser build (`playwright install` is not used).
+  local missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  as_root_apt "${missing[@]}" ||
+    fail "missing ${missing[*]} (the dashboard's browser tests and the alert rule tests need them); install them with apt-get install ${missing[*]}."
+}
+
 ensure_venv
 [ "${1:-}" = "--venv-only" ] && exit 0
+ensure_tools
 
 "$VENV/bin/python" scripts/ensure_services.py
 # shellcheck source=/dev/null

@@ -1,22 +1,22 @@
 """What crmsync is doing: per connection ledger, queues, limits, breakers, latency.
 
-One report for `crmsync status`, `GET /v1/status`, `GET /metrics` and the demo:
-PostgreSQL gives the ledger and dead letters; Redis (when reachable) adds queue
-depth, breaker state, rate-limit blocks and the workers' counters. A report is
-of every tenant or of one (``tenant``); ``for_tenant`` cuts one tenant's out of
-an every-tenant report (the API's cached /metrics report).
+One report for `crmsync status`, `GET /v1/status`, `GET /metrics`, the dashboard
+and the demo: PostgreSQL gives the ledger and dead letters; Redis (when reachable)
+adds queue depth, breaker state, rate-limit blocks, the workers' counters and the
+figures of ``crmsync.figures`` (queue age, sync lag, budget used, relay and
+reconcile). A report is of every tenant or of one (``tenant``); ``for_tenant`` cuts
+one tenant's out of an every-tenant report (the API's cached /metrics report).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from crmsync import counters, db
+from crmsync import counters, db, figures
 from crmsync.queue.store import QueueStore
 
 _TOTALS = ("contacts", "deleted_contacts", "outbox", "dead_letters")
@@ -60,8 +60,9 @@ def for_tenant(report: dict[str, Any], tenant: str | None) -> dict[str, Any]:
     if tenant is None:
         return report
     mine = report["tenants"].get(tenant, dict.fromkeys(_TOTALS, 0))
+    every = {k: v for k, v in report.items() if k != "processes"}  # of every tenant
     return {
-        **report,
+        **every,
         "connections": [c for c in report["connections"] if c["tenant"] == tenant],
         "totals": dict(mine),
         "tenants": {tenant: dict(mine)},
@@ -76,6 +77,7 @@ async def collect(
         return report
     store = QueueStore(redis)
     try:
+        oldest = await figures.oldest_enqueued_ms(redis, [c["id"] for c in report["connections"]])
         for c in report["connections"]:
             depth = await store.depth(c["id"])
             seen = depth.stats  # the workers' and the claim script's counters
@@ -88,13 +90,17 @@ async def collect(
             }
             c["breaker"] = depth.breaker
             c["blocked_for_s"] = round(max(0.0, (blocked - depth.now_ms) / 1000), 1)
-            c["limits"] = [dataclasses.asdict(w) for w in depth.windows]
-            c["counters"] = {k: v for k, v in seen.items() if not k.startswith(("lat_", "lag_"))}
+            c["counters"] = {
+                k: v for k, v in seen.items() if not k.startswith(("lat_", "lag_", "synclag_"))
+            }
             c["latency_ms"] = {
                 "p50": counters.percentile(seen, 0.50),
                 "p99": counters.percentile(seen, 0.99),
                 "send_lag_p99": counters.percentile(seen, 0.99, "lag"),
             }
+            c.update(figures.connection_figures(depth, oldest.get(c["id"])))
+        if tenant is None:  # the relay's and reconcile's counters concern every tenant
+            report["processes"] = await figures.process_counters(redis)
     except (RedisError, OSError) as exc:
         report["redis_error"] = str(exc)
     return report
@@ -185,6 +191,7 @@ class _ReportCollector:
         for tenant, totals in self.report["tenants"].items():
             outbox.add_metric([tenant], totals["outbox"])
         yield from (queue, ledger, dead, paused, breaker, blocked, *families.values(), outbox)
+        yield from figures.families(self.report)
 
 
 def prometheus_text(report: dict[str, Any]) -> bytes:

@@ -137,7 +137,11 @@ async def test_two_tenants_cannot_touch_each_other(two: Two) -> None:
             ("GET", "/v1/tenants/acme/contacts/c1", None, {404}),
             ("GET", "/v1/status?tenant=acme", None, {404}),
             ("GET", "/v1/dead-letters?connection=acme-sf", None, {404}),
-            ("POST", "/v1/dead-letters:replay", {"connection": "acme-sf"}, {404}),
+            ("POST", "/v1/dead-letters/replay", {"connection": "acme-sf"}, {404}),
+            ("POST", "/v1/dead-letters/purge", {"connection": "acme-sf"}, {404}),
+            ("GET", "/v1/contacts:lookup?q=c1@acme.example", None, {200}),
+            ("GET", "/v1/series?connection=acme-sf", None, {404}),
+            ("POST", "/v1/connections/acme-sf/pause", None, {403}),
             ("GET", "/v1/keys", None, {403}),
         ]  # fmt: skip
         for method, path, body, codes in tries:

@@ -190,6 +190,7 @@ class Demo:
     # -- the end -------------------------------------------------------------------
     def _intro(self, cluster: Cluster) -> None:
         self.console.print(
+            f"dashboard {_dashboard_url(cluster)}   (live while the demo runs)\n"
             f"API      {cluster.api_url}   (key: {cluster.api_key})\n"
             f"         try: curl -H 'Authorization: Bearer {cluster.api_key}' "
             f"{cluster.api_url}/v1/status\n"
@@ -232,12 +233,19 @@ class Demo:
 
     async def _keep(self, cluster: Cluster) -> None:
         self.console.print(
-            f"--keep: still running. API {cluster.api_url} (Bearer {cluster.api_key}), "
+            f"--keep: still running. Dashboard {_dashboard_url(cluster)}\n"
+            f"API {cluster.api_url} (Bearer {cluster.api_key}), "
             f"mock {cluster.mock_url}. Ctrl-C stops everything."
         )
         while True:
             cluster.check_alive()
             await asyncio.sleep(1.0)
+
+
+def _dashboard_url(cluster: Cluster) -> str:
+    """The dashboard, signed in with the demo's key (the page moves it from the
+    address into the tab's sessionStorage; a fragment never reaches the server)."""
+    return f"{cluster.api_url}/ui#key={cluster.api_key}"
 
 
 def _first(conns: list[ConnectionInfo], crm: str) -> ConnectionInfo | None:

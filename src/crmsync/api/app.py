@@ -22,12 +22,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crmsync import db
-from crmsync.api import contacts, views
+from crmsync.api import contacts, ops, ui, views
 from crmsync.api.auth import ROLE_KEY, BearerAuth, ScopedRoute
-from crmsync.api.contacts import json
 from crmsync.api.metrics import VALIDATION_ERRORS
 from crmsync.apikeys import KeyVerifier
 from crmsync.errors import UserError
@@ -62,6 +62,26 @@ async def _on_invalid(request: Request, exc: Exception) -> Response:
     return await request_validation_exception_handler(request, cast(RequestValidationError, exc))
 
 
+def _refusal(description: str) -> dict[str, Any]:
+    error = {"$ref": "#/components/schemas/Error"}
+    return {"description": description, "content": {"application/json": {"schema": error}}}
+
+
+def _declared_roles() -> dict[tuple[str, str], str]:
+    """(path, method) -> the key role an ``ops`` route needs, declared by its
+    ``ops.require`` dependency (the contact and view routes carry ``role(...)``)."""
+    out: dict[tuple[str, str], str] = {}
+    for route in ops.router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        for dep in route.dependant.dependencies:
+            need = getattr(dep.call, "need", None)
+            if isinstance(need, ops.Need):
+                for method in route.methods or ():
+                    out[(route.path, method)] = ops.KEY_ROLE[need.role]
+    return out
+
+
 def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     """The OpenAPI document with the bearer scheme on every protected operation
     (the docs page's Authorize button) and the role each one needs."""
@@ -75,11 +95,17 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
             "description": "An API key: `crmsync keys create` or CRMSYNC_API_KEYS (admin).",
         }
     }
+    needs = _declared_roles()
     for path, item in doc["paths"].items():
-        for op in item.values():
-            needed = op.get(ROLE_KEY)
+        for method, op in item.items():
+            needed = op.setdefault(ROLE_KEY, needs.get((path, method.upper())))
+            if needed is None:
+                del op[ROLE_KEY]
             if path.startswith("/v1/") or (path == "/metrics" and not settings.metrics_public):
                 op["security"] = [{BEARER: []}]
+                op["responses"].setdefault("401", _refusal("No key, or an unknown or revoked one."))
+            if needed is not None:
+                op["responses"].setdefault("403", _refusal("The key's role may not do this."))
             if needed:
                 op["description"] = (
                     op.get("description", "") + f"\n\nNeeds a {needed} key "
@@ -95,14 +121,14 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if pool is not None:
-            yield
-            return
-        app.state.pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
+        if pool is None:
+            app.state.pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
         try:
-            yield
+            async with ops.running(app):
+                yield
         finally:
-            await app.state.pool.close()
+            if pool is None:
+                await app.state.pool.close()
 
     app = FastAPI(
         title="crmsync",
@@ -119,16 +145,8 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
     # Outermost: runs first.
     app.add_middleware(BearerAuth, verifier=verifier, metrics_public=settings.metrics_public)
     app.add_exception_handler(RequestValidationError, _on_invalid)
-
-    @app.get("/healthz", tags=["operations"])
-    async def healthz(request: Request) -> Response:
-        """Liveness and PostgreSQL reachability (no key, no data)."""
-        try:
-            await cast("asyncpg.Pool[Any]", request.app.state.pool).fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("healthz.failed", error=str(exc))
-            return json({"status": "unavailable"}, 503)
-        return json({"status": "ok"})
+    app.include_router(ops.router)  # /healthz and the operators' /v1 routes
+    app.include_router(ui.router)  # the dashboard at /ui
 
     contacts.register(app)
     views.register(app, settings)

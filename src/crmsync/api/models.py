@@ -114,6 +114,8 @@ class ConnectionStatus(BaseModel):
     limits: list[RateLimit] | None = None
     counters: dict[str, int] | None = None
     latency_ms: Latency | None = None
+    sync_lag_ms: dict[str, Any] | None = None  # histogram (crmsync.figures)
+    oldest_age_s: float | None = None
 
 
 class Totals(BaseModel):
@@ -127,6 +129,7 @@ class StatusReport(BaseModel):
     connections: list[ConnectionStatus]
     totals: Totals
     tenants: dict[str, Totals]
+    processes: dict[str, Any] | None = None  # relay and reconcile counters (admin only)
     redis_error: str | None = None
 
 
@@ -149,15 +152,34 @@ class DeadLetters(BaseModel):
     dead_letters: list[DeadLetter]
 
 
-class ReplayIn(BaseModel):
-    connection: str | None = None
-    error: str | None = None
-    ids: list[int] | None = None
-    all: bool = False  # required to replay every dead letter in scope without a filter
-
-
 class Replayed(BaseModel):
     replayed: int
+
+
+class Purged(BaseModel):
+    purged: int
+
+
+class Paused(BaseModel):
+    id: str
+    paused: bool
+    paused_reason: str | None
+
+
+class Series(BaseModel):
+    fields: list[str]
+    series: dict[str, Any]  # connection id -> its points (see crmsync.timeseries)
+
+
+class Found(BaseModel):
+    contact: dict[str, Any]
+    sync: list[dict[str, Any]]
+    dead_letters: list[dict[str, Any]]
+
+
+class Lookup(BaseModel):
+    query: str
+    contacts: list[Found]
 
 
 class ApiKey(BaseModel):

@@ -1,4 +1,5 @@
-"""Operator routes: connections, status, dead letters, API keys and /metrics.
+"""Operator routes: connections, status, API keys and /metrics (dead letters, pause
+and resume, series and lookup are ``api.ops``'s).
 
 Each answers within the key's scope: a tenant key sees its tenant's
 connections, status, dead letters and metric series only; an admin key sees
@@ -16,17 +17,14 @@ import redis.asyncio as aioredis
 import structlog
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
 
-from crmsync import apikeys, clock, connections, dlq
+from crmsync import apikeys, clock, connections
 from crmsync.api import models
 from crmsync.api.auth import principal, role
 from crmsync.api.contacts import json, pool
 from crmsync.api.metrics import FORBIDDEN, STATUS_AGGREGATES
 from crmsync.contacts import ID_PATTERN
 from crmsync.errors import UserError
-from crmsync.queue.store import QueueStore
-from crmsync.redis_client import open_redis
 from crmsync.report import collect, for_tenant, prometheus_text
 from crmsync.settings import Settings
 
@@ -95,7 +93,7 @@ async def report_of(request: Request, tenant: str | None) -> dict[str, Any]:
 
 
 def register(app: FastAPI, settings: Settings) -> None:
-    reader, writer, admin = role("reader"), role("writer"), role("admin")
+    reader, admin = role("reader"), role("admin")
     cache = ReportCache(settings.metrics_cache_seconds)
     app.state.report_cache = cache
 
@@ -137,68 +135,6 @@ def register(app: FastAPI, settings: Settings) -> None:
         """Ledger, queues, breakers, limits and dead letters per connection of the
         key's tenant (admin keys: every tenant's)."""
         return json(await report_of(request, scope_tenant(request, tenant)))
-
-    @app.get(
-        "/v1/dead-letters",
-        openapi_extra=reader,
-        response_model=models.DeadLetters,
-        responses={
-            **_REFUSALS,
-            404: {"model": models.Error, "description": "No such connection."},
-        },
-        tags=["operations"],
-    )
-    async def dead_letters(
-        request: Request,
-        tenant: TenantQuery = None,
-        connection: Annotated[str | None, Query(max_length=64)] = None,
-        error: Annotated[str | None, Query(max_length=200)] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> Response:
-        """Dead letters of the key's tenant's connections, oldest first."""
-        f = dlq.DeadFilter(connection=connection, error=error, tenant=scope_tenant(request, tenant))
-        try:
-            rows, total = await dlq.list_dead(pool(request), f, limit=limit)
-        except UserError as exc:
-            raise HTTPException(404, detail=str(exc)) from None
-        return json({"total": total, "dead_letters": rows})
-
-    @app.post(
-        "/v1/dead-letters:replay",
-        openapi_extra=writer,
-        response_model=models.Replayed,
-        responses={
-            **_REFUSALS,
-            404: {"model": models.Error, "description": "No such connection."},
-            422: {"model": models.Error, "description": "No filter and no `all`."},
-        },
-        tags=["operations"],
-    )
-    async def replay(request: Request, body: models.ReplayIn) -> Response:
-        """Queue the matching dead letters' contacts again (their current state is sent)."""
-        f = dlq.DeadFilter(
-            connection=body.connection,
-            error=body.error,
-            ids=tuple(body.ids) if body.ids else None,
-            tenant=principal(request).tenant,
-        )
-        try:
-            await dlq.list_dead(pool(request), f, limit=1)  # 404 for an unknown connection
-        except UserError as exc:
-            raise HTTPException(404, detail=str(exc)) from None
-        try:
-            client = await open_redis(settings.redis_url, settings.redis_mode)
-        except UserError as exc:
-            raise HTTPException(503, detail=str(exc)) from None
-        try:
-            n = await dlq.replay(pool(request), QueueStore(client), f, all_=body.all)
-        except UserError as exc:
-            raise HTTPException(422, detail=str(exc)) from None
-        except (RedisError, OSError) as exc:
-            raise HTTPException(503, detail=f"Redis is unavailable: {exc}") from None
-        finally:
-            await client.aclose()
-        return json({"replayed": n})
 
     @app.get(
         "/v1/keys",

@@ -17,18 +17,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from prometheus_client import Counter
 
 from crmsync import db
+from crmsync.counters import ProcessCounts
 from crmsync.errors import UserError
 from crmsync.queue.store import Band, QueueStore
 
 PAGE = 10_000
-
-ENQUEUED = Counter(
-    "crmsync_reconcile_enqueued_total",
-    "Contacts queued again by reconcile (Redis lost work, or a connection was added).",
-)
 
 
 async def _pages(
@@ -57,7 +52,10 @@ async def reconcile_connection(
     async for rows in _pages(pool, "reconcile_orphans", connection_id, tenant):
         await store.enqueue([(connection_id, r["id"], Band.DELETE) for r in rows])
         total += len(rows)
-    ENQUEUED.inc(total)
+    # Exported by the API's /metrics whichever process reconciled (the relay, the CLI).
+    counts = ProcessCounts("reconcile")
+    counts.add(enqueued=total, connections=1)
+    await counts.push(store.redis, force=True)
     return total
 
 

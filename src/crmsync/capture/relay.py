@@ -21,11 +21,12 @@ from typing import Any
 
 import asyncpg
 import structlog
-from prometheus_client import Counter
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from crmsync import db
 from crmsync.capture.reconcile import reconcile_connection
+from crmsync.counters import ProcessCounts
 from crmsync.queue.store import Band, QueueStore
 from crmsync.settings import Settings
 
@@ -40,10 +41,9 @@ ERRORS = (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError)
 BANDS = {"insert": int(Band.CREATE), "update": int(Band.UPDATE), "delete": int(Band.DELETE)}
 _NONE = int(Band.DELETE) + 1
 
-MOVED = Counter("crmsync_relay_moved_total", "Outbox rows moved to the Redis queues.")
-QUEUED = Counter(
-    "crmsync_relay_enqueued_total", "Queue entries written by the relay (rows x connections)."
-)
+# moved: outbox rows moved to the queues; enqueued: queue entries written (rows x
+# connections); batches. Pushed to Redis, exported by the API's /metrics.
+COUNTS = ProcessCounts("relay")
 
 Tenants = Mapping[str, Sequence[str]]  # tenant -> connection ids
 
@@ -92,8 +92,7 @@ async def relay_once(
         items = fan_out(rows, tenants)
         if items:
             await store.enqueue(items)
-    MOVED.inc(len(rows))
-    QUEUED.inc(len(items))
+    COUNTS.add(moved=len(rows), enqueued=len(items), batches=1)
     return len(rows)
 
 
@@ -184,6 +183,8 @@ async def run_relay(
                     task.add_done_callback(_backfill_done(backfills, cache, cid))
                 while not stop.is_set() and (n := await relay_once(pool, store, batch, tenants)):
                     moved += n
+                    await _push_counts(redis)  # at most once a second under load
+                await _push_counts(redis)
                 if moved >= vacuum_after and (vacuum is None or vacuum.done()):
                     moved = 0
                     vacuum = asyncio.create_task(_vacuum_outbox(pool))
@@ -192,6 +193,7 @@ async def run_relay(
                 log.warning("relay.batch_failed", error=str(exc))
             await _wait(stop, wake, poll)
     finally:
+        await _push_counts(redis, force=True)
         if vacuum is not None:
             vacuum.cancel()
             with contextlib.suppress(asyncio.CancelledError, *ERRORS):
@@ -206,6 +208,13 @@ async def run_relay(
         await redis.aclose()
         await pool.close()
         log.info("relay.stopped")
+
+
+async def _push_counts(redis: Redis, *, force: bool = False) -> None:
+    try:
+        await COUNTS.push(redis, force=force)
+    except (RedisError, OSError) as exc:  # kept for the next push
+        log.warning("relay.counts_push_failed", error=str(exc))
 
 
 async def _vacuum_outbox(pool: asyncpg.Pool[Any]) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 import orjson
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.text import Text
 
 from crmsync.cli.common import DB_OPT, REDIS_OPT, run, settings_from
+from crmsync.errors import UserError
 
 app = typer.Typer()
 
@@ -15,6 +21,16 @@ app = typer.Typer()
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        "-w",
+        envvar="CRMSYNC_STATUS_WATCH",
+        help="Redraw every SECONDS (default 2) until Ctrl-C: `status --watch 5`.",
+    ),
+    seconds: float | None = typer.Argument(
+        None, metavar="SECONDS", min=0.5, help="With --watch: seconds between redraws."
+    ),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
 ) -> None:
@@ -22,71 +38,43 @@ def status(
     from crmsync import db
     from crmsync.redis_client import open_redis
     from crmsync.report import collect
+    from crmsync.status_view import render
 
+    if seconds is not None and not watch:
+        raise UserError(
+            f"SECONDS ({seconds:g}) goes with --watch: `crmsync status --watch {seconds:g}`"
+        )
+    every = seconds or 2.0
     s = settings_from(database_url=database_url, redis_url=redis_url)
+    console = Console()
 
-    async def go() -> dict[str, object]:
+    async def go() -> dict[str, Any] | None:
         pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
         redis = await open_redis(s.redis_url)
         try:
-            return await collect(pool, redis)
+            report = await collect(pool, redis)
+            if not watch:
+                return report
+            with Live(render(report, console.width), console=console, auto_refresh=False) as live:
+                while True:
+                    await asyncio.sleep(every)
+                    report = await collect(pool, redis)
+                    stamp = time.strftime("%H:%M:%S")
+                    live.update(_titled(render(report, console.width), stamp), refresh=True)
         finally:
             await redis.aclose()
             await pool.close()
 
-    report = run(go())
+    try:
+        report = run(go())
+    except KeyboardInterrupt:
+        return
+    assert report is not None
     if as_json:
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
-    t = Table(title="crmsync status")
-    for col in (
-        "connection",
-        "crm",
-        "state",
-        "ready",
-        "leased",
-        "delayed",
-        "synced",
-        "skipped",
-        "deleted",
-        "retrying",
-        "dead",
-        "429s",
-        "p50 ms",
-        "p99 ms",
-    ):
-        t.add_column(col, justify="left" if col in ("connection", "crm", "state") else "right")
-    conns = report["connections"]
-    assert isinstance(conns, list)
-    for c in conns:
-        state = "paused: " + c["paused_reason"] if c["paused"] else str(c.get("breaker", "?"))
-        if c.get("blocked_for_s"):
-            state += f" (blocked {c['blocked_for_s']}s)"
-        q = c.get("queue", {})
-        sync, cnt = c["sync"], c.get("counters", {})
-        lat = c.get("latency_ms", {})
-        t.add_row(
-            c["id"],
-            c["crm"],
-            state,
-            *(str(q.get(k, "?")) for k in ("ready", "leased", "delayed")),
-            *(str(sync.get(k, 0)) for k in ("synced", "skipped", "deleted", "retrying")),
-            str(c["dead_letters"]),
-            str(cnt.get("crm_rate_limited", 0)),
-            _ms(lat.get("p50")),
-            _ms(lat.get("p99")),
-        )
-    console = Console()
-    console.print(t)
-    totals = report["totals"]
-    assert isinstance(totals, dict)
-    console.print(
-        f"contacts: {totals['contacts']}  outbox pending: {totals['outbox']}  "
-        f"dead letters: {totals['dead_letters']}"
-    )
-    if "redis_error" in report:
-        console.print(f"[yellow]Redis unreachable: {report['redis_error']}[/yellow]")
+    console.print(render(report, console.width))
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"≤{v:g}"
+def _titled(body: RenderableType, stamp: str) -> RenderableType:
+    return Group(Text(f"crmsync status at {stamp} (Ctrl-C to stop)", style="dim"), body)

@@ -94,6 +94,11 @@ def connection(connection_id: str) -> ConnectionKeys:
     return ConnectionKeys(connection_id)
 
 
+def process_stats(kind: str) -> str:
+    """Counters of one kind of process (``relay``, ``reconcile``): a hash the API exports."""
+    return f"{PREFIX}:{{proc:{kind}}}:stats"
+
+
 def crm_breaker(crm: str) -> str:
     """Per-CRM breaker state (seed design: one breaker per CRM)."""
     return f"{PREFIX}:{{crm:{crm}}}:breaker"
