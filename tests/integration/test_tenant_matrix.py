@@ -140,6 +140,8 @@ ENDPOINTS = [
              models.Series),
     Endpoint("lookup", "GET", lambda t: f"/v1/contacts:lookup?q={only(t)}", "reader", 200,
              "none", None, models.Lookup),
+    Endpoint("lookup of an id both tenants use", "GET", lambda t: "/v1/contacts:lookup?q=same",
+             "reader", 200, "none", None, models.Lookup, shows_own=True),
     Endpoint("metrics", "GET", lambda t: "/metrics", "reader", 200, "none", shows_own=True),
     Endpoint("list keys", "GET", lambda t: f"/v1/keys?tenant={t}", "admin", 200, "query", None,
              models.ApiKeys, keys_of=True),
@@ -205,6 +207,18 @@ async def seed(w: World, secret: vault.Keyring) -> None:
             "status, attempts) VALUES ($1, $2, '003X', 1, 'dead', 3)",
             f"{t}-sf",
             only(t),
+        )
+        await w.pg.execute(
+            "INSERT INTO sync_state (connection_id, contact_id, external_id, synced_version, "
+            "status, attempts, last_error) VALUES ($1, 'same', '003S', 1, 'retrying', 1, $2)",
+            f"{t}-sf",
+            f"{t}-boom",
+        )
+        await w.pg.execute(
+            "INSERT INTO dead_letters (connection_id, contact_id, operation, error) "
+            "VALUES ($1, 'same', 'update', $2)",
+            f"{t}-sf",
+            f"{t}-boom",
         )
         await w.pg.execute(
             "INSERT INTO dead_letters (connection_id, contact_id, operation, error) "

@@ -323,7 +323,7 @@ async def lookup(
         found = []
         for r in rows:
             ledger = await pg.fetch(db.q("ops_contact_ledger"), r["id"], r["tenant"])
-            dead = await pg.fetch(db.q("ops_contact_dead_letters"), r["id"], caller.tenant)
+            dead = await pg.fetch(db.q("ops_contact_dead_letters"), r["id"], r["tenant"])
             found.append(
                 {
                     "contact": dict(r),

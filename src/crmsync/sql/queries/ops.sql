@@ -17,12 +17,13 @@ LIMIT $3
 
 -- name: ops_contact_ledger
 -- Every connection of the contact's tenant (a row without ledger: nothing synced
--- yet), and any other connection that still holds a ledger row of it.
+-- yet). A contact is (tenant, id): another tenant's ledger rows of the same id are
+-- another contact's.
 SELECT k.id AS connection_id, k.crm, s.status, s.external_id, s.synced_version, s.attempts,
        s.last_error, s.rule, s.updated_at
 FROM connections k
 LEFT JOIN sync_state s ON s.connection_id = k.id AND s.contact_id = $1
-WHERE k.tenant = $2 OR s.contact_id IS NOT NULL
+WHERE k.tenant = $2
 ORDER BY k.id
 
 -- name: ops_contact_dead_letters
@@ -30,5 +31,5 @@ SELECT d.id, d.connection_id, d.version, d.operation, d.error_code, d.error, d.h
        d.attempts, d.created_at
 FROM dead_letters d
 JOIN connections k ON k.id = d.connection_id
-WHERE d.contact_id = $1 AND ($2::text IS NULL OR k.tenant = $2)
+WHERE d.contact_id = $1 AND k.tenant = $2  -- the contact's tenant: (tenant, id)
 ORDER BY d.id
