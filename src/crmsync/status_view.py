@@ -8,6 +8,7 @@ to the screen, instead of into a narrow column.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,10 +117,19 @@ def render(report: Mapping[str, Any], width: int = 80) -> RenderableType:
     return Group(t, Text(""), *_notes(report))
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """A reason (often a CRM's own message) without control characters: an escape
+    sequence must not drive the operator's terminal, nor break the wrapping."""
+    return _CONTROL.sub(" ", text)
+
+
 def _notes(report: Mapping[str, Any]) -> list[RenderableType]:
     """Pause reasons, totals and a Redis problem, each wrapped to the screen."""
     parts: list[RenderableType] = [
-        Text.assemble((c["id"], "bold"), " paused: ", c.get("paused_reason") or "")
+        Text.assemble((c["id"], "bold"), " paused: ", _printable(c.get("paused_reason") or ""))
         for c in report["connections"]
         if c.get("paused")
     ]

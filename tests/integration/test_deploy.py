@@ -19,10 +19,12 @@ from crmsync import counters, db
 from crmsync.api.app import create_app
 from crmsync.capture import relay
 from crmsync.capture.reconcile import reconcile
+from crmsync.connections import Connection
 from crmsync.queue import keys
 from crmsync.queue.store import QueueStore
 from crmsync.ratelimit import RateWindow
 from crmsync.settings import Settings
+from support import UNREACHABLE, add_connections
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "crmsync-rules.yml"
@@ -77,13 +79,11 @@ async def _exported(settings: Settings, redis: aioredis.Redis) -> set[str]:
     short and daily windows, a lag histogram, queued work, relay and reconcile."""
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=4)
     try:
-        await pool.execute(
-            "INSERT INTO connections (id, tenant, crm, account, base_url, token, rate_limits)"
-            " VALUES ('a', 't', 'hubspot', 'a', 'http://127.0.0.1:1', 'tok',"
-            ' \'[{"limit": 100, "window_ms": 10000}, {"limit": 9, "window_ms": 86400000}]\')'
+        windows = [RateWindow(100, 10_000), RateWindow(9, 86_400_000)]
+        await add_connections(
+            pool, [Connection("a", "t", "hubspot", "a", UNREACHABLE, "tok", tuple(windows))]
         )
         store = QueueStore(redis)
-        windows = [RateWindow(100, 10_000), RateWindow(9, 86_400_000)]
         await store.configure(
             "a", windows, breaker_threshold=5, breaker_recovery_ms=30_000, paused=None
         )
@@ -99,7 +99,8 @@ async def _exported(settings: Settings, redis: aioredis.Redis) -> set[str]:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://api"
         ) as client:
-            text = (await client.get("/metrics")).text
+            auth = {"Authorization": f"Bearer {settings.api_keys}"}  # an admin key
+            text = (await client.get("/metrics", headers=auth)).text
     finally:
         await pool.close()
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}

@@ -9,9 +9,11 @@ import orjson
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
+from crmsync import connections
 from crmsync.cli import app
 from crmsync.queue.store import QueueStore
 from crmsync.settings import Settings
+from support import add_connections, connection
 
 REASON = "CRM rejected the token (401): INVALID_SESSION_ID: Session expired or invalid"
 
@@ -19,13 +21,15 @@ REASON = "CRM rejected the token (401): INVALID_SESSION_ID: Session expired or i
 async def test_status_at_80_columns_json_and_watch_argument(
     pg: Any, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
-    await pg.execute(
-        "INSERT INTO connections (id, tenant, crm, account, base_url, token, paused_reason)"
-        " VALUES ('acme-salesforce-prod', 'acme', 'salesforce', 'a', 'http://127.0.0.1:1',"
-        " 'secret-token-123456', $1), ('acme-hubspot-prod', 'acme', 'hubspot', 'b',"
-        " 'http://127.0.0.1:1', 't', NULL)",
-        REASON,
-    )
+    await add_connections(
+        pg,
+        [
+            connection("acme-salesforce-prod", "salesforce", tenant="acme",
+                       token="secret-token-123456"),
+            connection("acme-hubspot-prod", "hubspot", tenant="acme"),
+        ],
+    )  # fmt: skip
+    await connections.pause(pg, "acme-salesforce-prod", REASON)
     store = QueueStore(redis_client)
     for cid in ("acme-salesforce-prod", "acme-hubspot-prod"):
         await store.configure(cid, [], breaker_threshold=5, breaker_recovery_ms=30_000, paused=None)
