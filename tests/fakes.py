@@ -204,6 +204,7 @@ class FakeLedger:
     def __init__(self, journal: list[str] | None = None) -> None:
         self.journal = journal if journal is not None else []
         self.contacts: dict[str, Contact] = {}
+        self.committed_ms: dict[str, float] = {}  # when each contact's version was committed
         self.rows: dict[tuple[str, str], LedgerRow] = {}
         self.rules: dict[tuple[str, str], str | None] = {}
         self.errors: dict[tuple[str, str], str | None] = {}
@@ -226,7 +227,10 @@ class FakeLedger:
             c = self.contacts.get(i)
             out.append(
                 Claimed(
-                    i, c if c and c.tenant == tenant else None, self.rows.get((connection_id, i))
+                    i,
+                    c if c and c.tenant == tenant else None,
+                    self.rows.get((connection_id, i)),
+                    self.committed_ms.get(i),
                 )
             )
         return out

@@ -52,6 +52,7 @@ class Claimed:
     contact_id: str
     contact: Contact | None  # None: gone from ``contacts`` (or another tenant's id)
     ledger: LedgerRow | None  # None: never synced to this connection
+    committed_ms: float | None = None  # when the contact's current version was committed
 
     @property
     def attempts(self) -> int:

@@ -322,6 +322,17 @@ async def test_a_retry_waits_a_jittered_backoff_of_its_attempt() -> None:
     assert r.ledger.errors[(r.conn.id, "c1")] == "Service Unavailable"
 
 
+async def test_a_synced_change_counts_its_lag_from_commit_to_the_crm_answer() -> None:
+    r = Rig(connection())
+    r.given(contact("c1"), contact("c2"))
+    now = r.clock.now_ms()
+    r.ledger.committed_ms.update({"c1": now - 1500, "c2": now - 40})
+    await r.run()
+    counts = r.queue.counters
+    assert counts["synclag_2500"] == 1 and counts["synclag_50"] == 1
+    assert counts["synclag_sum_ms"] == 1540
+
+
 async def test_a_dead_letter_keeps_what_was_sent_and_the_crm_message() -> None:
     err = Permanent("Required fields are missing: [LastName]", status=400, code="REQUIRED")
     r = Rig(connection(), adapter=FakeAdapter(answer=raising(err)))

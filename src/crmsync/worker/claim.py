@@ -165,10 +165,11 @@ class Claims:
             results = await asyncio.gather(
                 *(self._send(adapter, r.ops, permits, gate) for r in sent)
             )
+            acked_ms = self.clock.now_ms()
             for req, (res, ms, waited) in zip(sent, results, strict=True):
                 out.counts[counters.latency_field(ms)] += 1
                 out.counts[counters.HELD] += waited
-                sort_result(out, req, res, self.policy)
+                sort_result(out, req, res, self.policy, acked_ms)
             if out.pause is not None:
                 # Paused for every worker: Redis at once, PostgreSQL for good.
                 await self.store.pause(conn.id, out.pause)

@@ -51,7 +51,8 @@ def claimed_from_row(row: asyncpg.Record, tenant: str) -> Claimed:
             status=row["sync_status"],
             attempts=row["attempts"] or 0,
         )
-    return Claimed(row["id"], contact, ledger)
+    committed = row["committed_ms"] if contact is not None else None
+    return Claimed(row["id"], contact, ledger, committed)
 
 
 class PgLedger:

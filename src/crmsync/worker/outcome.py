@@ -66,9 +66,14 @@ class Outcome:
 
 
 def sort_result(
-    out: Outcome, req: Request, res: SendResult | CrmError, policy: RetryPolicy
+    out: Outcome,
+    req: Request,
+    res: SendResult | CrmError,
+    policy: RetryPolicy,
+    acked_ms: float | None = None,
 ) -> None:
-    """Sort one request's result into ``out``."""
+    """Sort one request's result into ``out``; ``acked_ms``: when the answer came
+    (the end of each synced change's lag from its commit)."""
     if isinstance(res, NoPermit):
         # Our own limiter had no room in time: nothing was sent, no attempt.
         out.release.extend(req.contact_ids)
@@ -106,6 +111,8 @@ def sort_result(
             )
             out.ack.append(op.contact_id)
             out.counts[DONE[op.kind]] += 1
+            if acked_ms is not None and it.committed_ms is not None:
+                counters.record_sync_lag(out.counts, it.committed_ms, acked_ms)
         else:
             err = r.error or Permanent("CRM reported failure without an error", status=None)
             fail(out, op, it, err, policy)
