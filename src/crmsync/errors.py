@@ -29,6 +29,18 @@ class Retryable(CrmError):
     """5xx, timeout, connection error: try again later; counts for the breaker."""
 
 
+class Malformed(Retryable):
+    """An answer that does not say what happened: a 2xx that does not confirm the
+    record (wrong types, not JSON, the record not named), a redirect, a body over
+    the size cap. The CRM misbehaved: retried, and a breaker failure."""
+
+
+class Unhandled(Retryable):
+    """crmsync could not handle a send or a claim (a bug met an unusual case):
+    retried and dead-lettered like any error, but not the CRM's fault, so not a
+    breaker failure."""
+
+
 class Permanent(CrmError):
     """Other 4xx: retrying the same payload will not help; dead-letter it."""
 

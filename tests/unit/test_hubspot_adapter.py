@@ -11,8 +11,9 @@ import pytest
 from multidict import CIMultiDict
 
 from crmsync.crm import make_adapter
+from crmsync.crm.answer import loads
 from crmsync.crm.base import Op
-from crmsync.crm.http import Headers, loads
+from crmsync.crm.http import Headers
 from crmsync.crm.hubspot import (
     HubSpotAdapter,
     error_for,
@@ -22,7 +23,7 @@ from crmsync.crm.hubspot import (
     parse_single,
     quota_block,
 )
-from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
+from crmsync.errors import AuthFailed, CrmError, Malformed, Permanent, RateLimited, Retryable
 from crmsync.model import Contact
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "hubspot.json").read_text())
@@ -112,7 +113,8 @@ def test_rate_limit_waits() -> None:
     assert isinstance(err, RateLimited) and err.retry_after == 10.0
     status, headers, body = answer("daily")
     noon = 19_000 * 86_400 + 12 * 3600
-    assert quota_block(status, headers, body, now=noon) == 12 * 3600
+    assert quota_block(status, headers, body, now=noon, most=86_400) == 12 * 3600
+    assert quota_block(status, headers, body, now=noon) == 3600  # CRMSYNC_MAX_BLOCK_SECONDS
     err = error_for(status, headers, body)
     assert isinstance(err, RateLimited) and 0 < err.retry_after <= 86_400
     told = CIMultiDict(headers)
@@ -172,7 +174,7 @@ def test_properties_follow_the_field_map_and_carry_crmsync_id() -> None:
     assert a.contacts == "https://api.hubapi.com/crm/v3/objects/contacts"
 
 
-def test_results_without_crmsync_id_fall_back_to_email_then_to_plain_success() -> None:
+def test_results_without_crmsync_id_fall_back_to_email_then_are_not_confirmed() -> None:
     status, headers, body = answer("batch_upsert_complete")
     for r in body["results"]:
         del r["properties"]["crmsync_id"]
@@ -188,5 +190,6 @@ def test_results_without_crmsync_id_fall_back_to_email_then_to_plain_success() -
     for r in body["results"]:
         del r["properties"]["email"]
     res = parse_batch_upsert(ops, status, headers, body, id_property=KEY)
-    # Both were written (no errors), but which id is whose is unknown: no guess.
-    assert [(r.ok, r.external_id) for r in res.results] == [(True, None), (True, None)]
+    # Which result is whose is unknown: nothing is confirmed, and nothing guessed
+    # (the upsert by crmsync_id is idempotent: the retry finds the records).
+    assert all(not r.ok and isinstance(r.error, Malformed) for r in res.results)

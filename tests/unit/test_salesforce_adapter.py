@@ -11,8 +11,9 @@ import pytest
 from multidict import CIMultiDict
 
 from crmsync.crm import make_adapter
+from crmsync.crm.answer import loads
 from crmsync.crm.base import Op
-from crmsync.crm.http import Headers, loads
+from crmsync.crm.http import Headers
 from crmsync.crm.quota import DEFAULT_LIMITED_SECONDS
 from crmsync.crm.salesforce import (
     SALESFORCE_EXHAUSTED_SECONDS,

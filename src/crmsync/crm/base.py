@@ -25,6 +25,10 @@ class Op:
     contact_id: str
     contact: Contact | None  # the contact as the worker read it; None for delete
     external_id: str | None  # CRM record id from the ledger (update/delete)
+    # A create whose record the CRM may hold already (an earlier attempt may have
+    # reached it without us learning its id): where a create is not an upsert,
+    # the adapter looks the record up by our id first.
+    maybe_exists: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,12 @@
 """One HTTP exchange with a CRM, on the process's shared aiohttp session.
 
 ``call`` sends one request and maps "no answer" (timeout, reset, refused) onto
-``Retryable``.
+``Retryable``. What comes back is bounded: the body is read up to a cap
+(``CRMSYNC_MAX_BODY_BYTES``) and a longer one is a ``Malformed`` answer, its
+connection closed rather than read to the end; a redirect is not followed (a
+CRM that moved, or a wrong base URL) but is a ``Malformed`` answer naming its
+``Location``; and the request timeout covers the whole exchange, a body that
+trickles in included.
 
 The write watch: the rate limiter counts sends as the CRM counts arrivals, so a
 request written late must have its permit moved to the moment it went out, and
@@ -24,9 +29,12 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from crmsync.errors import Retryable
+from crmsync.crm.answer import clean, loads
+from crmsync.crm.quota import MAX_BLOCK_SECONDS
+from crmsync.errors import Malformed, Retryable
 
 Headers = Mapping[str, str]
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 def http_session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
@@ -42,16 +50,6 @@ def base_of(url: str) -> str:
     """A connection's base URL, percent-encoded once (every path and query part the
     adapters add is quoted by them), so requests skip yarl's encoding pass."""
     return str(URL(url)).rstrip("/")
-
-
-def loads(body: bytes) -> Any:
-    """The JSON of a CRM body, or None when it is empty or not JSON (proxy pages)."""
-    if not body:
-        return None
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def timeout_from(settings: Mapping[str, Any], default: float = 10.0) -> aiohttp.ClientTimeout:
@@ -71,8 +69,10 @@ async def call(
     body: bytes | None,
     limit: aiohttp.ClientTimeout,
     watch: WriteWatch | None = None,
+    max_body: int = DEFAULT_MAX_BODY_BYTES,
 ) -> tuple[int, Headers, bytes]:
-    """One HTTP exchange; no answer at all (timeout, reset, refused) is Retryable.
+    """One HTTP exchange; no answer at all (timeout, reset, refused) is Retryable;
+    a redirect or a body over ``max_body`` bytes is Malformed.
 
     ``watch`` is told when its first request is written: by the body as it goes
     out, or now for a request without one (its headers go out within this call,
@@ -91,15 +91,49 @@ async def call(
     try:
         target = URL(url, encoded=True)  # built from base_of() and quoted parts
         async with session.request(
-            method, target, data=data, headers=headers, timeout=limit
+            method, target, data=data, headers=headers, timeout=limit, allow_redirects=False
         ) as resp:
-            return resp.status, resp.headers, await resp.read()
+            if 300 <= resp.status < 400:
+                resp.close()
+                where = clean(resp.headers.get("Location") or "nowhere", 200)
+                raise Malformed(
+                    f"answered {resp.status} redirecting to {where}: redirects are not "
+                    "followed; check the connection's base URL",
+                    status=resp.status,
+                    code="REDIRECT",
+                )
+            return resp.status, resp.headers, await read_capped(resp, max_body)
     except TimeoutError as exc:
         message = f"no answer within {limit.total}s: {method} {url}"
         raise Retryable(message, code="TIMEOUT") from exc
     except aiohttp.ClientError as exc:
         detail = str(exc) or type(exc).__name__
         raise Retryable(f"connection failed: {detail}", code="CONNECTION") from exc
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body, or Malformed as soon as it is known to be over ``cap`` bytes (the
+    connection is then closed, not left half-read for the next request)."""
+    declared = resp.content_length
+    if declared is not None and declared > cap:
+        resp.close()
+        raise _too_large(resp.status, cap, f"it declares {declared}")
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > cap:
+            resp.close()
+            raise _too_large(resp.status, cap, "more came")
+    return bytes(body)
+
+
+def _too_large(status: int, cap: int, detail: str) -> Malformed:
+    return Malformed(
+        f"answered {status} with a body over the {cap}-byte cap ({detail}); "
+        "CRMSYNC_MAX_BODY_BYTES sets the cap",
+        status=status,
+        code="BODY_TOO_LARGE",
+    )
 
 
 @dataclass(slots=True)
@@ -149,6 +183,8 @@ class JsonClient:
     ) -> None:
         self.session = session
         self.timeout = timeout_from(settings)
+        self.max_body = int(_positive(settings.get("max_body_bytes"), DEFAULT_MAX_BODY_BYTES))
+        self.max_block = _positive(settings.get("max_block_seconds"), MAX_BLOCK_SECONDS)
         self.headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
@@ -167,8 +203,22 @@ class JsonClient:
             body=body,
             limit=self.timeout,
             watch=watch,
+            max_body=self.max_body,
         )
         return status, headers, loads(raw)
+
+    def __repr__(self) -> str:
+        # The headers hold the bearer token: never in a repr, a log or a traceback.
+        return f"<{type(self).__name__}>"
+
+
+def _positive(value: Any, default: float) -> float:
+    """A positive finite setting, else ``default``."""
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        return default
+    return n if 0 < n < float("inf") else default
 
 
 def dumps(obj: Any) -> bytes:

@@ -20,10 +20,13 @@ from urllib.parse import quote
 import aiohttp
 
 from crmsync import clock
+from crmsync.crm.answer import flag, malformed, message, obj, record_id, seq
 from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
 from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
 from crmsync.crm.quota import (
     DEFAULT_LIMITED_SECONDS,
+    MAX_BLOCK_SECONDS,
+    bounded,
     header_int,
     lower_keys,
     retry_after_seconds,
@@ -40,91 +43,98 @@ DEFAULT_PROPERTIES = {
     "status": "crmsync_status",
 }
 MAX_BATCH = 100
+CRM = "HubSpot"
+ID_PROPERTY = "crmsync_id"
 RETRYABLE_CATEGORIES = frozenset(
     {"RATE_LIMITS", "INTERNAL_ERROR", "TIMEOUT", "SERVICE_UNAVAILABLE"}
 )
 
 
+def _policy(body: Any) -> str | None:
+    b = obj(body)
+    return message(b.get("policyName")) if b is not None else None
+
+
 def quota_block(
-    status: int, headers: Headers, body: Any = None, *, now: float | None = None
+    status: int,
+    headers: Headers,
+    body: Any = None,
+    *,
+    now: float | None = None,
+    most: float = MAX_BLOCK_SECONDS,
 ) -> float | None:
     """How long every worker should hold the connection back, or None.
 
-    A 429 always blocks: for ``Retry-After`` if given, else until midnight for
-    the daily limit, else for the rate-limit interval, else the default. A
-    success blocks only when the headers say the quota is spent; with a full
-    rolling window, for one request's share of the interval (our own limiter
-    fills the window again)."""
+    A 429 always blocks: for ``Retry-After`` if given, else for its window:
+    until midnight for the daily limit, else the rate-limit interval, else the
+    default. A success blocks only when the headers say the quota is spent;
+    with a full rolling window, for one request's share of the interval (our
+    own limiter fills the window again). Bounded by ``quota.bounded``."""
     h = lower_keys(headers)
+    t = clock.now() if now is None else now
     limited = status == 429
-    if limited:
-        wait = retry_after_seconds(h.get("retry-after"), now)
-        if wait is not None:
-            return wait
-    if header_int(h.get("x-hubspot-ratelimit-daily-remaining")) == 0 or (
-        limited and "DAILY" in str(body)
-    ):
-        return seconds_to_midnight_utc(clock.now() if now is None else now)
+    daily = header_int(h.get("x-hubspot-ratelimit-daily-remaining")) == 0 or (
+        limited and _policy(body) == "DAILY"
+    )
     interval = header_int(h.get("x-hubspot-ratelimit-interval-milliseconds"))
+    if daily:
+        window = seconds_to_midnight_utc(t)
+    elif interval is not None and interval > 0:
+        window = interval / 1000.0
+    else:
+        window = DEFAULT_LIMITED_SECONDS
     if limited:
-        return interval / 1000.0 if interval else DEFAULT_LIMITED_SECONDS
+        return bounded(retry_after_seconds(h.get("retry-after"), t), window=window, most=most)
+    if daily:
+        return bounded(None, window=window, most=most)
     remaining = header_int(h.get("x-hubspot-ratelimit-remaining"))
-    if remaining == 0 and interval:
-        most = header_int(h.get("x-hubspot-ratelimit-max")) or 1
-        return interval / 1000.0 / max(1, most)
+    if remaining == 0 and interval is not None and interval > 0:
+        share = window / max(1, header_int(h.get("x-hubspot-ratelimit-max")) or 1)
+        return bounded(share, window=share, most=most)
     return None
-
-
-def _block(status: int, headers: Headers, body: Any) -> float | None:
-    """Quota headers on a success: pause only when the CRM says the quota is spent."""
-    return quota_block(status, headers, body)
-
-
-def _wait(status: int, headers: Headers, body: Any) -> float:
-    """A 429: ``Retry-After``, else DAILY until midnight UTC, else the window."""
-    wait = quota_block(status, headers, body)
-    return DEFAULT_LIMITED_SECONDS if wait is None else wait
 
 
 def _message(body: Any) -> tuple[str | None, str | None]:
     """(category or policy, message) of ``{"status":"error","message","category",...}``."""
-    if not isinstance(body, dict):
-        return None, None
-    code = body.get("category") or body.get("errorType")
-    msg = body.get("message")
-    return (str(code) if code else None), (str(msg) if msg else None)
+    b = obj(body)
+    if b is None:
+        return None, message(body)  # e.g. one of ``errors: ["boom"]``
+    code = message(b.get("category")) or message(b.get("errorType"))
+    return code, message(b.get("message"))
 
 
-def error_for(status: int, headers: Headers, body: Any) -> CrmError:
+def error_for(
+    status: int, headers: Headers, body: Any, *, most: float = MAX_BLOCK_SECONDS
+) -> CrmError:
     """Map a whole-request failure onto crmsync's errors."""
-    code, message = _message(body)
-    text = message or f"HTTP {status} from HubSpot"
+    code, text = _message(body)
+    if text is None:
+        text = malformed(CRM, status, "without an error message", body).message
     if status == 401:
         return AuthFailed(text, status=status, code=code or "INVALID_AUTHENTICATION")
     if status == 429:
-        policy = body.get("policyName") if isinstance(body, dict) else None
-        return RateLimited(
-            text,
-            retry_after=_wait(status, headers, body),
-            status=status,
-            code=str(policy or code or "RATE_LIMIT"),
-        )
-    if status >= 500:
+        wait = quota_block(status, headers, body, most=most) or DEFAULT_LIMITED_SECONDS
+        code = _policy(body) or code or "RATE_LIMIT"
+        return RateLimited(text, retry_after=wait, status=status, code=code)
+    if status >= 500 or status == 408:
         return Retryable(text, status=status, code=code)
+    if 200 <= status < 400:  # a success status that is not this request's success
+        return malformed(CRM, status, "unexpectedly", body)
     return Permanent(text, status=status, code=code)
 
 
-def record_error(err: Mapping[str, Any]) -> CrmError:
-    code, message = _message(err)
-    text = message or "HubSpot reported a failure without a message"
+def record_error(err: Any) -> CrmError:
+    code, text = _message(err)
+    text = text or "HubSpot reported a failure without a message"
     if code in RETRYABLE_CATEGORIES:
         return Retryable(text, code=code)
     return Permanent(text, code=code)
 
 
-def _ok(op: Op, body: Any, created: bool | None) -> RecordResult:
-    ext = str(body["id"]) if isinstance(body, dict) and body.get("id") else op.external_id
-    return RecordResult(op.contact_id, True, external_id=ext, created=created)
+def _named(item: dict[str, Any], id_property: str) -> str | None:
+    """The contact id a result names by our property (None: it names none)."""
+    props = obj(item.get("properties"))
+    return message(props.get(id_property)) if props is not None else None
 
 
 def parse_batch_upsert(
@@ -133,90 +143,110 @@ def parse_batch_upsert(
     headers: Headers,
     body: Any,
     *,
-    id_property: str,
+    id_property: str = ID_PROPERTY,
     email_property: str | None = "email",
+    most: float = MAX_BLOCK_SECONDS,
 ) -> SendResult:
     """Per-record results of ``batch/upsert`` (200 COMPLETE or 207 with errors).
 
-    Results are matched by the ``crmsync_id`` they echo (else by email), errors
-    by ``context.ids``; what stays ambiguous is retried, never guessed.
+    A result confirms a record when it carries a HubSpot id and names the record
+    by the ``crmsync_id`` it echoes (else by email); errors are matched by their
+    ``context.ids``. A record the answer does not confirm is retried (Malformed),
+    never guessed: the upsert is idempotent.
     """
     if status not in (200, 201, 207):
-        raise error_for(status, headers, body)
-    if not isinstance(body, dict):
-        raise Retryable("HubSpot batch answer is not a JSON object", status=status)
-    by_email = {}
+        raise error_for(status, headers, body, most=most)
+    b = obj(body)
+    if b is None:
+        raise malformed(CRM, status, "with a batch answer that is not a JSON object", body)
+    by_email: dict[str, str] = {}
     if email_property:
         by_email = {op.contact.email.lower(): op.contact_id for op in ops if op.contact}
+    wanted = {op.contact_id for op in ops}
     done: dict[str, RecordResult] = {}
-    unkeyed: list[dict[str, Any]] = []
-    for item in body.get("results") or []:
-        props = item.get("properties") or {}
-        key = props.get(id_property)
-        if key is None and email_property and props.get(email_property):
-            key = by_email.get(str(props[email_property]).lower())
-        if key is None:
-            unkeyed.append(item)
+    for raw in seq(b.get("results")) or []:
+        item = obj(raw)
+        ext = record_id(item.get("id")) if item is not None else None
+        if item is None or ext is None:
             continue
-        done[str(key)] = RecordResult(
-            str(key), True, external_id=str(item.get("id")), created=bool(item.get("new"))
-        )
+        key = _named(item, id_property)
+        if key is None and email_property:
+            props = obj(item.get("properties")) or {}
+            email = message(props.get(email_property))
+            key = by_email.get(email.lower()) if email else None
+        if key in wanted:
+            done[key] = RecordResult(key, True, ext, flag(item.get("new")))
     failed: dict[str, CrmError] = {}
     loose: list[CrmError] = []
-    for err in body.get("errors") or []:
-        context = err.get("context") or {}
-        ids = context.get("ids") or context.get(id_property) or err.get("objectIds") or []
-        error = record_error(err)
-        if not ids:
+    for raw in seq(b.get("errors")) or []:
+        err = obj(raw) or {}
+        context = obj(err.get("context")) or {}
+        ids = seq(context.get("ids")) or seq(context.get(id_property)) or []
+        ids += seq(err.get("objectIds")) or []
+        error = record_error(raw)
+        named = [str(i) for i in ids if isinstance(i, str | int) and str(i) in wanted]
+        if not named:
             loose.append(error)
-        for i in ids:
-            failed[str(i)] = error
+        for i in named:
+            failed[i] = error
     pending = [op for op in ops if op.contact_id not in done and op.contact_id not in failed]
-    if len(pending) == 1 and len(unkeyed) == 1 and not loose:
-        # One record left and one anonymous answer: they belong together.
-        done[pending[0].contact_id] = _ok(pending[0], unkeyed[0], bool(unkeyed[0].get("new")))
-    elif len(pending) == 1 and len(loose) == 1 and not unkeyed:
+    if len(pending) == 1 and len(loose) == 1:
+        # One record left and one error naming nobody: they belong together.
         failed[pending[0].contact_id] = loose[0]
-    elif pending and not loose and not failed and len(unkeyed) == len(pending):
-        # Every record succeeded but the answer does not say which id is whose:
-        # success without the CRM id (later updates and deletes go by crmsync_id).
-        for op in pending:
-            done[op.contact_id] = RecordResult(op.contact_id, True, op.external_id, None)
     results: list[RecordResult] = []
     for op in ops:
         if op.contact_id in done:
-            r = done[op.contact_id]
-            results.append(RecordResult(op.contact_id, True, r.external_id, r.created))
+            results.append(done[op.contact_id])
         elif op.contact_id in failed:
             results.append(RecordResult(op.contact_id, False, error=failed[op.contact_id]))
         else:
-            # Not mentioned by the answer: the upsert is idempotent, try again.
-            missing = Retryable("HubSpot batch answer did not mention this record", status=status)
-            results.append(RecordResult(op.contact_id, False, error=missing))
-    return SendResult(results, _block(status, headers, body))
+            why = "with a batch answer that does not confirm this record"
+            results.append(RecordResult(op.contact_id, False, error=malformed(CRM, status, why, b)))
+    return SendResult(results, quota_block(status, headers, body, most=most))
 
 
-def parse_archive(ops: Sequence[Op], status: int, headers: Headers, body: Any) -> SendResult:
+def parse_archive(
+    ops: Sequence[Op], status: int, headers: Headers, body: Any, *, most: float = MAX_BLOCK_SECONDS
+) -> SendResult:
     """``batch/archive`` answers 204 whether or not the ids still exist."""
-    if 200 <= status < 300:
+    if status in (200, 204):
         ok = [RecordResult(op.contact_id, True, external_id=op.external_id) for op in ops]
-        return SendResult(ok, _block(status, headers, body))
-    raise error_for(status, headers, body)
+        return SendResult(ok, quota_block(status, headers, body, most=most))
+    raise error_for(status, headers, body, most=most)
 
 
-def parse_single(op: Op, status: int, headers: Headers, body: Any) -> SendResult:
-    """Answer to a single create (201) or update (200)."""
-    if 200 <= status < 300:
-        return SendResult([_ok(op, body, status == 201)], _block(status, headers, body))
-    raise error_for(status, headers, body)
+def parse_single(
+    op: Op,
+    status: int,
+    headers: Headers,
+    body: Any,
+    *,
+    id_property: str = ID_PROPERTY,
+    most: float = MAX_BLOCK_SECONDS,
+) -> SendResult:
+    """Answer to a single create (201), update or lookup (200): the contact with its
+    HubSpot id, not naming another contact by ``crmsync_id``."""
+    if status in (200, 201):
+        b = obj(body)
+        ext = record_id(b.get("id")) if b is not None else None
+        if b is None or ext is None:
+            raise malformed(CRM, status, "without the contact's id", body)
+        named = _named(b, id_property)
+        if named is not None and named != op.contact_id:
+            raise malformed(CRM, status, "naming another contact", body)
+        result = RecordResult(op.contact_id, True, ext, status == 201)
+        return SendResult([result], quota_block(status, headers, body, most=most))
+    raise error_for(status, headers, body, most=most)
 
 
-def parse_delete(op: Op, status: int, headers: Headers, body: Any) -> SendResult:
+def parse_delete(
+    op: Op, status: int, headers: Headers, body: Any, *, most: float = MAX_BLOCK_SECONDS
+) -> SendResult:
     """204 deleted; 404 already gone, which is what we wanted."""
-    if 200 <= status < 300 or status == 404:
+    if status in (200, 204, 404):
         ok = RecordResult(op.contact_id, True, external_id=op.external_id)
-        return SendResult([ok], _block(status, headers, body))
-    raise error_for(status, headers, body)
+        return SendResult([ok], quota_block(status, headers, body, most=most))
+    raise error_for(status, headers, body, most=most)
 
 
 class HubSpotAdapter(JsonClient):
@@ -231,11 +261,13 @@ class HubSpotAdapter(JsonClient):
         settings: Mapping[str, Any],
         session: aiohttp.ClientSession,
     ) -> None:
-        self.id_property = str(settings.get("id_property") or "crmsync_id")
+        self.id_property = str(settings.get("id_property") or ID_PROPERTY)
         self.props = field_map(DEFAULT_PROPERTIES, settings.get("field_map"))
         super().__init__(token=token, settings=settings, session=session)
         self.contacts = f"{base_of(base_url)}/crm/v3/objects/contacts"
-        self.by_key = f"?idProperty={quote(self.id_property, safe='')}"
+        key = quote(self.id_property, safe="")
+        self.by_key = f"?idProperty={key}"
+        self.lookup_key = f"?idProperty={key}&properties={key}"
 
     def _properties(self, op: Op) -> dict[str, str]:
         assert op.contact is not None, "upserts carry the contact"
@@ -247,6 +279,9 @@ class HubSpotAdapter(JsonClient):
 
     def _url(self, record: str) -> str:
         return f"{self.contacts}/{quote(record, safe='')}"
+
+    def _keyed(self, op: Op) -> str:
+        return self._url(op.contact_id) + self.by_key
 
     async def send(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> SendResult:
         if not ops:
@@ -264,51 +299,67 @@ class HubSpotAdapter(JsonClient):
             "POST", f"{self.contacts}/batch/upsert", {"inputs": inputs}, watch
         )
         return parse_batch_upsert(
-            ops, *answer, id_property=self.id_property, email_property=self.props.get("email")
+            ops,
+            *answer,
+            id_property=self.id_property,
+            email_property=self.props.get("email"),
+            most=self.max_block,
         )
+
+    def _single(self, op: Op, answer: tuple[int, Headers, Any]) -> SendResult:
+        return parse_single(op, *answer, id_property=self.id_property, most=self.max_block)
 
     async def _upsert_one(self, op: Op, watch: WriteWatch | None) -> SendResult:
         payload = {"properties": self._properties(op)}
         if op.kind == "update":
             url = self._url(op.external_id) if op.external_id else self._keyed(op)
-            return parse_single(op, *await self._call("PATCH", url, payload, watch))
+            return self._single(op, await self._call("PATCH", url, payload, watch))
+        if op.maybe_exists:
+            # A single create is not an upsert: when an earlier attempt may have
+            # created the contact, find it by crmsync_id and update it instead.
+            found = await self._lookup(op, watch)
+            if found is not None:
+                answer = await self._call("PATCH", self._url(found), payload, watch)
+                return _updated(self._single(op, answer))
         status, headers, body = await self._call("POST", self.contacts, payload, watch)
         if not self._is_conflict(status, body):
-            return parse_single(op, status, headers, body)
+            return self._single(op, (status, headers, body))
         # 409: a contact with this crmsync_id (our earlier create whose answer
         # was lost) or with this email exists. Update ours by crmsync_id; if
         # there is none, the email belongs to someone else: a real conflict.
-        conflict = error_for(status, headers, body)
-        s2, h2, b2 = await self._call("PATCH", self._keyed(op), payload, watch)
-        if s2 == 404:
+        conflict = error_for(status, headers, body, most=self.max_block)
+        answer = await self._call("PATCH", self._keyed(op), payload, watch)
+        if answer[0] == 404:
             raise conflict
-        res = parse_single(op, s2, h2, b2)
-        return SendResult([RecordResult(op.contact_id, True, res.results[0].external_id, False)])
+        return _updated(self._single(op, answer))
+
+    async def _lookup(self, op: Op, watch: WriteWatch | None) -> str | None:
+        """The HubSpot id of the contact whose crmsync_id is ours (None: there is none)."""
+        url = self._url(op.contact_id) + self.lookup_key
+        status, headers, body = await self._call("GET", url, None, watch)
+        if status == 404:
+            return None
+        return self._single(op, (status, headers, body)).results[0].external_id
 
     def _is_conflict(self, status: int, body: Any) -> bool:
         if status == 409:
             return True
         # A unique-property clash may also come back as a 400 naming the property.
-        message = _message(body)[1] or ""
-        return status == 400 and self.id_property in message and "already" in message
-
-    def _keyed(self, op: Op) -> str:
-        return self._url(op.contact_id) + self.by_key
+        text = _message(body)[1] or ""
+        return status == 400 and self.id_property in text and "already" in text
 
     async def _delete_one(self, op: Op, watch: WriteWatch | None) -> SendResult:
-        ext = op.external_id
-        if not ext:
-            # No HubSpot id in the ledger (the create's answer was lost): look
-            # the contact up by crmsync_id first; not found = nothing to delete.
-            status, headers, body = await self._call("GET", self._keyed(op), None, watch)
-            if status == 404:
-                return parse_delete(op, status, headers, body)
-            found = parse_single(op, status, headers, body).results[0].external_id
-            if not found:
-                raise Retryable("HubSpot lookup by crmsync_id returned no id", status=status)
+        if not op.external_id:
+            # No HubSpot id in the ledger (the create's answer was lost, or its
+            # outcome was never recorded): look the contact up by crmsync_id
+            # first; not found = nothing to delete.
+            found = await self._lookup(op, watch)
+            if found is None:
+                return SendResult([RecordResult(op.contact_id, True)])
             op = Op(op.kind, op.contact_id, None, found)
-            ext = found
-        return parse_delete(op, *await self._call("DELETE", self._url(ext), None, watch))
+        assert op.external_id is not None
+        answer = await self._call("DELETE", self._url(op.external_id), None, watch)
+        return parse_delete(op, *answer, most=self.max_block)
 
     async def _delete(self, ops: Sequence[Op], watch: WriteWatch | None) -> SendResult:
         if len(ops) == 1:
@@ -322,8 +373,14 @@ class HubSpotAdapter(JsonClient):
             answer = await self._call(
                 "POST", f"{self.contacts}/batch/archive", {"inputs": inputs}, watch
             )
-            res = parse_archive(known, *answer)
+            res = parse_archive(known, *answer, most=self.max_block)
             by_contact.update((r.contact_id, r) for r in res.results)
             blocks.extend(b for b in [res.block_for] if b)
         await send_singles(unknown, partial(self._delete_one, watch=watch), by_contact, blocks)
         return SendResult([by_contact[op.contact_id] for op in ops], max(blocks, default=None))
+
+
+def _updated(res: SendResult) -> SendResult:
+    """An answer to the update that stood in for a create: not a new record."""
+    r = res.results[0]
+    return SendResult([RecordResult(r.contact_id, True, r.external_id, False)], res.block_for)

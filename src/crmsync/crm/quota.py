@@ -2,11 +2,16 @@
 
 Each adapter reads its own CRM's headers (``salesforce.quota_block``,
 ``hubspot.quota_block``); this module holds the HTTP rules they have in
-common (``Retry-After``) and the default wait when an answer gives no hint.
+common (``Retry-After``), the default wait when an answer gives no hint, and
+the one rule that bounds every wait a CRM asks for (``bounded``): numbers from
+outside are clamped to ``CRMSYNC_MAX_BLOCK_SECONDS``, and a wait that is no
+wait at all (0, negative, garbage, inf, NaN) is the CRM's window instead, so a
+misbehaving CRM can neither block a connection for years nor be hammered.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -16,9 +21,23 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from crmsync import clock
 
 DEFAULT_LIMITED_SECONDS = 1.0  # a limit answer without any hint of how long
+MAX_BLOCK_SECONDS = 3600.0  # CRMSYNC_MAX_BLOCK_SECONDS' default
+
+
+def bounded(wait: float | None, *, window: float, most: float = MAX_BLOCK_SECONDS) -> float:
+    """The wait a CRM asked for (None: no hint), as crmsync will honour it: at
+    most ``most``; the CRM's ``window`` when the hint is missing or no wait at
+    all (0, negative, inf, NaN). The window itself is bounded the same way."""
+    most = most if math.isfinite(most) and most > 0 else MAX_BLOCK_SECONDS
+    floor = window if math.isfinite(window) and window > 0 else DEFAULT_LIMITED_SECONDS
+    floor = min(floor, most)
+    if wait is None or not math.isfinite(wait) or wait <= 0:
+        return floor
+    return min(wait, most)
 
 
 def header_int(value: str | None) -> int | None:
+    """A header's integer (None when missing or not one)."""
     try:
         return int(str(value).strip()) if value is not None else None
     except ValueError:
@@ -26,20 +45,21 @@ def header_int(value: str | None) -> int | None:
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date."""
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date), or None when it
+    is missing or garbage; the number as sent (``bounded`` makes it a wait)."""
     if value is None or not value.strip():
         return None
     try:
-        return max(0.0, float(value.strip()))
+        return float(value.strip())
     except ValueError:
         pass
     try:
         when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (clock.now() if now is None else now))
+    return when.timestamp() - (clock.now() if now is None else now)
 
 
 def seconds_to_midnight_utc(now: float) -> float:

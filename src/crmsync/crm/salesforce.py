@@ -20,9 +20,16 @@ from urllib.parse import quote
 
 import aiohttp
 
+from crmsync.crm.answer import flag, malformed, message, obj, record_id, seq
 from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
 from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
-from crmsync.crm.quota import DEFAULT_LIMITED_SECONDS, lower_keys, retry_after_seconds
+from crmsync.crm.quota import (
+    DEFAULT_LIMITED_SECONDS,
+    MAX_BLOCK_SECONDS,
+    bounded,
+    lower_keys,
+    retry_after_seconds,
+)
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
 from crmsync.model import CONTACT_ATTRS
 
@@ -34,6 +41,7 @@ DEFAULT_FIELDS = {
     "status": "Status__c",
 }
 MAX_BATCH = 200
+CRM = "Salesforce"
 # Per-record codes that a later retry can cure (row locks, maintenance).
 RETRYABLE_CODES = frozenset(
     {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG", "QUERY_TIMEOUT"}
@@ -46,121 +54,146 @@ SALESFORCE_EXHAUSTED_SECONDS = 300.0  # org quota used up: look again in 5 min
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
 
+def _first_error(body: Any) -> tuple[str | None, str | None]:
+    """(errorCode, message) of ``[{"message","errorCode","fields"}]`` (or of one
+    such object: some gateways answer with one)."""
+    items = seq(body)
+    e = obj(items[0]) if items else obj(body)
+    if e is None:
+        return None, None
+    code = message(e.get("errorCode")) or message(e.get("statusCode")) or message(e.get("error"))
+    text = message(e.get("message")) or message(e.get("error_description"))
+    return code, text
+
+
 def is_limit_answer(status: int, body: Any) -> bool:
     """429, or Salesforce's 403 REQUEST_LIMIT_EXCEEDED."""
-    return status == 429 or (status == 403 and "REQUEST_LIMIT_EXCEEDED" in str(body))
+    return status == 429 or (status == 403 and _first_error(body)[0] == "REQUEST_LIMIT_EXCEEDED")
 
 
 def quota_block(
-    status: int, headers: Headers, body: Any = None, *, now: float | None = None
+    status: int,
+    headers: Headers,
+    body: Any = None,
+    *,
+    now: float | None = None,
+    most: float = MAX_BLOCK_SECONDS,
 ) -> float | None:
     """How long every worker should hold the connection back, or None: a limit
     answer for its ``Retry-After`` (else the default); any answer whose
-    ``Sforce-Limit-Info`` says the org's allocation is spent."""
+    ``Sforce-Limit-Info`` says the org's allocation is spent. Bounded by
+    ``quota.bounded``."""
     h = lower_keys(headers)
     limited = is_limit_answer(status, body)
+    m = _USAGE.search(h.get("sforce-limit-info") or "")
+    spent = m is not None and int(m.group(1)) >= int(m.group(2))
+    window = SALESFORCE_EXHAUSTED_SECONDS if spent else DEFAULT_LIMITED_SECONDS
     if limited:
-        wait = retry_after_seconds(h.get("retry-after"), now)
-        if wait is not None:
-            return wait
-    m = _USAGE.search(h.get("sforce-limit-info", ""))
-    if m and int(m.group(1)) >= int(m.group(2)):
-        return SALESFORCE_EXHAUSTED_SECONDS
-    return DEFAULT_LIMITED_SECONDS if limited else None
+        return bounded(retry_after_seconds(h.get("retry-after"), now), window=window, most=most)
+    return bounded(None, window=window, most=most) if spent else None
 
 
-def _block(status: int, headers: Headers, body: Any) -> float | None:
-    """``Sforce-Limit-Info`` on a success: pause only when the org's quota is spent."""
-    return quota_block(status, headers, body)
-
-
-def _wait(status: int, headers: Headers, body: Any) -> float:
-    """REQUEST_LIMIT_EXCEEDED: ``Retry-After`` if given, else the shared default."""
-    return quota_block(status, headers, body) or DEFAULT_LIMITED_SECONDS
-
-
-def _first_error(body: Any) -> tuple[str | None, str | None]:
-    """(errorCode, message) of ``[{"message","errorCode","fields"}]``."""
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        e = body[0]
-        code = e.get("errorCode") or e.get("statusCode")
-        return (str(code) if code else None), (str(e["message"]) if e.get("message") else None)
-    if isinstance(body, dict):  # some gateways answer with one object
-        code = body.get("errorCode") or body.get("error")
-        msg = body.get("message") or body.get("error_description")
-        return (str(code) if code else None), (str(msg) if msg else None)
-    return None, None
-
-
-def error_for(status: int, headers: Headers, body: Any) -> CrmError:
+def error_for(
+    status: int, headers: Headers, body: Any, *, most: float = MAX_BLOCK_SECONDS
+) -> CrmError:
     """Map a whole-request failure onto crmsync's errors."""
-    code, message = _first_error(body)
-    text = message or f"HTTP {status} from Salesforce"
+    code, text = _first_error(body)
+    if text is None:
+        text = malformed(CRM, status, "without an error message", body).message
     if status == 401:
         return AuthFailed(text, status=status, code=code or "INVALID_SESSION_ID")
     if code == "REQUEST_LIMIT_EXCEEDED" or status == 429:
-        return RateLimited(text, retry_after=_wait(status, headers, body), status=status, code=code)
-    if status >= 500 or code in RETRYABLE_CODES:
+        wait = quota_block(status, headers, body, most=most) or DEFAULT_LIMITED_SECONDS
+        return RateLimited(text, retry_after=wait, status=status, code=code)
+    if status >= 500 or status == 408 or code in RETRYABLE_CODES:
         return Retryable(text, status=status, code=code)
+    if 200 <= status < 400:  # a success status that is not this request's success
+        return malformed(CRM, status, "unexpectedly", body)
     return Permanent(text, status=status, code=code)
 
 
 def record_error(errors: Any) -> CrmError:
     """The error of one record in a collection result (``statusCode`` form)."""
-    code, message = _first_error(errors)
-    text = message or "Salesforce reported a failure without a message"
+    code, text = _first_error(errors)
+    text = text or "Salesforce reported a failure without a message"
     if code in RETRYABLE_CODES:
         return Retryable(text, code=code)
     return Permanent(text, code=code)
 
 
-def parse_upsert(op: Op, status: int, headers: Headers, body: Any) -> SendResult:
-    """Answer to a single upsert by external id."""
-    if status in (200, 201, 204):
-        ext = body.get("id") if isinstance(body, dict) else None
-        created = body.get("created") if isinstance(body, dict) else None
-        if created is None:
-            created = status == 201
-        result = RecordResult(
-            op.contact_id, True, external_id=ext or op.external_id, created=bool(created)
-        )
-        return SendResult([result], _block(status, headers, body))
-    raise error_for(status, headers, body)
+def parse_upsert(
+    op: Op, status: int, headers: Headers, body: Any, *, most: float = MAX_BLOCK_SECONDS
+) -> SendResult:
+    """Answer to a single upsert by external id: 201/200 with the record's id; 204
+    (API versions before 46.0) only confirms an update of a record whose id we know."""
+    block = quota_block(status, headers, body, most=most)
+    if status in (200, 201):
+        b = obj(body)
+        ext = record_id(b.get("id")) if b is not None else None
+        if b is None or ext is None or b.get("success", True) is not True:
+            raise malformed(CRM, status, "without the record's id", body)
+        created = flag(b.get("created"))
+        created = status == 201 if created is None else created
+        return SendResult([RecordResult(op.contact_id, True, ext, created)], block)
+    if status == 204 and op.external_id:
+        return SendResult([RecordResult(op.contact_id, True, op.external_id, False)], block)
+    raise error_for(status, headers, body, most=most)
 
 
-def parse_delete(op: Op, status: int, headers: Headers, body: Any) -> SendResult:
+def parse_delete(
+    op: Op, status: int, headers: Headers, body: Any, *, most: float = MAX_BLOCK_SECONDS
+) -> SendResult:
     """Answer to a single delete; 404 ENTITY_IS_DELETED / NOT_FOUND is already gone."""
     if status in (200, 204) or (status == 404 and _first_error(body)[0] in GONE_CODES):
         return SendResult(
             [RecordResult(op.contact_id, True, external_id=op.external_id)],
-            _block(status, headers, body),
+            quota_block(status, headers, body, most=most),
         )
-    raise error_for(status, headers, body)
+    raise error_for(status, headers, body, most=most)
 
 
 def parse_collection(
-    ops: Sequence[Op], status: int, headers: Headers, body: Any, *, deleting: bool
+    ops: Sequence[Op],
+    status: int,
+    headers: Headers,
+    body: Any,
+    *,
+    deleting: bool,
+    most: float = MAX_BLOCK_SECONDS,
 ) -> SendResult:
-    """Per-record results of an sObject Collections call, in input order."""
+    """Per-record results of an sObject Collections call, in input order. An item
+    that does not say what happened to its record fails that record (Malformed);
+    an answer that is not one item per record fails every record."""
     if status != 200:
-        raise error_for(status, headers, body)
-    if not isinstance(body, list) or len(body) != len(ops):
+        raise error_for(status, headers, body, most=most)
+    items = seq(body)
+    if items is None or len(items) != len(ops):
         # Without one result per record we cannot tell what happened; the
         # calls are idempotent, so trying again is safe.
-        raise Retryable("Salesforce collection answer does not match the request", status=status)
+        raise malformed(CRM, status, "with a collection that does not list each record", body)
     results: list[RecordResult] = []
-    for op, item in zip(ops, body, strict=True):
-        item = item if isinstance(item, dict) else {}
-        errors = item.get("errors") or []
-        if item.get("success"):
-            ext = item.get("id") or op.external_id
-            created = None if deleting else bool(item.get("created"))
-            results.append(RecordResult(op.contact_id, True, external_id=ext, created=created))
-        elif deleting and _first_error(errors)[0] in GONE_CODES:
-            results.append(RecordResult(op.contact_id, True, external_id=op.external_id))
-        else:
-            results.append(RecordResult(op.contact_id, False, error=record_error(errors)))
-    return SendResult(results, _block(status, headers, body))
+    for op, raw in zip(ops, items, strict=True):
+        item = obj(raw)
+        success = flag(item.get("success")) if item is not None else None
+        ext = record_id(item.get("id")) if item is not None else None
+        if item is not None and success is True:
+            if deleting and (ext is None or op.external_id is None or ext == op.external_id):
+                results.append(RecordResult(op.contact_id, True, external_id=op.external_id))
+                continue
+            if not deleting and ext is not None:
+                created = flag(item.get("created"))
+                results.append(RecordResult(op.contact_id, True, ext, bool(created)))
+                continue
+        elif item is not None and success is False:
+            errors = item.get("errors")
+            if deleting and _first_error(errors)[0] in GONE_CODES:
+                results.append(RecordResult(op.contact_id, True, external_id=op.external_id))
+            else:
+                results.append(RecordResult(op.contact_id, False, error=record_error(errors)))
+            continue
+        why = "with a collection item that does not confirm this record"
+        results.append(RecordResult(op.contact_id, False, error=malformed(CRM, status, why, raw)))
+    return SendResult(results, quota_block(status, headers, body, most=most))
 
 
 class SalesforceAdapter(JsonClient):
@@ -199,14 +232,15 @@ class SalesforceAdapter(JsonClient):
         if len(ops) == 1:
             op = ops[0]
             url = f"{self.by_ext}/{quote(op.contact_id, safe='')}"
-            return parse_upsert(op, *await self._call("PATCH", url, self._values(op), watch))
+            answer = await self._call("PATCH", url, self._values(op), watch)
+            return parse_upsert(op, *answer, most=self.max_block)
         records = [
             {"attributes": {"type": "Contact"}, self.ext_field: op.contact_id, **self._values(op)}
             for op in ops
         ]
         payload = {"allOrNone": False, "records": records}
         answer = await self._call("PATCH", self.collection_upsert, payload, watch)
-        return parse_collection(ops, *answer, deleting=False)
+        return parse_collection(ops, *answer, deleting=False, most=self.max_block)
 
     async def _delete_one(self, op: Op, watch: WriteWatch | None) -> SendResult:
         if op.external_id:
@@ -215,7 +249,8 @@ class SalesforceAdapter(JsonClient):
             # No Salesforce Id in the ledger (the create's answer was lost):
             # delete by our external id instead.
             url = f"{self.by_ext}/{quote(op.contact_id, safe='')}"
-        return parse_delete(op, *await self._call("DELETE", url, None, watch))
+        answer = await self._call("DELETE", url, None, watch)
+        return parse_delete(op, *answer, most=self.max_block)
 
     async def _delete(self, ops: Sequence[Op], watch: WriteWatch | None) -> SendResult:
         if len(ops) == 1:
@@ -228,7 +263,7 @@ class SalesforceAdapter(JsonClient):
             ids = ",".join(quote(op.external_id or "", safe="") for op in known)
             url = f"{self.collection}?ids={ids}&allOrNone=false"
             answer = await self._call("DELETE", url, None, watch)
-            res = parse_collection(known, *answer, deleting=True)
+            res = parse_collection(known, *answer, deleting=True, most=self.max_block)
             by_contact.update((r.contact_id, r) for r in res.results)
             blocks.extend(b for b in [res.block_for] if b)
         else:
