@@ -47,6 +47,8 @@ class Queue:
     next_eligible_ms: int | None = None  # what a refused claim names
     counters: Counter[str] = field(default_factory=Counter)
     breaker: list[bool] = field(default_factory=list)  # outcomes reported with hand-backs
+    breaker_state: str = "closed"  # what a hand-back with a report answers (a test sets it)
+    block_reasons: list[str] = field(default_factory=list)
 
 
 class FakeStore:
@@ -155,11 +157,13 @@ class FakeStore:
         outcomes: Sequence[bool] = (),
         counters: Mapping[str, int] | None = None,
         block: float = 0.0,
-    ) -> None:
+        block_reason: str = "",
+    ) -> str | None:
         self._call("finish")
         q = self.queue(claim.connection_id)
         if block > 0:
             q.blocked.append((block, False))
+            q.block_reasons.append(block_reason)
         for i in self._mine(q, claim, ack):
             del q.leased[i]
         refund = max(0, min(refund, claim.permits))
@@ -175,6 +179,7 @@ class FakeStore:
             q.ready.append(i)
         q.breaker.extend(outcomes)
         q.counters.update(counters or {})
+        return q.breaker_state if outcomes else None
 
     async def release(self, claim: Claim, ids: Sequence[str]) -> None:
         await self.finish(claim, release=ids)
@@ -183,9 +188,12 @@ class FakeStore:
         self._call("renew")
         self.renewals += 1
 
-    async def block(self, connection_id: str, seconds: float, *, slow: bool = False) -> None:
+    async def block(
+        self, connection_id: str, seconds: float, *, slow: bool = False, reason: str = ""
+    ) -> None:
         self._call("block")
         self.queue(connection_id).blocked.append((seconds, slow))
+        self.queue(connection_id).block_reasons.append(reason)
 
     async def pause(self, connection_id: str, reason: str) -> None:
         self._call("pause")
@@ -274,13 +282,15 @@ class FakeBreaker:
     cfg: BreakerConfig = field(default_factory=lambda: BreakerConfig(5, 30_000, 12_000))
     asked: int = 0
     recorded: list[tuple[str, list[bool]]] = field(default_factory=list)
+    state_after: str = "closed"  # what ``record`` answers
 
     async def allow(self, crm: str) -> bool | Literal["probe"]:
         self.asked += 1
         return self.verdict
 
-    async def record(self, crm: str, outcomes: Sequence[bool]) -> None:
+    async def record(self, crm: str, outcomes: Sequence[bool]) -> str | None:
         self.recorded.append((crm, list(outcomes)))
+        return self.state_after
 
     async def state(self, crm: str) -> BreakerState:
         st: Literal["closed", "open"] = "closed" if self.verdict else "open"

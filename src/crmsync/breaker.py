@@ -68,10 +68,11 @@ class CrmBreaker:
             return "probe"
         return v == "allow"
 
-    async def record(self, crm: str, outcomes: Sequence[bool]) -> None:
-        """Outcomes of sent requests: True ok, False 5xx / timeout / connection error."""
-        if outcomes:
-            await self._run(crm, "record", "".join("1" if ok else "0" for ok in outcomes))
+    async def record(self, crm: str, outcomes: Sequence[bool]) -> str | None:
+        """Outcomes (True ok, False failed); the state after them (None: none given)."""
+        if not outcomes:
+            return None
+        return await self._run(crm, "record", "".join("1" if ok else "0" for ok in outcomes))
 
     async def state(self, crm: str) -> BreakerState:
         raw = await self.redis.hmget(

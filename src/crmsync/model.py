@@ -56,7 +56,11 @@ class Claimed:
 
     @property
     def attempts(self) -> int:
-        return self.ledger.attempts if self.ledger is not None else 0
+        """Failed sends of the current change so far. A dead row comes back to the
+        queue only with a new change (or a replay): that change starts afresh."""
+        if self.ledger is None or self.ledger.status == "dead":
+            return 0
+        return self.ledger.attempts
 
 
 class LedgerWrite(NamedTuple):

@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     # which jitter relative to our admissions.
     limit_margin: float = Field(default=0.04, ge=0, le=0.5)
     http_timeout_seconds: float = Field(default=10.0, gt=0)
+    # The longest a CRM's answer may hold a connection back (Retry-After, quota
+    # headers): a CRM asking for more gets this much; `connections resume` ends it.
+    max_block_seconds: float = Field(default=3600.0, gt=0, le=86_400 * 7)
+    # A CRM's answer body longer than this is an error (retried), not read.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024**3)
+    # A request body to the HTTP API longer than this is refused with 413 before
+    # it is parsed (1000 contacts at their largest fields fit).
+    api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024, le=1024**3)
     worker_processes: int = Field(default=1, ge=1, le=256)
     worker_concurrency: int = Field(default=200, ge=1, le=10000)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

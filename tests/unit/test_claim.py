@@ -14,7 +14,7 @@ import pytest
 
 from crmsync.clock import FakeClock
 from crmsync.connections import Connection
-from crmsync.errors import AuthFailed, Permanent, RateLimited, Retryable
+from crmsync.errors import AuthFailed, Malformed, Permanent, RateLimited, Retryable
 from crmsync.model import Contact, LedgerRow
 from crmsync.ratelimit import RateWindow
 from crmsync.settings import Settings
@@ -274,6 +274,57 @@ CASES = [
         counts={"created": 1, "dead_lettered": 1, "retried": 1, "requests": 1},
     ),
     Case(
+        "malformed answer: retried, a breaker failure",
+        (contact("c1"),),
+        answer=raising(Malformed("Salesforce answered 201 without the record's id: {}")),
+        sent=(("create c1",),),
+        rows={"c1": ("retrying", None, None, 1)},
+        delayed=("c1",),
+        outcomes=(False,),
+        counts={"retried": 1, "requests": 1},
+    ),
+    Case(
+        "a send that raised: an attempt, but not the CRM's failure",
+        (contact("c1"),),
+        answer=raising(TypeError("'int' object is not subscriptable")),
+        sent=(("create c1",),),
+        rows={"c1": ("retrying", None, None, 1)},
+        delayed=("c1",),
+        outcomes=(True,),
+        counts={"retried": 1, "requests": 1},
+    ),
+    Case(
+        "a send that raised on the last attempt: dead letter",
+        (contact("c1"),),
+        ledger={"c1": LedgerRow(None, None, "retrying", 2)},
+        answer=raising(KeyError("id")),
+        sent=(("create c1",),),
+        rows={"c1": ("dead", None, None, 3)},
+        dead={"c1": ("create", "UNHANDLED", 3)},
+        outcomes=(True,),
+    ),
+    Case(
+        "an answer that is not one result per record: each record's attempt",
+        (contact("c1"), contact("c2")),
+        batch=2,
+        answer=lambda ops: ok(ops[:1]),
+        sent=(("create c1", "create c2"),),
+        rows={"c1": ("retrying", None, None, 1), "c2": ("retrying", None, None, 1)},
+        delayed=("c1", "c2"),
+        outcomes=(False,),
+    ),
+    Case(
+        "a batch record the answer does not confirm: that record's attempt, a failure",
+        (contact("c1"), contact("c2")),
+        batch=2,
+        answer=per_record({"c2": Malformed("HubSpot answered 200 ...")}),
+        sent=(("create c1", "create c2"),),
+        rows={"c1": ("synced", "X-c1", 1, 0), "c2": ("retrying", None, None, 1)},
+        delayed=("c2",),
+        outcomes=(False,),
+        counts={"created": 1, "retried": 1},
+    ),
+    Case(
         "upserts and deletes go apart: a request beyond the permits is released",
         (contact("c1"), contact("c2", 2, deleted=True)),
         ledger={"c2": SYNCED_V1},
@@ -380,11 +431,14 @@ async def test_a_half_open_probe_sends_one_request_and_reports_it() -> None:
 
 
 async def test_after_a_failure_the_crm_breaker_hears_successes_too() -> None:
-    """A success resets the breaker's failure count: reported while this process
-    saw a failure lately, and not otherwise (one Redis call saved per claim)."""
+    """The CRM-wide breaker hears a claim that opened its connection's breaker as
+    one failure; a success resets its count: reported while this process saw a
+    failure lately, and not otherwise (one Redis call saved per claim)."""
     r = Rig(connection(), adapter=FakeAdapter(answer=raising(E503)))
     r.given(contact("c1"))
+    r.queue.breaker_state = "open"  # this claim's failure opened the connection's breaker
     await r.run()
+    r.queue.breaker_state = "closed"
     r.adapter.answer = ok
     r.given(contact("c2"))
     await r.run()

@@ -55,30 +55,49 @@ async def test_the_probe_is_never_cached() -> None:
 
 
 @pytest.mark.parametrize(
-    ("history", "outcomes", "probe", "reported"),
+    ("history", "outcomes", "probe", "tripped", "heard"),
     [
-        ([], [True], False, False),  # all well: a success has nothing to reset
-        ([], [True, False], False, True),  # a failure always counts
-        ([], [True], True, True),  # the probe's outcome decides
-        ([], [], True, False),  # a probe that sent nothing proves nothing
-        ([[False]], [True], False, True),  # after a failure here, successes reset
+        ([], [True], False, False, None),  # all well: a success has nothing to reset
+        # A request failure is the connection breaker's business; the CRM-wide one
+        # hears connections: a claim that opened its connection's breaker is one failure.
+        ([], [True, False], False, False, None),
+        ([], [False, False, False], False, True, [False]),
+        ([], [True], True, False, [True]),  # the probe's outcome decides
+        ([], [False, True], True, False, [False, True]),  # request by request
+        ([], [], True, False, None),  # a probe that sent nothing proves nothing
+        ([[False]], [True, True], False, False, [True]),  # after a trip here, successes reset
     ],
 )
-async def test_outcomes_are_reported_while_they_can_matter(
-    history: list[list[bool]], outcomes: list[bool], probe: bool, reported: bool
+async def test_the_crm_breaker_hears_connections_while_it_can_matter(
+    history: list[list[bool]],
+    outcomes: list[bool],
+    probe: bool,
+    tripped: bool,
+    heard: list[bool] | None,
 ) -> None:
     g, b, _ = gate()
     for earlier in history:
-        await g.report("hubspot", earlier, probe=False)
+        await g.report("hubspot", earlier, probe=False, tripped=True)
     before = len(b.recorded)
-    await g.report("hubspot", outcomes, probe=probe)
-    assert (len(b.recorded) > before) == reported
+    await g.report("hubspot", outcomes, probe=probe, tripped=tripped)
+    assert (b.recorded[-1][1] if len(b.recorded) > before else None) == heard
+
+
+async def test_one_misbehaving_connection_never_opens_the_crm_breaker() -> None:
+    """Its own breaker opens once per outage (a failed probe of its own is not a
+    new trip); the CRM-wide breaker would need ``threshold`` such connections."""
+    g, b, _ = gate()
+    await g.report("salesforce", [False] * 20, probe=False, tripped=True)
+    for _ in range(10):  # its good neighbours keep succeeding
+        await g.report("salesforce", [True], probe=False)
+    assert [o for _, o in b.recorded].count([False]) == 1
+    assert b.recorded[-1] == ("salesforce", [True])
 
 
 async def test_a_failure_forgets_the_cached_verdict_and_stays_suspect_for_a_minute() -> None:
     g, b, clock = gate()
     await g.ask("salesforce")
-    await g.report("salesforce", [False], probe=False)
+    await g.report("salesforce", [False], probe=False, tripped=True)
     await g.ask("salesforce")
     assert b.asked == 2  # asked at once after a failure
     clock.advance(SUSPECT_MS / 1000)

@@ -146,7 +146,7 @@ def test_absurd_retry_after_is_bounded(
 ) -> None:
     hs = hubspot.quota_block(429, {"Retry-After": retry_after, **HUBSPOT_WINDOW}, None, now=NOW)
     sf = salesforce.quota_block(429, {"Retry-After": retry_after}, None, now=NOW)
-    assert (hs, sf) == (pytest.approx(hubspot_wait), pytest.approx(salesforce_wait))
+    assert hs == pytest.approx(hubspot_wait) and sf == pytest.approx(salesforce_wait)
     limited = hubspot.error_for(429, {"Retry-After": retry_after, **HUBSPOT_WINDOW}, None)
     assert limited.retry_after == pytest.approx(hubspot_wait)  # type: ignore[attr-defined]
 

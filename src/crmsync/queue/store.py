@@ -42,6 +42,15 @@ class Band(IntEnum):
 # limit linearly over half a minute.
 SLOW_FACTOR = 0.5
 SLOW_SECONDS = 30.0
+# What `connections resume` clears of a connection's state hash.
+RESUME_CLEARS = (
+    "paused",
+    "blocked_until_ms",
+    "blocked_reason",
+    "slow_until_ms",
+    "slow_ms",
+    "slow_factor",
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class QueueDepth:
     requeue: int
     paused: str | None
     blocked_until_ms: int | None
+    blocked_reason: str | None
     breaker: str
     breaker_failures: int
     breaker_opened_ms: int | None
@@ -98,9 +108,10 @@ def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
 
 
-def _block_args(seconds: float, *, slow: bool) -> list[Arg]:
+def _block_args(seconds: float, *, slow: bool, reason: str = "") -> list[Arg]:
     slow_ms = math.ceil(SLOW_SECONDS * 1000) if slow else 0
-    return [max(0, math.ceil(seconds * 1000)), slow_ms, repr(SLOW_FACTOR)]
+    ms = max(0, math.ceil(seconds * 1000)) if math.isfinite(seconds) else 0
+    return [ms, slow_ms, repr(SLOW_FACTOR), reason[:500]]
 
 
 def _limits_spec(windows: Sequence[RateWindow]) -> str:
@@ -308,20 +319,22 @@ class QueueStore:
         outcomes: Sequence[bool] = (),
         counters: Mapping[str, int] | None = None,
         block: float = 0.0,
-    ) -> None:
+        block_reason: str = "",
+    ) -> str | None:
         """Everything a processed claim hands back, in one pipelined round trip:
         a block the CRM's quota headers asked for (``block`` seconds, as
-        ``block()`` without slowing), ack (with refund), retry, release, breaker
-        report and counters, in that order. ``ack``, ``retry_later``, ``release``
-        and ``report`` are this with one part; the config is read only for the
-        parts that need it."""
+        ``block()`` without slowing, ``block_reason`` shown in status), ack (with
+        refund), retry, release, breaker report and counters, in that order.
+        ``ack``, ``retry_later``, ``release`` and ``report`` are this with one
+        part; the config is read only for the parts that need it. Returns the
+        connection's breaker state after the report (None: no report)."""
         cid = claim.connection_id
         ck = keys.connection(cid)
         ks = ck.script_keys()
         refund = max(0, min(refund, claim.permits))
         calls: list[tuple[str, Sequence[str], list[Arg]]] = []
         if block > 0:  # first: the ids released below must find the connection held
-            calls.append(("block", ks, _block_args(block, slow=False)))
+            calls.append(("block", ks, _block_args(block, slow=False, reason=block_reason)))
         if ack or refund:
             cfg = await self._config_for(cid)
             args: list[Arg] = [claim.token, refund, claim.admitted_ms, len(cfg.enforced)]
@@ -342,13 +355,16 @@ class QueueStore:
             calls, extra=[("HINCRBY", ck.stats, f, n) for f, n in (counters or {}).items() if n]
         )
         wake = False
+        breaker: str | None = None
         for (name, _, _), res in zip(calls, results, strict=True):
             if name == "report":
-                wake = wake or (claim.probe and _text(res) == "closed")
+                breaker = _text(res)
+                wake = wake or (claim.probe and breaker == "closed")
             elif name != "block":
                 wake = wake or int(res) > 0
         if wake:
             await self.wakeups.publish([cid])
+        return breaker
 
     async def retry_later(self, claim: Claim, delays: Mapping[str, float]) -> None:
         """Leased ids wait ``delays[id]`` seconds in ``delayed``, band kept."""
@@ -369,13 +385,16 @@ class QueueStore:
         The others wait for a probe's verdict: a probe that closes the breaker wakes them."""
         await self.finish(claim, outcomes=outcomes)
 
-    async def block(self, connection_id: str, seconds: float, *, slow: bool = False) -> None:
-        """Hold the connection back for every worker for ``seconds``. ``slow``
-        (a CRM's 429: its view of the limit differs, e.g. other apps share the
-        quota): claims then also run at ``SLOW_FACTOR`` of every limit, growing
-        back to the whole limit over ``SLOW_SECONDS``."""
+    async def block(
+        self, connection_id: str, seconds: float, *, slow: bool = False, reason: str = ""
+    ) -> None:
+        """Hold the connection back for every worker for ``seconds`` (``reason``:
+        the CRM's words, shown in status). ``slow`` (a CRM's 429: its view of the
+        limit differs, e.g. other apps share the quota): claims then also run at
+        ``SLOW_FACTOR`` of every limit, growing back to the whole limit over
+        ``SLOW_SECONDS``."""
         ks = keys.connection(connection_id).script_keys()
-        await self.scripts.call("block", ks, _block_args(seconds, slow=slow))
+        await self.scripts.call("block", ks, _block_args(seconds, slow=slow, reason=reason))
 
     async def pause(self, connection_id: str, reason: str) -> None:
         reason = reason or "paused"
@@ -387,10 +406,12 @@ class QueueStore:
         await self.redis.hset(keys.connection(connection_id).state, "paused", reason)
 
     async def resume(self, connection_id: str) -> None:
+        """Send again: not paused, and not blocked or slowed by a CRM's answer
+        (an operator's word overrides a wait a CRM asked for)."""
         cfg = self._config.get(connection_id)
         if cfg is not None:
             self._config[connection_id] = _Config(cfg.windows, cfg.threshold, cfg.recovery_ms, None)
-        await self.redis.hdel(keys.connection(connection_id).state, "paused")
+        await self.redis.hdel(keys.connection(connection_id).state, *RESUME_CLEARS)
         await self.wakeups.publish([connection_id])
 
     # -- operators ----------------------------------------------------------------
@@ -428,6 +449,7 @@ class QueueStore:
             requeue=int(requeue),
             paused=state.get("paused"),
             blocked_until_ms=blocked if blocked > now else None,
+            blocked_reason=state.get("blocked_reason") if blocked > now else None,
             breaker=state.get("br_state", "closed"),
             breaker_failures=int(state.get("br_failures", "0")),
             breaker_opened_ms=opened or None,

@@ -19,6 +19,14 @@
 
 The lease is renewed while the claim runs. Anything that stops a claim midway
 (Redis or PostgreSQL failing, shutdown) gives its ids back, no attempt burned.
+Anything else that raises while a claim is handled (a bug meeting an unusual
+answer or contact) is caught at one place per step and becomes the outcome of
+the ids concerned (``Unhandled``: an attempt with the error text, the retry
+policy, dead letters at the end), so no id goes back to the queue for ever.
+
+Operators hear what changes a connection's course, once per claim at most, as
+warnings (``crmsync.logs``, see ``events.py``): a pause, a 429 block and its
+wait, breakers opening and closing, dead letters.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-import structlog
 from redis.exceptions import RedisError
 
 from crmsync import counters
@@ -35,18 +42,20 @@ from crmsync.clock import Clock
 from crmsync.connections import Connection
 from crmsync.crm.base import CrmAdapter, Op, SendResult
 from crmsync.errors import CrmError, Retryable
+from crmsync.logs import get_logger
 from crmsync.queue.store import Claim
 from crmsync.retry import RetryPolicy
 from crmsync.settings import Settings
+from crmsync.worker import events
 from crmsync.worker.crm_gate import CrmGate
 from crmsync.worker.inflight import Gate, InFlight
-from crmsync.worker.outcome import Outcome, sort_result
+from crmsync.worker.outcome import Outcome, sort_result, unhandled
 from crmsync.worker.permits import ClaimPermits, NoPermit, Permits
-from crmsync.worker.plan import plan_claim
+from crmsync.worker.plan import Plan, plan_claim
 from crmsync.worker.ports import Ledger, LedgerUnavailable, Store
 from crmsync.worker.slots import Slots
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 CLAIM_RETRY_MS = 1000  # a claim that failed (Redis down or flushed) is tried again this soon
 
@@ -124,19 +133,26 @@ class Claims:
             if not claim.ids:
                 return
             try:
-                outcomes = await self._process(conn, adapter, claim, batch)
+                outcomes, tripped = await self._process(conn, adapter, claim, batch)
             except (RedisError, OSError, LedgerUnavailable) as exc:
                 # The work was released (or its lease will expire): nothing lost.
                 log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
                 return
-            await self.crm_gate.report(conn.crm, outcomes, probe=verdict.probe)
+            await self.crm_gate.report(conn.crm, outcomes, probe=verdict.probe, tripped=tripped)
+        except (RedisError, OSError) as exc:  # the CRM-wide breaker's Redis
+            log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
+        except Exception:
+            # What _process could not turn into outcomes (a bug in recording them):
+            # its ids were given back; say so loudly, once.
+            log.exception("worker.claim_crashed", connection=conn.id)
         finally:
             self.slots.free(conn.id, held)
 
     async def _process(
         self, conn: Connection, adapter: CrmAdapter, claim: Claim, batch: int
-    ) -> list[bool]:
-        """Load, plan, send, sort, record; the breaker outcomes of its requests."""
+    ) -> tuple[list[bool], bool]:
+        """Load, plan, send, sort, record: the breaker outcomes of its requests, and
+        whether they opened the connection's breaker."""
         renew = asyncio.create_task(self._renew(claim))
         done = False
         try:
@@ -145,31 +161,15 @@ class Claims:
             except LedgerUnavailable:
                 await self.store.release(claim, claim.ids)
                 done = True
-                return []
-            plan = plan_claim(conn.crm, items, batch)
-            out = Outcome.of_plan(plan)
-            sent = plan.requests[: claim.permits]
-            out.release_requests(plan.requests[claim.permits :])
-            if sent:
-                # Re-admitted at the time of sending when the read took long.
-                claim = await self.permits.readmit_if_late(claim, len(sent))
-                out.release_requests(sent[claim.permits :])
-                sent = sent[: claim.permits]
-            if sent:
-                now = self.clock.now_ms()
-                out.counts[counters.latency_field(now - claim.admitted_ms, "lag")] += len(sent)
-                self.inflight.sending(conn.id, now)
-            gate = self.inflight.gate(conn)
-            # No windows: no permits to move or take.
-            permits = ClaimPermits(conn.id, claim.admitted_ms, len(sent)) if conn.windows else None
-            results = await asyncio.gather(
-                *(self._send(adapter, r.ops, permits, gate) for r in sent)
-            )
-            acked_ms = self.clock.now_ms()
-            for req, (res, ms, waited) in zip(sent, results, strict=True):
-                out.counts[counters.latency_field(ms)] += 1
-                out.counts[counters.HELD] += waited
-                sort_result(out, req, res, self.policy, acked_ms)
+                return [], False
+            try:
+                plan: Plan | None = plan_claim(conn.crm, items, batch)
+            except Exception as exc:  # a bug met a contact: each id gets its attempt
+                log.exception("worker.plan_failed", connection=conn.id)
+                plan = None
+                out = Outcome.failed(items, unhandled(exc, "deciding what to send"), self.policy)
+            if plan is not None:
+                out, claim = await self._send_plan(conn, adapter, claim, plan)
             if out.pause is not None:
                 # Paused for every worker: Redis at once, PostgreSQL for good.
                 await self.store.pause(conn.id, out.pause)
@@ -177,16 +177,48 @@ class Claims:
             if out.limited_for:
                 # The CRM's view of the limit differs from ours: everyone waits
                 # (and runs slower for a while), at once, one call for the claim.
-                await self.store.block(conn.id, out.limited_for, slow=True)
-            await self._record(conn, claim, out, refund=claim.permits - len(sent))
+                why = out.limited_why or "rate limited by the CRM"
+                await self.store.block(conn.id, out.limited_for, slow=True, reason=why)
+            breaker = await self._record(conn, claim, out, refund=claim.permits - out.sent)
             done = True
-            return out.outcomes
+            tripped = breaker == "open" and False in out.outcomes and not claim.probe
+            events.claim_done(log, conn, out, breaker, probe=claim.probe, tripped=tripped)
+            return out.outcomes, tripped
         finally:
             renew.cancel()
             if not done:
                 # Cancelled (shutdown) or failed: give the work back, no attempt burned.
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.store.release(claim, claim.ids))
+
+    async def _send_plan(
+        self, conn: Connection, adapter: CrmAdapter, claim: Claim, plan: Plan
+    ) -> tuple[Outcome, Claim]:
+        """Send what the plan holds, on the claim's permits; each request's result
+        sorted into the claim's outcome. The claim as re-admitted, if it was."""
+        out = Outcome.of_plan(plan)
+        sent = plan.requests[: claim.permits]
+        out.release_requests(plan.requests[claim.permits :])
+        if sent:
+            # Re-admitted at the time of sending when the read took long.
+            claim = await self.permits.readmit_if_late(claim, len(sent))
+            out.release_requests(sent[claim.permits :])
+            sent = sent[: claim.permits]
+        out.sent = len(sent)
+        if sent:
+            now = self.clock.now_ms()
+            out.counts[counters.latency_field(now - claim.admitted_ms, "lag")] += len(sent)
+            self.inflight.sending(conn.id, now)
+        gate = self.inflight.gate(conn)
+        # No windows: no permits to move or take.
+        permits = ClaimPermits(conn.id, claim.admitted_ms, len(sent)) if conn.windows else None
+        results = await asyncio.gather(*(self._send(adapter, r.ops, permits, gate) for r in sent))
+        acked_ms = self.clock.now_ms()
+        for req, (res, ms, waited) in zip(sent, results, strict=True):
+            out.counts[counters.latency_field(ms)] += 1
+            out.counts[counters.HELD] += waited
+            sort_result(out, req, res, self.policy, acked_ms)
+        return out, claim
 
     async def _send(
         self,
@@ -210,6 +242,9 @@ class Claims:
             res: SendResult | CrmError = await adapter.send(ops, watch)
         except CrmError as exc:
             res = exc
+        except Exception as exc:  # the adapter met something it did not expect
+            log.exception("worker.send_failed")
+            res = unhandled(exc, "sending or reading the answer")
         finally:
             gate.release()
         ms = (self.clock.monotonic() - t0) * 1000.0
@@ -220,15 +255,19 @@ class Claims:
             gate.sample(ms, self.clock.now_ms())
         return res, ms, waited
 
-    async def _record(self, conn: Connection, claim: Claim, out: Outcome, *, refund: int) -> None:
-        """Ledger first, then the hand-back to Redis."""
+    async def _record(
+        self, conn: Connection, claim: Claim, out: Outcome, *, refund: int
+    ) -> str | None:
+        """Ledger first, then the hand-back to Redis; the connection's breaker
+        state after the claim's report."""
+        why = "the CRM's quota headers say its quota is spent" if out.block_for else ""
         try:
             await self.ledger.record(conn.id, out.ledger, out.dead)
         except LedgerUnavailable:
             # Nothing recorded: give everything back; the CRM calls were idempotent.
-            await self.store.finish(claim, release=claim.ids, block=out.block_for)
-            return
-        await self.store.finish(
+            await self.store.finish(claim, release=claim.ids, block=out.block_for, block_reason=why)
+            return None
+        return await self.store.finish(
             claim,
             ack=out.ack,
             refund=max(0, refund),
@@ -237,6 +276,7 @@ class Claims:
             outcomes=out.outcomes,
             counters=out.counts,
             block=out.block_for,
+            block_reason=why,
         )
 
     async def _renew(self, claim: Claim) -> None:

@@ -8,8 +8,16 @@ so this gate caches the verdict: a closed breaker is asked again after
 deadline). When the breaker lets exactly one probe through (half-open), that
 claim carries one request, and its outcome decides.
 
-Outcomes are reported only while they can matter: a failure, a probe, or any
-request of a CRM that failed in this process within ``SUSPECT_MS`` (a success
+The CRM-wide breaker hears connections, not requests: a claim that opened its
+connection's breaker is one failure, a claim with any success is one success.
+So it opens only when ``threshold`` connections of the CRM failed in a row with
+no success anywhere in between: one account misbehaving (a bad base URL, an
+account-specific outage, hostile answers) opens its own breaker and never
+holds back the CRM's other accounts. The CRM's half-open probe is the
+exception: that one request decides, as a request.
+
+Outcomes are reported only while they can matter: a failure, a probe, or a
+success of a CRM that failed in this process within ``SUSPECT_MS`` (a success
 resets the breaker's failure count; otherwise it has nothing to reset).
 """
 
@@ -18,12 +26,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import structlog
-
 from crmsync.clock import Clock
+from crmsync.logs import get_logger
 from crmsync.worker.ports import Breaker
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 CLOSED_RECHECK_MS = 50.0
 SUSPECT_MS = 60_000.0
@@ -70,12 +77,25 @@ class CrmGate:
         failed = self._failed_at.get(crm)
         return failed is not None and self.clock.now_ms() - failed < SUSPECT_MS
 
-    async def report(self, crm: str, outcomes: Sequence[bool], *, probe: bool) -> None:
-        """A claim's breaker outcomes (True answered, False 5xx/timeout/connection).
-        A probe that sent nothing proves nothing: its slot expires."""
-        if not outcomes or not (probe or False in outcomes or self._suspect(crm)):
+    async def report(
+        self, crm: str, outcomes: Sequence[bool], *, probe: bool, tripped: bool = False
+    ) -> None:
+        """A claim's breaker outcomes (True answered, False failed or misbehaved)
+        and whether they opened its connection's breaker (``tripped``). A probe
+        that sent nothing proves nothing: its slot expires."""
+        if probe:
+            heard = list(outcomes)
+        elif tripped:
+            heard = [False]
+        else:
+            heard = [True] if True in outcomes else []
+        if not heard or not (probe or False in heard or self._suspect(crm)):
             return
-        await self.breaker.record(crm, outcomes)
-        if False in outcomes:
+        state = await self.breaker.record(crm, heard)
+        if False in heard:
             self._failed_at[crm] = self.clock.now_ms()
             self._cache.pop(crm, None)
+            if state == "open":
+                log.warning("crm.breaker_opened", crm=crm, probe=probe)
+        elif probe and state == "closed":
+            log.warning("crm.breaker_closed", crm=crm)

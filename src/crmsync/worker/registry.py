@@ -76,10 +76,13 @@ class Registry:
                     conn.crm,
                     base_url=conn.base_url,
                     token=conn.token,
-                    # The global timeout unless the connection sets its own.
+                    # The global timeout unless the connection sets its own; the
+                    # bounds on what a CRM sends back are the operator's alone.
                     settings={
                         "timeout_seconds": self.settings.http_timeout_seconds,
                         **conn.settings,
+                        "max_block_seconds": self.settings.max_block_seconds,
+                        "max_body_bytes": self.settings.max_body_bytes,
                     },
                     session=self.session,
                 )

@@ -4,6 +4,7 @@ ARGV[1] block for this many ms from now; an existing later block is kept
 ARGV[2] slow_ms: after a CRM's 429, claim at a lower rate for this long (0 = not)
 ARGV[3] slow_factor: the share of every window's limit right after the 429; it
         grows back linearly to the whole limit over slow_ms (claim.lua)
+ARGV[4] why (the CRM's words), kept with the block that wins; '' = none given
 Returns blocked_until_ms.
 ]]
 local now = now_ms()
@@ -16,7 +17,7 @@ end
 local until_ms = now + math.max(0, math.floor(tonumber(ARGV[1])))
 local cur = tonumber(redis.call('HGET', KEYS[7], 'blocked_until_ms'))
 if cur == nil or cur < until_ms then
-  redis.call('HSET', KEYS[7], 'blocked_until_ms', until_ms)
+  redis.call('HSET', KEYS[7], 'blocked_until_ms', until_ms, 'blocked_reason', ARGV[4] or '')
 else
   until_ms = cur
 end
