@@ -72,18 +72,35 @@ def _apply(crm: str, operation: Literal["create", "update"], contact: Contact) -
     return Decision("skip", name)
 
 
+def in_crm(state: LedgerRow | None) -> bool:
+    """The CRM holds the contact's record and the ledger knows its id."""
+    return state is not None and state.external_id is not None and state.status != "deleted"
+
+
+# Ledger states in which a send may have reached the CRM without us learning the
+# record's id: a create that timed out or lost its answer (retrying, dead), or a
+# 2xx that carried no id (synced, from before answers had to name the record).
+_MAYBE_SENT = frozenset({"retrying", "dead", "synced"})
+
+
+def maybe_in_crm(state: LedgerRow | None) -> bool:
+    """The CRM may hold a record of the contact whose id the ledger does not know:
+    such a record is found by our id (a delete by external id, a lookup before a
+    create where a create is not an upsert)."""
+    return state is not None and state.external_id is None and state.status in _MAYBE_SENT
+
+
 def decide(crm: str, contact: Contact | None, state: LedgerRow | None) -> Decision:
     """Create, update, delete, skip (with the rule's name) or do nothing."""
     if crm not in RULES:
         raise ValueError(f"no sync rules for CRM {crm!r}; known: {', '.join(RULES)}")
-    in_crm = state is not None and state.external_id is not None and state.status != "deleted"
     if contact is None or contact.deleted:
-        # A create that failed with a timeout or a lost answer may have reached the
-        # CRM without us learning its id: delete by our id (a 404 is a success).
-        maybe_in_crm = (
-            state is not None and state.external_id is None and state.status in ("retrying", "dead")
-        )
-        if in_crm or maybe_in_crm:
+        # Delete whenever the CRM may hold the record: by its id when the ledger
+        # knows it, else by our id (an idempotent delete answered 404 costs one
+        # request; a forgotten record costs the user's trust). No ledger row at all
+        # for a queued contact counts: a worker may have died after its send
+        # reached the CRM and before it wrote the ledger.
+        if state is None or in_crm(state) or maybe_in_crm(state):
             return Decision("delete", rule_name(crm, "delete"))
         return Decision("noop", None)
     # This version was already synced, or deliberately skipped.
@@ -94,7 +111,8 @@ def decide(crm: str, contact: Contact | None, state: LedgerRow | None) -> Decisi
         and state.synced_version >= contact.version
     ):
         return Decision("noop", None)
-    if not in_crm:
-        # Never created there (or skipped, or deleted there and revived here).
+    if not in_crm(state):
+        # Never created there (or skipped, or deleted there and revived here, or
+        # maybe created without us learning the id: see ``maybe_in_crm``).
         return _apply(crm, "create", contact)
     return _apply(crm, "update", contact)

@@ -274,3 +274,39 @@ async def test_every_request_of_a_send_reports_to_its_watch(
     sent = mock.account_stats(crm, ACCOUNTS[crm])["requests"] - before
     assert sent > 1 and events == ["written"] + ["permit"] * (sent - 1)
     assert not fields_of(mock, crm)
+
+
+@pytest.mark.parametrize("crm", CRMS)
+async def test_a_create_that_may_have_reached_the_crm_never_makes_a_second_record(
+    mock: MockHandle, session: aiohttp.ClientSession, crm: str
+) -> None:
+    """The ledger says an earlier create may have reached the CRM (its answer was
+    lost): HubSpot looks the contact up by crmsync_id and updates it; Salesforce's
+    upsert by external id is one already. Nothing there yet: created once."""
+    a = adapter(mock, session, crm)
+    first = (await a.send([Op("create", "c1", contact(1), None)])).results[0]
+    assert first.ok
+    again = Op("create", "c1", contact(1, last="Again"), None, maybe_exists=True)
+    res = (await a.send([again])).results[0]
+    assert res.ok and res.external_id == first.external_id and res.created is False
+    fresh = (await a.send([Op("create", "c2", contact(2), None, maybe_exists=True)])).results[0]
+    assert fresh.ok and fresh.created is True
+    records = fields_of(mock, crm)
+    assert sorted(records) == ["c1", "c2"] and len(mock.records(crm, ACCOUNTS[crm])) == 2
+    last = records["c1"]["LastName" if crm == "salesforce" else "lastname"]
+    assert last == "Again"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("crm", CRMS)
+async def test_a_delete_without_the_crm_id_goes_by_our_id(
+    mock: MockHandle, session: aiohttp.ClientSession, crm: str, mode: str
+) -> None:
+    """No CRM id in the ledger (a lost answer, a worker killed before its ledger
+    write, a 2xx without an id): the delete finds the record by our id; one
+    that is not there is a success at the cost of one request."""
+    a = adapter(mock, session, crm)
+    await send_all(a, [Op("create", f"c{i}", contact(i), None) for i in (1, 2)], "single")
+    deletes = [Op("delete", f"c{i}", None, None) for i in (1, 2, 3)]
+    results = await send_all(a, deletes, mode)
+    assert all(r.ok for r in results) and fields_of(mock, crm) == {}

@@ -134,9 +134,11 @@ async def system(
         update={
             "retry_base_seconds": 0.05,
             "retry_cap_seconds": 0.2,
-            # Enough that 30% transient errors never exhaust a batch by chance
-            # (0.3 ** 10: 6 in a million); permanent errors are not retried at all.
-            "retry_attempts": 10,
+            # Enough that 30% transient errors never exhaust a record by chance: a
+            # retried HubSpot create is two requests (a lookup by crmsync_id first),
+            # failing 51% of the time (0.51 ** 20: 1 in a million); permanent
+            # errors are not retried at all.
+            "retry_attempts": 20,
             "breaker_recovery_seconds": 0.5,
             "worker_concurrency": 50,
             "lease_seconds": 5.0,

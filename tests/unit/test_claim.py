@@ -436,7 +436,7 @@ async def test_after_a_failure_the_crm_breaker_hears_successes_too() -> None:
     failure lately, and not otherwise (one Redis call saved per claim)."""
     r = Rig(connection(), adapter=FakeAdapter(answer=raising(E503)))
     r.given(contact("c1"))
-    r.queue.breaker_state = "open"  # this claim's failure opened the connection's breaker
+    r.queue.breaker_state = "opened"  # this claim's failure opened the connection's breaker
     await r.run()
     r.queue.breaker_state = "closed"
     r.adapter.answer = ok

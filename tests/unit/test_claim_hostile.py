@@ -112,7 +112,7 @@ async def test_breaker_opening_and_closing_are_heard_for_the_connection_and_the_
     r = Rig(connection(), adapter=FakeAdapter(answer=_raise(Retryable("down", status=503))))
     r.breaker.state_after = "open"
     r.given(contact("c1"))
-    r.queue.breaker_state = "open"
+    r.queue.breaker_state = "opened"
     with capture_logs() as logs:
         await r.run()
     assert len(events(logs, "connection.breaker_opened")) == 1

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from crmsync.model import Contact, LedgerRow
-from crmsync.rules import RULES, Decision, decide, rule_name, rule_table
+from crmsync.rules import RULES, Decision, decide, maybe_in_crm, rule_name, rule_table
 
 BASE = Contact(
     id="c1",
@@ -34,6 +34,9 @@ RETRYING_CREATE = LedgerRow(external_id=None, synced_version=None, status="retry
 RETRYING_UPDATE = LedgerRow(external_id="X1", synced_version=2, status="retrying")
 DEAD_UPDATE = LedgerRow(external_id="X1", synced_version=2, status="dead")
 DELETED_IN_CRM = LedgerRow(external_id="X1", synced_version=3, status="deleted")
+DELETED_BY_OUR_ID = LedgerRow(external_id=None, synced_version=3, status="deleted")
+SYNCED_NO_ID = LedgerRow(external_id=None, synced_version=2, status="synced")
+DEAD_CREATE = LedgerRow(external_id=None, synced_version=None, status="dead")
 
 CASES: list[tuple[str, str, Contact | None, LedgerRow | None, Decision]] = [
     # never synced -> create, by the create rule
@@ -157,7 +160,44 @@ CASES: list[tuple[str, str, Contact | None, LedgerRow | None, Decision]] = [
         RETRYING_UPDATE,
         Decision("delete", "salesforce.delete.always"),
     ),
-    ("delete never synced", "salesforce", contact(deleted=True), None, Decision("noop", None)),
+    # No ledger row for a queued contact: a worker may have died between its send and
+    # its ledger write; the delete goes by our id (404 = nothing there: one request).
+    (
+        "delete without a ledger row",
+        "salesforce",
+        contact(deleted=True),
+        None,
+        Decision("delete", "salesforce.delete.always"),
+    ),
+    (
+        "hard delete without a ledger row",
+        "hubspot",
+        None,
+        None,
+        Decision("delete", "hubspot.delete.always"),
+    ),
+    # A 2xx that carried no CRM id: the record is there, found by our id.
+    (
+        "delete synced without id",
+        "hubspot",
+        None,
+        SYNCED_NO_ID,
+        Decision("delete", "hubspot.delete.always"),
+    ),
+    (
+        "delete dead create",
+        "hubspot",
+        contact(deleted=True),
+        DEAD_CREATE,
+        Decision("delete", "hubspot.delete.always"),
+    ),
+    (
+        "update synced without id",
+        "hubspot",
+        contact(),
+        SYNCED_NO_ID,
+        Decision("create", "hubspot.create.has_company"),
+    ),
     ("delete skipped create", "hubspot", None, SKIPPED_CREATE_V2, Decision("noop", None)),
     # A create that timed out may have reached the CRM: delete by our id to be sure.
     (
@@ -172,6 +212,13 @@ CASES: list[tuple[str, str, Contact | None, LedgerRow | None, Decision]] = [
         "salesforce",
         contact(deleted=True),
         DELETED_IN_CRM,
+        Decision("noop", None),
+    ),
+    (
+        "delete already deleted by our id",
+        "hubspot",
+        None,
+        DELETED_BY_OUR_ID,
         Decision("noop", None),
     ),
     # deleted in the CRM, revived here -> created again
@@ -199,6 +246,40 @@ CASES: list[tuple[str, str, Contact | None, LedgerRow | None, Decision]] = [
 )
 def test_decide(crm: str, row: Contact | None, state: LedgerRow | None, expected: Decision) -> None:
     assert decide(crm, row, state) == expected
+
+
+# Where the CRM may hold a record whose id the ledger does not know: a create looks
+# it up first (HubSpot: a single create is not an upsert), a delete goes by our id.
+MAYBE = [
+    ("never sent", None, False),
+    ("create retrying", RETRYING_CREATE, True),
+    ("create dead", DEAD_CREATE, True),
+    ("synced without id", SYNCED_NO_ID, True),
+    ("synced with id", SYNCED_V2, False),
+    ("skipped create", SKIPPED_CREATE_V2, False),
+    ("deleted by our id", DELETED_BY_OUR_ID, False),
+    ("update retrying", RETRYING_UPDATE, False),
+]
+
+
+@pytest.mark.parametrize(("state", "maybe"), [c[1:] for c in MAYBE], ids=[c[0] for c in MAYBE])
+def test_maybe_in_crm(state: LedgerRow | None, maybe: bool) -> None:
+    assert maybe_in_crm(state) is maybe
+
+
+@pytest.mark.parametrize(("state", "maybe"), [c[1:] for c in MAYBE], ids=[c[0] for c in MAYBE])
+def test_a_create_that_may_have_reached_the_crm_says_so(
+    state: LedgerRow | None, maybe: bool
+) -> None:
+    from crmsync.model import Claimed
+    from crmsync.worker.plan import plan_claim
+
+    plan = plan_claim("hubspot", [Claimed("c1", contact(version=9), state)], 1)
+    ops = [op for r in plan.requests for op in r.ops]
+    if ops and ops[0].kind == "create":
+        assert ops[0].maybe_exists is maybe
+    else:
+        assert not maybe
 
 
 def test_unknown_crm_is_named() -> None:

@@ -327,7 +327,8 @@ class QueueStore:
         refund), retry, release, breaker report and counters, in that order.
         ``ack``, ``retry_later``, ``release`` and ``report`` are this with one
         part; the config is read only for the parts that need it. Returns the
-        connection's breaker state after the report (None: no report)."""
+        connection's breaker state after the report (None: no report; "opened":
+        this report opened it)."""
         cid = claim.connection_id
         ck = keys.connection(cid)
         ks = ck.script_keys()

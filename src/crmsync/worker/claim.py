@@ -181,8 +181,9 @@ class Claims:
                 await self.store.block(conn.id, out.limited_for, slow=True, reason=why)
             breaker = await self._record(conn, claim, out, refund=claim.permits - out.sent)
             done = True
-            tripped = breaker == "open" and False in out.outcomes and not claim.probe
-            events.claim_done(log, conn, out, breaker, probe=claim.probe, tripped=tripped)
+            # A failed probe re-opens: the same outage, not one more failing connection.
+            tripped = breaker == "opened" and not claim.probe
+            events.claim_done(log, conn, out, breaker, probe=claim.probe)
             return out.outcomes, tripped
         finally:
             renew.cancel()

@@ -21,9 +21,10 @@ DEAD_IDS_LOGGED = 5
 
 
 def claim_done(
-    log: Any, conn: Connection, out: Outcome, breaker: str | None, *, probe: bool, tripped: bool
+    log: Any, conn: Connection, out: Outcome, breaker: str | None, *, probe: bool
 ) -> None:
-    """Log what this claim changed for its connection."""
+    """Log what this claim changed for its connection (``breaker``: the state its
+    report left the connection's breaker in, "opened" when it opened it)."""
     where = {"connection": conn.id, "crm": conn.crm, "tenant": conn.tenant}
     if out.pause is not None:
         log.warning("connection.paused", **where, reason=out.pause)
@@ -36,9 +37,9 @@ def claim_done(
         )
     if out.block_for >= QUOTA_LOG_SECONDS:
         log.warning("connection.quota_spent", **where, wait_s=round(out.block_for, 3))
-    if tripped:
+    if breaker == "opened":
         failed = sum(1 for ok in out.outcomes if not ok)
-        log.warning("connection.breaker_opened", **where, failed_requests=failed)
+        log.warning("connection.breaker_opened", **where, failed_requests=failed, probe=probe)
     elif probe and breaker == "closed":
         log.warning("connection.breaker_closed", **where)
     if out.dead:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from crmsync.crm.base import Op
 from crmsync.model import Claimed, LedgerWrite
-from crmsync.rules import decide
+from crmsync.rules import decide, maybe_in_crm
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,8 @@ def plan_claim(crm: str, items: list[Claimed], batch: int) -> Plan:
         else:
             assert it.contact is not None  # create and update send the current row
             ext = it.ledger.external_id if it.ledger else None
-            upserts.append(Op(d.action, it.contact_id, it.contact, ext))
+            maybe = d.action == "create" and maybe_in_crm(it.ledger)
+            upserts.append(Op(d.action, it.contact_id, it.contact, ext, maybe))
     requests: list[Request] = []
     for ops in (upserts, deletes):
         for i in range(0, len(ops), batch):
