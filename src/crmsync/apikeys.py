@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from crmsync import clock, db
-from crmsync.contacts import ID_RE
+from crmsync.contacts import ID_RULE, is_id
 from crmsync.errors import UserError
 
 Role = Literal["admin", "writer", "reader"]
@@ -73,8 +73,8 @@ def check_scope(role: str, tenant: str | None) -> tuple[Role, str | None]:
         return "admin", None
     if tenant is None:
         raise UserError("--tenant is required for a writer or reader key (or give --admin)")
-    if not ID_RE.match(tenant):
-        raise UserError(f"--tenant {tenant!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    if not is_id(tenant):
+        raise UserError(f"--tenant {tenant!r} must be {ID_RULE}")
     return ("writer" if role == "writer" else "reader"), tenant
 
 

@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 
 from crmsync import db, redact
-from crmsync.contacts import ID_RE
+from crmsync.contacts import ID_RULE, is_id
 from crmsync.errors import UserError
 from crmsync.ratelimit import RateWindow, format_rate, parse_rate_limit
 from crmsync.vault import Keyring
@@ -128,6 +128,25 @@ class Connection:
         return max(1, min(self._int_setting("max_in_flight", default), default))
 
 
+def parse_base_url(base_url: str) -> str:
+    """A CRM's base URL: http(s), a host, no credentials (they would be stored and
+    shown in clear: the token is the credential, sealed at rest)."""
+    shown = redact.text(base_url.strip())[:200]
+    try:
+        parts = urlsplit(base_url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise UserError(f"--base-url {shown!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"--base-url {shown!r} must be an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise UserError(
+            "--base-url must not carry credentials (user:password@host): give the "
+            "CRM's token with --token, which is stored encrypted"
+        )
+    return base_url.strip().rstrip("/")
+
+
 def parse_connection(
     *,
     id: str,
@@ -140,19 +159,17 @@ def parse_connection(
     settings: Sequence[str] = (),
 ) -> Connection:
     """Validate the flags of ``connections add``; each problem names its flag."""
-    if not ID_RE.match(id):
-        raise UserError(f"connection id {id!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
-    if not ID_RE.match(tenant):
-        raise UserError(f"--tenant {tenant!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    if not is_id(id):
+        raise UserError(f"connection id {id!r} must be {ID_RULE}")
+    if not is_id(tenant):
+        raise UserError(f"--tenant {tenant!r} must be {ID_RULE}")
     crm = crm.strip().lower()
     if crm not in CRMS:
         raise UserError(f"--crm {crm!r} must be one of {', '.join(CRMS)}")
     account = account.strip()
     if not account or len(account) > 255:
         raise UserError("--account must be 1-255 characters naming the CRM account")
-    parts = urlsplit(base_url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UserError(f"--base-url {base_url!r} must be an http:// or https:// URL")
+    url = parse_base_url(base_url)
     if not token.strip():
         raise UserError("--token must not be empty")
     return Connection(
@@ -160,7 +177,7 @@ def parse_connection(
         tenant=tenant,
         crm=crm,
         account=account,
-        base_url=base_url.strip().rstrip("/"),
+        base_url=url,
         token=token.strip(),
         windows=tuple(
             RateWindow(w["limit"], w["window_ms"]) for w in rate_limits_json(rate_limits, crm)

@@ -15,9 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 # Contact ids (and connection ids, tenants) become CRM external ids and URL
-# path segments, so they stay within characters every CRM accepts unescaped.
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+# path segments, so they stay within characters every CRM accepts unescaped,
+# and hold one character other than a dot: ".", ".." (any id of dots only) are
+# what a URL normaliser would drop or resolve, sending the request elsewhere.
+# Every pattern is matched whole: Python with ``fullmatch`` (``$`` alone would
+# let a trailing newline through), pydantic's engine ends ``$`` at the end.
+ID_PATTERN = r"^[A-Za-z0-9_.:-]*[A-Za-z0-9_:-][A-Za-z0-9_.:-]*$"
 ID_RE = re.compile(ID_PATTERN)
+ID_MAX = 64
+ID_RULE = "1-64 characters of A-Z a-z 0-9 _ . : - (not only dots)"
 DEFAULT_TENANT = "default"
 STATUSES: tuple[str, ...] = ("active", "inactive", "lead", "customer", "churned")
 Status = Literal["active", "inactive", "lead", "customer", "churned"]
@@ -34,8 +40,15 @@ _EMAIL_RE = re.compile(
     r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
 )
 
-ContactId = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=64)]
+ContactId = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=ID_MAX)]
 FIELDS: tuple[str, ...] = ("tenant", "email", "first_name", "last_name", "company", "status")
+# PostgreSQL text holds neither, nor does a CRM: NUL and unpaired surrogates.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def is_id(value: str) -> bool:
+    """A valid contact, connection or tenant id (see ``ID_PATTERN``)."""
+    return len(value) <= ID_MAX and ID_RE.fullmatch(value) is not None
 
 
 def email_problem(value: str) -> str | None:
@@ -43,9 +56,18 @@ def email_problem(value: str) -> str | None:
     if len(value) > EMAIL_MAX:
         return f"must be at most {EMAIL_MAX} characters"
     local, _, _ = value.partition("@")
-    if len(local) > 64 or not _EMAIL_RE.match(value):
+    if len(local) > 64 or not _EMAIL_RE.fullmatch(value):
         return "not a valid email address"
     return None
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text, or None."""
+    found = _UNSTORABLE.search(value)
+    if found is None:
+        return None
+    what = "a NUL character" if found.group() == "\x00" else "an unpaired surrogate"
+    return f"must not contain {what} (at position {found.start()})"
 
 
 class ContactIn(BaseModel):
@@ -60,7 +82,15 @@ class ContactIn(BaseModel):
     status: Status = "active"
     # None: the tenant the write acts on (the API key's, the path's, --tenant);
     # naming another one is refused, never a move.
-    tenant: str | None = Field(default=None, pattern=ID_PATTERN, max_length=64)
+    tenant: str | None = Field(default=None, pattern=ID_PATTERN, max_length=ID_MAX)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, v: Any) -> Any:
+        problem = text_problem(v) if isinstance(v, str) else None
+        if problem:
+            raise PydanticCustomError("text", problem)
+        return v
 
     @field_validator("email")
     @classmethod

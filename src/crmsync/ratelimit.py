@@ -48,7 +48,7 @@ class RateWindow:
 
 def parse_rate_limit(spec: str) -> RateWindow:
     """ "100/s", "1000/10s", "6000/min", "100000/day" -> RateWindow."""
-    m = _SPEC.match(spec.lower())
+    m = _SPEC.fullmatch(spec.lower())
     unit: int | None = None
     if m is not None:
         name = m.group(3)

@@ -10,6 +10,7 @@ one tenant's out of an every-tenant report (the API's cached /metrics report).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -45,6 +46,10 @@ async def status_report(pool: asyncpg.Pool[Any], tenant: str | None = None) -> d
         "totals": _sum(tenants.values()),
         "tenants": tenants,
     }
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
 def _sum(totals: Any) -> dict[str, int]:
@@ -90,6 +95,9 @@ async def collect(
             }
             c["breaker"] = depth.breaker
             c["blocked_for_s"] = round(max(0.0, (blocked - depth.now_ms) / 1000), 1)
+            # Until when a CRM's answer holds the connection back, and the CRM's words.
+            c["blocked_until"] = _iso(blocked) if blocked else None
+            c["blocked_reason"] = depth.blocked_reason if blocked else None
             c["counters"] = {
                 k: v for k, v in seen.items() if not k.startswith(("lat_", "lag_", "synclag_"))
             }

@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     # A CRM's answer body longer than this is an error (retried), not read.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024**3)
     # A request body to the HTTP API longer than this is refused with 413 before
-    # it is parsed (1000 contacts at their largest fields fit).
-    api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024, le=1024**3)
+    # it is parsed (a batch of 1000 contacts at their largest fields fits, as UTF-8).
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=1024**3)
     worker_processes: int = Field(default=1, ge=1, le=256)
     worker_concurrency: int = Field(default=200, ge=1, le=10000)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

@@ -133,6 +133,15 @@ def _notes(report: Mapping[str, Any]) -> list[RenderableType]:
         for c in report["connections"]
         if c.get("paused")
     ]
+    parts += [
+        Text.assemble(
+            (c["id"], "bold"),
+            f" blocked until {c['blocked_until']}: ",
+            _printable(c.get("blocked_reason") or "the CRM asked to wait"),
+        )
+        for c in report["connections"]
+        if c.get("blocked_for_s") and c.get("blocked_until")
+    ]
     totals = report["totals"]
     parts.append(
         Text(

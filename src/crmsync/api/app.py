@@ -11,25 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import asyncpg
+import orjson
 import structlog
 import uvicorn
 from fastapi import FastAPI, Request, Response
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crmsync import db
+from crmsync import db, redact
 from crmsync.api import contacts, ops, ui, views
 from crmsync.api.auth import ROLE_KEY, BearerAuth, ScopedRoute
 from crmsync.api.metrics import VALIDATION_ERRORS
 from crmsync.apikeys import KeyVerifier
+from crmsync.contacts import MAX_BATCH
 from crmsync.errors import UserError
 from crmsync.settings import Settings
 
@@ -57,9 +60,80 @@ class JsonBodies:
         await self.app(scope, receive, send)
 
 
+class BodyLimit:
+    """413 for a request body over ``limit`` bytes, before anything parses it: at
+    once when its Content-Length says so, else as soon as the bytes read pass it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("PUT", "POST", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > self.limit:
+            await _answer_json(send, 413, self._detail())
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # Raised where the body is read; FastAPI answers it as it is.
+                    raise StarletteHTTPException(413, detail=self._detail())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _detail(self) -> str:
+        return (
+            f"the request body is over {self.limit} bytes (CRMSYNC_API_MAX_BODY_BYTES); "
+            f"send at most {MAX_BATCH} contacts per batch"
+        )
+
+
+async def _answer_json(send: Send, status: int, detail: str) -> None:
+    body = orjson.dumps({"detail": detail})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+EXCERPT_CHARS = 100  # of the input a 422 quotes
+
+
+def _excerpt(value: Any) -> Any:
+    """What a 422 quotes of a bad input: short, masked, storable; never a whole body."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    if len(text) > EXCERPT_CHARS:
+        text = text[: EXCERPT_CHARS - 1] + "…"
+    return _UNSTORABLE.sub("\ufffd", redact.text(text))
+
+
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
 async def _on_invalid(request: Request, exc: Exception) -> Response:
+    """422 naming each bad field, quoting at most a short excerpt of what was sent."""
     VALIDATION_ERRORS.inc()
-    return await request_validation_exception_handler(request, cast(RequestValidationError, exc))
+    errors = cast(RequestValidationError, exc).errors()
+    detail = [
+        {
+            "type": e.get("type"),
+            "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+            "msg": _excerpt(str(e.get("msg", "invalid"))),
+            **({"input": _excerpt(e["input"])} if "input" in e else {}),
+        }
+        for e in errors[:20]
+    ]
+    return Response(orjson.dumps({"detail": detail}), 422, media_type="application/json")
 
 
 def _refusal(description: str) -> dict[str, Any]:
@@ -140,6 +214,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
     if pool is not None:
         app.state.pool = pool
     app.add_middleware(JsonBodies)
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     verifier = KeyVerifier(settings.api_key_set, ttl=settings.api_key_cache_seconds)
     app.state.key_verifier = verifier
     # Outermost: runs first.

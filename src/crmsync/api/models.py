@@ -111,6 +111,8 @@ class ConnectionStatus(BaseModel):
     queue: QueueCounts | None = None
     breaker: str | None = None
     blocked_for_s: float | None = None
+    blocked_until: str | None = None  # ISO time a CRM's answer holds it back until
+    blocked_reason: str | None = None  # the CRM's words (a 429's message, quota spent)
     limits: list[RateLimit] | None = None
     counters: dict[str, int] | None = None
     latency_ms: Latency | None = None

@@ -219,9 +219,14 @@ async def pause(
 async def resume(
     id: ConnectionIdPath, request: Request, caller: Caller = Depends(require(ADMIN))
 ) -> Response:
+    """Send again: not paused, and no longer held back by a CRM's 429 or quota
+    headers (for every worker at once)."""
     await _visible(_pool(request), caller, id)
     with _as_http():
         await connections.resume(_pool(request), id)
+    # Also ends a CRM's block and slow-down, for every worker.
+    async with _redis(request) as client:
+        await QueueStore(client).resume(id)
     return _json({"id": id, "paused": False, "paused_reason": None})
 
 

@@ -55,6 +55,6 @@ async def page() -> Response:
 
 @router.get("/ui/{name}", include_in_schema=False)
 async def asset(name: str) -> Response:
-    if not _ASSET.match(name):
+    if not _ASSET.fullmatch(name):
         raise HTTPException(404, detail=f"no dashboard file {name!r}")
     return _file(name)

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from crmsync import db
-from crmsync.contacts import ID_RE, ContactWithId, check_row
+from crmsync.contacts import ID_RULE, ContactWithId, check_row, is_id
 from crmsync.errors import UserError
 
 COLUMNS: tuple[str, ...] = ("id", "email", "first_name", "last_name", "company", "status", "tenant")
@@ -124,6 +124,17 @@ def _staging_rows(path: Path, tenant: str, result: ImportResult) -> Iterator[tup
                     if not values or values == [""]:
                         continue
                     result.rows += 1
+                    nul = next(
+                        (n for n, v in zip(names, values, strict=False) if "\x00" in v), None
+                    )
+                    if nul is not None or any("\x00" in v for v in values):
+                        # A NUL is not a bad value but a broken file (a binary, a
+                        # wrong encoding): nothing of it is trusted, nothing imported.
+                        where = f"column {nul}" if nul else "a field"
+                        raise UserError(
+                            f"{path}: line {start}: {where} holds a NUL byte; "
+                            "nothing was imported (is it a text file in UTF-8?)"
+                        )
                     if len(values) != len(names):
                         result.rejected.append(
                             Rejected(
@@ -161,8 +172,8 @@ async def import_csv(
     conn: asyncpg.Connection[Any], path: Path, *, tenant: str = "default"
 ) -> ImportResult:
     """Load ``path`` into contacts; returns counts and the rejected rows."""
-    if not ID_RE.match(tenant):
-        raise UserError(f"--tenant {tenant!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    if not is_id(tenant):
+        raise UserError(f"--tenant {tenant!r} must be {ID_RULE}")
     result = ImportResult()
     async with conn.transaction():
         await conn.execute(db.q("csv_create_staging"))

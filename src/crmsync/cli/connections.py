@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync.cli.common import DB_OPT, settings_from, with_pool
+from crmsync.cli.common import DB_OPT, REDIS_OPT, settings_from, with_pool
 
 app = typer.Typer(help="Manage CRM connections (one per CRM account).", no_args_is_help=True)
 
@@ -138,12 +140,15 @@ def pause(
 def resume(
     connection_id: str = typer.Argument(..., help="Connection id."),
     database_url: str | None = DB_OPT,
+    redis_url: str | None = REDIS_OPT,
 ) -> None:
-    """Resume sending to a paused connection."""
+    """Resume sending to a connection: paused, or held back by a CRM's 429 or
+    quota headers (the wait and the slow-down end for every worker at once)."""
     from crmsync import connections
 
-    with_pool(
-        settings_from(database_url=database_url),
-        lambda pg, _: connections.resume(pg, connection_id),
-    )
+    async def go(pg: Any, store: Any) -> None:
+        await connections.resume(pg, connection_id)
+        await store.resume(connection_id)
+
+    with_pool(settings_from(database_url=database_url, redis_url=redis_url), go, redis=True)
     typer.echo(f"resumed connection {connection_id}")

@@ -12,7 +12,7 @@ SYSTEM_DATABASES = ("postgres", "template0", "template1")
 def scratch_database(name: str) -> str:
     """``name`` if it may be dropped and recreated (the demo's and the bench's
     ``--database``), else a one-sentence error naming the flag."""
-    if not ID_RE.match(name) or name in SYSTEM_DATABASES:
+    if not ID_RE.fullmatch(name) or name in SYSTEM_DATABASES:
         raise UserError(
             f"--database {name!r} must be a plain name of a scratch database to drop and recreate"
         )

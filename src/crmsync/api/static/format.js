@@ -63,7 +63,7 @@ export function stateOf(c) {
   if (c.paused) return { label: "paused", cls: "bad", reason: c.paused_reason };
   if (c.breaker === "open") return { label: "breaker open", cls: "bad", reason: "the CRM failed repeatedly; sends wait for a probe" };
   if (c.breaker === "half_open") return { label: "breaker half-open", cls: "warn", reason: "one probe request is testing the CRM" };
-  if (c.blocked_for_s > 0) return { label: `blocked ${num(c.blocked_for_s)} s`, cls: "warn", reason: "the CRM answered 429: waiting out its limit" };
+  if (c.blocked_for_s > 0) return { label: `blocked ${num(c.blocked_for_s)} s`, cls: "warn", reason: `until ${c.blocked_until || "later"}: ${c.blocked_reason || "the CRM asked to wait"}` };
   if (c.redis_unknown) return { label: "unknown", cls: "warn", reason: "Redis is unreachable" };
   if (queued > 0) return { label: "sending", cls: "" };
   return { label: "idle", cls: "idle" };
