@@ -328,7 +328,10 @@ async def ledger(cluster: Cluster, connection_id: str) -> dict[str, dict[str, An
 
 
 async def dead_letters(cluster: Cluster) -> list[dict[str, Any]]:
-    rows = await cluster.pool.fetch("SELECT * FROM dead_letters ORDER BY id")
+    """The open ones: a letter a later sync resolved is history, not a loss."""
+    rows = await cluster.pool.fetch(
+        "SELECT * FROM dead_letters WHERE resolved_at IS NULL ORDER BY id"
+    )
     return [dict(r) for r in rows]
 
 

@@ -210,3 +210,59 @@ async def test_cli(
     assert res.exit_code == 0, res.output
     assert "purged 3" in res.output
     assert (await dlq.list_dead(pool))[1] == 1
+
+
+async def test_a_later_sync_resolves_the_letters_and_every_count_agrees(
+    pool: asyncpg.Pool[Any], settings: Settings
+) -> None:
+    """The worker's own write resolves them: status, `dlq list`, /metrics agree."""
+    from crmsync.model import LedgerWrite
+    from crmsync.report import prometheus_text, status_report
+    from crmsync.worker.ledger import PgLedger
+
+    ledger = PgLedger(pool)
+    # (sf, c1) synced at version 2: its version-1 letter is resolved. (hs, c4)'s
+    # delete went through. (sf, c2) synced an older version than its letter's (a
+    # late writer): still open. Another connection's letter of c1 stays open.
+    await pool.execute("UPDATE dead_letters SET version = 3 WHERE contact_id = 'c2'")
+    await ledger.record("sf", [LedgerWrite("c1", "X1", 2, "synced", None, 0, None)], [])
+    await ledger.record("sf", [LedgerWrite("c2", "X2", 2, "synced", None, 0, None)], [])
+    await ledger.record("hs", [LedgerWrite("c4", "H4", None, "deleted", None, 0, None)], [])
+    await ledger.record("sf", [LedgerWrite("c3", None, None, "retrying", None, 1, "x")], [])
+    resolved = {
+        (r["connection_id"], r["contact_id"])
+        for r in await pool.fetch("SELECT * FROM dead_letters WHERE resolved_at IS NOT NULL")
+    }
+    assert resolved == {("sf", "c1"), ("hs", "c4")}
+    open_now = [("sf", "c2"), ("sf", "c3"), ("hs", "c1")]
+
+    rows, total = await dlq.list_dead(pool)
+    assert sorted(pairs(rows)) == sorted(open_now) and total == 3
+    rows, _ = await dlq.list_dead(pool, DeadFilter(which="resolved"))
+    assert sorted(pairs(rows)) == [("hs", "c4"), ("sf", "c1")]
+    assert all(r["resolved_at"] is not None for r in rows)
+    assert len((await dlq.list_dead(pool, DeadFilter(which="all")))[0]) == 5
+
+    report = await status_report(pool)
+    per = {c["id"]: c["dead_letters"] for c in report["connections"]}
+    assert per == {"sf": 2, "hs": 1} and report["totals"]["dead_letters"] == 3
+    text = prometheus_text(report).decode()
+    assert 'crmsync_dead_letters{connection="sf",crm="salesforce",tenant="default"} 2.0' in text
+    assert 'crmsync_dead_letters{connection="hs",crm="hubspot",tenant="default"} 1.0' in text
+
+    env = {"CRMSYNC_DATABASE_URL": settings.database_url}
+
+    def cli(*args: str) -> str:
+        res = CliRunner().invoke(app, ["dlq", *args], env=env)
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    listed = orjson.loads(await asyncio.to_thread(cli, "list", "--json"))
+    assert listed["total"] == 3
+    listed = orjson.loads(await asyncio.to_thread(cli, "list", "--json", "--resolved"))
+    assert listed["total"] == 2
+    listed = orjson.loads(await asyncio.to_thread(cli, "list", "--json", "--all"))
+    assert listed["total"] == 5
+    # A replay has nothing to do for a resolved letter; purge --resolved forgets history.
+    assert "purged 2" in await asyncio.to_thread(cli, "purge", "--all", "--resolved", "--yes")
+    assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 3

@@ -147,6 +147,7 @@ class DeadLetter(BaseModel):
     payload: Any
     attempts: int
     created_at: datetime
+    resolved_at: datetime | None = None  # when a later version of the contact synced
 
 
 class DeadLetters(BaseModel):

@@ -257,12 +257,16 @@ async def dead_letters(
     connection: Annotated[str | None, Query(pattern=ID_PATTERN, max_length=64)] = None,
     error: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    state: Annotated[
+        dlq.Which, Query(description="open (default), resolved (history) or all")
+    ] = "open",
     caller: Caller = Depends(require(READ)),
 ) -> Response:
+    """Dead letters with the CRM's error: the open ones, or the resolved history."""
     pool = _pool(request)
     await _scope(pool, caller, connection)
     with _as_http():
-        f = dlq.DeadFilter(connection, error, tenant=caller.tenant)
+        f = dlq.DeadFilter(connection, error, tenant=caller.tenant, which=state)
         rows, total = await dlq.list_dead(pool, f, limit=limit)
     return _json({"dead_letters": rows, "total": total})
 

@@ -39,10 +39,25 @@ ALL_OPT = typer.Option(
 ERROR_WIDTH = 60
 
 
-def _filter(connection: str | None, error: str | None, ids: list[int] | None) -> DeadFilter:
+RESOLVED_OPT = typer.Option(
+    False,
+    "--resolved",
+    envvar="CRMSYNC_DLQ_RESOLVED",
+    help="The resolved letters instead (history: a later version of the contact synced).",
+)
+
+
+def _filter(
+    connection: str | None, error: str | None, ids: list[int] | None, which: str = "open"
+) -> DeadFilter:
     from crmsync.dlq import DeadFilter
 
-    return DeadFilter(connection=connection, error=error, ids=tuple(ids) if ids else None)
+    return DeadFilter(
+        connection=connection,
+        error=error,
+        ids=tuple(ids) if ids else None,
+        which="resolved" if which == "resolved" else "all" if which == "all" else "open",
+    )
 
 
 @app.command("list")
@@ -54,12 +69,16 @@ def list_(
         100, "--limit", min=1, envvar="CRMSYNC_DLQ_LIMIT", help="Show at most N (oldest first)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with payloads)."),
+    resolved: bool = RESOLVED_OPT,
+    all_: bool = typer.Option(
+        False, "--all", envvar="CRMSYNC_DLQ_ALL", help="Open and resolved letters."
+    ),
     database_url: str | None = DB_OPT,
 ) -> None:
-    """List dead letters with the CRM's error."""
+    """List the open dead letters with the CRM's error (resolved ones: --resolved, --all)."""
     from crmsync.dlq import list_dead
 
-    f = _filter(connection, error, ids)
+    f = _filter(connection, error, ids, "all" if all_ else "resolved" if resolved else "open")
     rows, total = with_pool(
         settings_from(database_url=database_url), lambda pool, _: list_dead(pool, f, limit=limit)
     )
@@ -67,7 +86,8 @@ def list_(
         out = {"total": total, "dead_letters": rows}
         typer.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
         return
-    t = Table(title=f"{len(rows)} of {total} dead letter(s)")
+    kind = {"open": "", "resolved": "resolved ", "all": "open and resolved "}[f.which]
+    t = Table(title=f"{len(rows)} of {total} {kind}dead letter(s)")
     cols = (
         "id",
         "connection",
@@ -125,12 +145,13 @@ def purge(
     yes: bool = typer.Option(
         False, "--yes", "-y", envvar="CRMSYNC_DLQ_YES", help="Do not ask for confirmation."
     ),
+    resolved: bool = RESOLVED_OPT,
     database_url: str | None = DB_OPT,
 ) -> None:
-    """Delete the matching dead letters for good."""
+    """Delete the matching dead letters for good (the resolved history: --resolved)."""
     from crmsync import dlq
 
-    f = _filter(connection, error, ids)
+    f = _filter(connection, error, ids, "resolved" if resolved else "open")
     if not yes:
         if not sys.stdin.isatty():
             raise UserError("purge deletes dead letters for good: add --yes to confirm")

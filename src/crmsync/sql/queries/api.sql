@@ -48,7 +48,7 @@ SELECT id, tenant, email, first_name, last_name, company, status, version, updat
 FROM contacts WHERE tenant = $1 AND id = $2 AND NOT EXISTS (SELECT 1 FROM d)
 
 -- name: api_status_connections
--- Per-connection ledger counts by status and dead letters ($1 NULL: every tenant).
+-- Per-connection ledger counts by status and open dead letters ($1 NULL: every tenant).
 SELECT c.id, c.tenant, c.crm, c.paused_reason,
        COALESCE(s.counts, '{}'::jsonb) AS sync,
        COALESCE(d.n, 0) AS dead_letters
@@ -59,14 +59,14 @@ LEFT JOIN (
     GROUP BY connection_id
 ) s ON s.connection_id = c.id
 LEFT JOIN (
-    SELECT connection_id, count(*) AS n FROM dead_letters GROUP BY 1
+    SELECT connection_id, count(*) AS n FROM dead_letters WHERE resolved_at IS NULL GROUP BY 1
 ) d ON d.connection_id = c.id
 WHERE $1::text IS NULL OR c.tenant = $1
 ORDER BY c.id
 
 -- name: api_status_tenants
 -- Per tenant ($1 NULL: every one): live and deleted contacts, outbox rows not
--- yet relayed, dead letters of its connections.
+-- yet relayed, open dead letters of its connections.
 WITH c AS (
     SELECT tenant,
            count(*) FILTER (WHERE deleted_at IS NULL) AS contacts,
@@ -78,7 +78,7 @@ WITH c AS (
 ), d AS (
     SELECT k.tenant, count(*) AS dead_letters
     FROM dead_letters x JOIN connections k ON k.id = x.connection_id
-    WHERE $1::text IS NULL OR k.tenant = $1 GROUP BY k.tenant
+    WHERE x.resolved_at IS NULL AND ($1::text IS NULL OR k.tenant = $1) GROUP BY k.tenant
 ), t AS (
     SELECT tenant FROM c UNION SELECT tenant FROM o UNION SELECT tenant FROM d
     UNION SELECT tenant FROM connections WHERE $1::text IS NULL OR tenant = $1

@@ -1,19 +1,21 @@
 -- Dead letters (crmsync.dlq). Every query takes the same filters:
 -- $1 connection id or NULL, $2 text found in the error or error code
 -- (case-insensitive, no wildcards) or NULL, $3 dead-letter ids or NULL,
--- $4 tenant (letters of its connections only) or NULL.
+-- $4 tenant (letters of its connections only) or NULL, $5 which: 'open' (not
+-- resolved by a later sync), 'resolved' (history) or 'all'.
 
 -- name: dlq_list
 SELECT id, connection_id, contact_id, version, operation, error_code, error, http_status,
-       payload, attempts, created_at
+       payload, attempts, created_at, resolved_at
 FROM dead_letters
 WHERE ($1::text IS NULL OR connection_id = $1)
   AND ($2::text IS NULL OR strpos(lower(error), lower($2)) > 0
        OR strpos(lower(coalesce(error_code, '')), lower($2)) > 0)
   AND ($3::bigint[] IS NULL OR id = ANY ($3))
   AND ($4::text IS NULL OR connection_id IN (SELECT id FROM connections WHERE tenant = $4))
+  AND ($5::text = 'all' OR (resolved_at IS NULL) = ($5::text = 'open'))
 ORDER BY id
-LIMIT $5
+LIMIT $6
 
 -- name: dlq_count
 SELECT count(*)
@@ -23,6 +25,7 @@ WHERE ($1::text IS NULL OR connection_id = $1)
        OR strpos(lower(coalesce(error_code, '')), lower($2)) > 0)
   AND ($3::bigint[] IS NULL OR id = ANY ($3))
   AND ($4::text IS NULL OR connection_id IN (SELECT id FROM connections WHERE tenant = $4))
+  AND ($5::text = 'all' OR (resolved_at IS NULL) = ($5::text = 'open'))
 
 -- name: dlq_replay
 -- Takes the matching dead letters out, gives their ledger rows a fresh attempt
@@ -37,6 +40,7 @@ WITH gone AS (
            OR strpos(lower(coalesce(error_code, '')), lower($2)) > 0)
       AND ($3::bigint[] IS NULL OR id = ANY ($3))
       AND ($4::text IS NULL OR connection_id IN (SELECT id FROM connections WHERE tenant = $4))
+      AND ($5::text = 'all' OR (resolved_at IS NULL) = ($5::text = 'open'))
     RETURNING connection_id, contact_id
 ),
 pairs AS (
@@ -67,6 +71,7 @@ WITH gone AS (
            OR strpos(lower(coalesce(error_code, '')), lower($2)) > 0)
       AND ($3::bigint[] IS NULL OR id = ANY ($3))
       AND ($4::text IS NULL OR connection_id IN (SELECT id FROM connections WHERE tenant = $4))
+      AND ($5::text = 'all' OR (resolved_at IS NULL) = ($5::text = 'open'))
     RETURNING 1
 )
 SELECT count(*) FROM gone

@@ -28,7 +28,7 @@ ORDER BY k.id
 
 -- name: ops_contact_dead_letters
 SELECT d.id, d.connection_id, d.version, d.operation, d.error_code, d.error, d.http_status,
-       d.attempts, d.created_at
+       d.attempts, d.created_at, d.resolved_at
 FROM dead_letters d
 JOIN connections k ON k.id = d.connection_id
 WHERE d.contact_id = $1 AND k.tenant = $2  -- the contact's tenant: (tenant, id)

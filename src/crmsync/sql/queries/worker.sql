@@ -36,23 +36,32 @@ LEFT JOIN LATERAL (
 -- One statement per claim for every outcome. NULL external_id / synced_version
 -- keep what the ledger had (a retry does not forget the CRM's record id), and a
 -- late writer (lease expired, someone else synced a newer version) never rolls
--- the ledger back.
-INSERT INTO sync_state AS s
-    (connection_id, contact_id, external_id, synced_version, status, rule, attempts, last_error, updated_at)
-SELECT $1, u.contact_id, u.external_id, u.synced_version, u.status, u.rule, u.attempts, u.last_error, now()
-FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::int[], $8::text[])
-     AS u(contact_id, external_id, synced_version, status, rule, attempts, last_error)
-ON CONFLICT (connection_id, contact_id) DO UPDATE SET
-    external_id = COALESCE(EXCLUDED.external_id, s.external_id),
-    synced_version = COALESCE(EXCLUDED.synced_version, s.synced_version),
-    status = EXCLUDED.status,
-    rule = EXCLUDED.rule,
-    attempts = EXCLUDED.attempts,
-    last_error = EXCLUDED.last_error,
-    updated_at = now()
-WHERE s.synced_version IS NULL
-   OR EXCLUDED.synced_version IS NULL
-   OR EXCLUDED.synced_version >= s.synced_version;
+-- the ledger back. A sync (or a delete) that landed resolves the contact's open
+-- dead letters of this connection up to the version synced.
+WITH written AS (
+    INSERT INTO sync_state AS s
+        (connection_id, contact_id, external_id, synced_version, status, rule, attempts, last_error, updated_at)
+    SELECT $1, u.contact_id, u.external_id, u.synced_version, u.status, u.rule, u.attempts, u.last_error, now()
+    FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::int[], $8::text[])
+         AS u(contact_id, external_id, synced_version, status, rule, attempts, last_error)
+    ON CONFLICT (connection_id, contact_id) DO UPDATE SET
+        external_id = COALESCE(EXCLUDED.external_id, s.external_id),
+        synced_version = COALESCE(EXCLUDED.synced_version, s.synced_version),
+        status = EXCLUDED.status,
+        rule = EXCLUDED.rule,
+        attempts = EXCLUDED.attempts,
+        last_error = EXCLUDED.last_error,
+        updated_at = now()
+    WHERE s.synced_version IS NULL
+       OR EXCLUDED.synced_version IS NULL
+       OR EXCLUDED.synced_version >= s.synced_version
+    RETURNING s.contact_id, s.status, s.synced_version
+)
+UPDATE dead_letters d SET resolved_at = now()
+FROM written w
+WHERE w.status IN ('synced', 'deleted')
+  AND d.connection_id = $1 AND d.contact_id = w.contact_id AND d.resolved_at IS NULL
+  AND (w.status = 'deleted' OR d.version IS NULL OR d.version <= w.synced_version);
 
 -- name: worker_dead_letters
 INSERT INTO dead_letters
