@@ -44,6 +44,7 @@ class Queue:
     paused: str | None = None
     blocked: list[tuple[float, bool]] = field(default_factory=list)  # (seconds, slow)
     refuse: str | None = None  # a refusal the claim script would answer (e.g. circuit_open)
+    probe: bool = False  # claims are the connection breaker's half-open probe
     next_eligible_ms: int | None = None  # what a refused claim names
     counters: Counter[str] = field(default_factory=Counter)
     breaker: list[bool] = field(default_factory=list)  # outcomes reported with hand-backs
@@ -107,9 +108,11 @@ class FakeStore:
         ids = q.ready[: permits * batch_size]
         del q.ready[: len(ids)]
         q.leased.update((i, token) for i in ids)
-        nxt = q.next_eligible_ms if refused else (now if q.ready else None)
+        probe = q.probe and refused is None
+        # A refusal, or the probe (whose deadline it names), comes back when the store says.
+        nxt = q.next_eligible_ms if refused or probe else (now if q.ready else None)
         return Claim(
-            connection_id, token, ids, [0] * len(ids), permits, now, nxt, False, refused, now
+            connection_id, token, ids, [0] * len(ids), permits, now, nxt, probe, refused, now
         )
 
     async def readmit(self, claim: Claim, wanted: int) -> Claim:

@@ -97,11 +97,12 @@ def hits_of(cluster: ProxiedCluster, account: str, since: float = 0.0) -> list[H
 
 
 class BreakerWatch:
-    """Samples the per-CRM breaker in Redis: every distinct open episode (opened_ms)."""
+    """Samples a breaker in Redis (a connection's state hash, or a CRM's breaker
+    hash: the same fields): every distinct open episode (opened_ms)."""
 
-    def __init__(self, cluster: ProxiedCluster, crm: str) -> None:
+    def __init__(self, cluster: ProxiedCluster, key: str) -> None:
         self.cluster = cluster
-        self.key = keys.crm_breaker(crm)
+        self.key = key
         self.opened: dict[int, int] = {}  # opened_ms -> failures counted when seen open
         self.states: list[tuple[float, str]] = []
         self._task: asyncio.Task[None] | None = None
@@ -175,7 +176,9 @@ async def transient_5xx(c: ProxiedCluster) -> None:
 
 
 async def persistent_5xx(c: ProxiedCluster) -> None:
-    """Salesforce answers 5xx to everything until 1 s after its breaker opened."""
+    """Salesforce answers 5xx to everything until 1 s after sf-01's breaker opened.
+    (The CRM-wide breaker hears only connections that worked: one account failing
+    from the start is its own breaker's business.)"""
     recovery = float(BASE_ENV["CRMSYNC_BREAKER_RECOVERY_SECONDS"])
     opened_at: list[float] = []
 
@@ -187,7 +190,7 @@ async def persistent_5xx(c: ProxiedCluster) -> None:
         return None
 
     c.proxy.plan = plan
-    with BreakerWatch(c, "salesforce") as watch:
+    with BreakerWatch(c, keys.connection("sf-01").state) as watch:
         await c.put_contacts(people(20, "pe"))
         await wait_until(watch.seen_open, 15, "the Salesforce breaker opens")
         first_open = min(watch.opened)

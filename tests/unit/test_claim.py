@@ -431,10 +431,14 @@ async def test_a_half_open_probe_sends_one_request_and_reports_it() -> None:
 
 
 async def test_after_a_failure_the_crm_breaker_hears_successes_too() -> None:
-    """The CRM-wide breaker hears a claim that opened its connection's breaker as
-    one failure; a success resets its count: reported while this process saw a
-    failure lately, and not otherwise (one Redis call saved per claim)."""
-    r = Rig(connection(), adapter=FakeAdapter(answer=raising(E503)))
+    """The CRM-wide breaker hears a claim that opened the breaker of a connection
+    that worked as one failure; a success resets its count: reported while this
+    process saw a failure lately, and not otherwise (one Redis call saved per claim)."""
+    r = Rig(connection())
+    r.given(contact("c0"))
+    await r.run()
+    assert r.breaker.recorded == []  # all well: nothing to reset
+    r.adapter.answer = raising(E503)
     r.given(contact("c1"))
     r.queue.breaker_state = "opened"  # this claim's failure opened the connection's breaker
     await r.run()

@@ -109,7 +109,10 @@ async def test_a_401_pause_and_dead_letters_are_one_warning_each() -> None:
 
 
 async def test_breaker_opening_and_closing_are_heard_for_the_connection_and_the_crm() -> None:
-    r = Rig(connection(), adapter=FakeAdapter(answer=_raise(Retryable("down", status=503))))
+    r = Rig(connection())
+    r.given(contact("c0"))
+    await r.run()  # it worked: its failures are evidence about the CRM
+    r.adapter.answer = _raise(Retryable("down", status=503))
     r.breaker.state_after = "open"
     r.given(contact("c1"))
     r.queue.breaker_state = "opened"
@@ -125,6 +128,21 @@ async def test_breaker_opening_and_closing_are_heard_for_the_connection_and_the_
         await r.claim()
         await r.claims.drain(1.0)
     assert len(events(logs, "crm.breaker_closed")) == 1
+
+
+async def test_a_failed_probe_brings_the_next_probe_one_recovery_time_away() -> None:
+    """The probe's claim named its own deadline as the next time; its failure
+    re-opened the breaker, whose next probe comes after the recovery time."""
+    r = Rig(connection(), adapter=FakeAdapter(answer=_raise(Retryable("down", status=503))))
+    r.given(contact("c1"), contact("c2"))
+    r.queue.probe, r.queue.breaker_state = True, "opened"
+    r.queue.next_eligible_ms = int(r.clock.now_ms()) + 60_000  # the probe's deadline
+    with capture_logs() as logs:
+        await r.run()
+    recovery = SETTINGS.breaker_recovery_seconds * 1000
+    assert r.slots.sched.next_due_ms() == r.clock.now_ms() + recovery
+    (line,) = events(logs, "connection.breaker_opened")
+    assert line["probe"] is True
 
 
 async def test_nothing_is_logged_per_request_on_the_happy_path() -> None:

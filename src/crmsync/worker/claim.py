@@ -84,6 +84,7 @@ class Claims:
         self.slots = slots
         self.batch_size = settings.batch_size
         self.lease_ms = int(settings.lease_seconds * 1000)
+        self.recovery_ms = settings.breaker_recovery_seconds * 1000
         self.policy = RetryPolicy.from_settings(settings)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -138,7 +139,9 @@ class Claims:
                 # The work was released (or its lease will expire): nothing lost.
                 log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
                 return
-            await self.crm_gate.report(conn.crm, outcomes, probe=verdict.probe, tripped=tripped)
+            await self.crm_gate.report(
+                conn.crm, outcomes, probe=verdict.probe, tripped=tripped, connection=conn.id
+            )
         except (RedisError, OSError) as exc:  # the CRM-wide breaker's Redis
             log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
         except Exception:
@@ -181,8 +184,11 @@ class Claims:
                 await self.store.block(conn.id, out.limited_for, slow=True, reason=why)
             breaker = await self._record(conn, claim, out, refund=claim.permits - out.sent)
             done = True
-            # A failed probe re-opens: the same outage, not one more failing connection.
+            # A failed probe re-opens: the same outage, not one more failing connection;
+            # the next probe is one recovery time away.
             tripped = breaker == "opened" and not claim.probe
+            if breaker == "opened" and claim.probe:
+                self.slots.sooner(conn.id, self.clock.now_ms() + self.recovery_ms)
             events.claim_done(log, conn, out, breaker, probe=claim.probe)
             return out.outcomes, tripped
         finally:

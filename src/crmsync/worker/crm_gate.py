@@ -8,13 +8,16 @@ so this gate caches the verdict: a closed breaker is asked again after
 deadline). When the breaker lets exactly one probe through (half-open), that
 claim carries one request, and its outcome decides.
 
-The CRM-wide breaker hears connections, not requests: a claim that opened its
-connection's breaker is one failure, a claim with any success is one success.
-So it opens only when ``threshold`` connections of the CRM failed in a row with
-no success anywhere in between: one account misbehaving (a bad base URL, an
-account-specific outage, hostile answers) opens its own breaker and never
-holds back the CRM's other accounts. The CRM's half-open probe is the
-exception: that one request decides, as a request.
+The CRM-wide breaker hears connections, not requests, and only connections
+that worked: a claim that opened its connection's breaker is one failure when
+that connection had answered well within ``SUSPECT_MS`` in this process, and a
+claim with any success is one success. So it opens only when ``threshold``
+working connections of the CRM failed in a row with no success anywhere in
+between: one account that misbehaves (a bad base URL, an account-specific
+outage, hostile answers) opens its own breaker and never holds back the CRM's
+other accounts. The CRM's half-open probe is one request and decides as one,
+but a failed probe of a connection that has not worked lately proves nothing
+about the CRM: it is not reported, and the probe's slot expires.
 
 Outcomes are reported only while they can matter: a failure, a probe, or a
 success of a CRM that failed in this process within ``SUSPECT_MS`` (a success
@@ -50,6 +53,7 @@ class CrmGate:
         # crm -> (valid until ms, allowed)
         self._cache: dict[str, tuple[float, bool]] = {}
         self._failed_at: dict[str, float] = {}
+        self._worked_at: dict[str, float] = {}  # connection id -> its last success here
 
     async def ask(self, crm: str) -> Verdict:
         now = self.clock.now_ms()
@@ -77,16 +81,29 @@ class CrmGate:
         failed = self._failed_at.get(crm)
         return failed is not None and self.clock.now_ms() - failed < SUSPECT_MS
 
+    def _worked(self, connection: str) -> bool:
+        at = self._worked_at.get(connection)
+        return at is not None and self.clock.now_ms() - at < SUSPECT_MS
+
     async def report(
-        self, crm: str, outcomes: Sequence[bool], *, probe: bool, tripped: bool = False
+        self,
+        crm: str,
+        outcomes: Sequence[bool],
+        *,
+        probe: bool,
+        tripped: bool = False,
+        connection: str = "",
     ) -> None:
-        """A claim's breaker outcomes (True answered, False failed or misbehaved)
-        and whether they opened its connection's breaker (``tripped``). A probe
-        that sent nothing proves nothing: its slot expires."""
+        """A claim's breaker outcomes (True answered, False failed or misbehaved),
+        whether they opened its connection's breaker (``tripped``), and which
+        connection it was. A probe that sent nothing proves nothing: its slot expires."""
+        evidence = self._worked(connection) or True in outcomes
+        if True in outcomes:
+            self._worked_at[connection] = self.clock.now_ms()
         if probe:
-            heard = list(outcomes)
+            heard = list(outcomes) if evidence else []
         elif tripped:
-            heard = [False]
+            heard = [False] if evidence else []
         else:
             heard = [True] if True in outcomes else []
         if not heard or not (probe or False in heard or self._suspect(crm)):
@@ -96,6 +113,6 @@ class CrmGate:
             self._failed_at[crm] = self.clock.now_ms()
             self._cache.pop(crm, None)
             if state == "open":
-                log.warning("crm.breaker_opened", crm=crm, probe=probe)
+                log.warning("crm.breaker_opened", crm=crm, connection=connection, probe=probe)
         elif probe and state == "closed":
             log.warning("crm.breaker_closed", crm=crm)

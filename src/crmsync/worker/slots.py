@@ -100,6 +100,14 @@ class Scheduler:
             next_ms = now_ms
         self._push(cid, next_ms if next_ms is not None else now_ms + IDLE_RECHECK_MS)
 
+    def sooner(self, cid: str, at_ms: float) -> None:
+        """Due at ``at_ms`` if it was due later (and no claim of it is in flight)."""
+        if cid not in self._known or cid in self._busy:
+            return
+        live = self._entry.get(cid)
+        if live is None or live[1] > at_ms:
+            self._push(cid, at_ms)
+
     def next_due_ms(self) -> float | None:
         while self._heap:
             _, seq, cid = self._heap[0]
@@ -192,6 +200,13 @@ class Slots:
         nxt = claim.next_eligible_ms
         self.sched.done(claim.connection_id, None if nxt is None else max(nxt, now_ms), now_ms)
         self.free(claim.connection_id, held - claim.permits)
+
+    def sooner(self, connection_id: str, at_ms: float) -> None:
+        """The connection may claim again at ``at_ms``, sooner than its claim said
+        (a failed probe re-opened its breaker: the next probe is one recovery
+        time away, not the failed probe's deadline)."""
+        self.sched.sooner(connection_id, at_ms)
+        self.kick.set()
 
     def retry_at(self, connection_id: str, at_ms: float, now_ms: float) -> None:
         """No claim was made (the CRM's breaker is open, Redis failed): due at ``at_ms``."""
