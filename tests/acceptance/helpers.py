@@ -82,7 +82,7 @@ class Hit:
     account: str
     method: str
     contact: str | None  # our contact id, when one record is addressed
-    attempt: int  # how many requests for this (account, contact) arrived so far, this one included
+    attempt: int  # how many writes for this (account, contact) arrived so far, this one included
     done: float = 0.0  # when the answer left (or the connection was dropped)
     status: int | None = None  # what the client got; None: dropped or held past its timeout
     upstream: int | None = None  # what the mock answered (None: not forwarded)
@@ -92,7 +92,7 @@ class Hit:
     def kind(self) -> str | None:
         """create / update / delete as the CRM applied it (None if it did not)."""
         code = self.upstream
-        if code is None or code >= 300:
+        if code is None or code >= 300 or self.method == "GET":
             return None
         if self.method == "DELETE":
             return "delete"
@@ -144,8 +144,11 @@ class FaultProxy:
         return [h for h in self.hits if h.account == account]
 
     def attempts(self, account: str) -> Counter[str]:
-        """Requests per contact that reached the proxy for ``account``."""
-        return Counter(h.contact for h in self.hits if h.account == account and h.contact)
+        """Writes per contact that reached the proxy for ``account`` (a HubSpot
+        lookup by crmsync_id before a retried create is a read, not an attempt)."""
+        return Counter(
+            h.contact for h in self.hits if h.account == account and h.contact and h.method != "GET"
+        )
 
     # -- the request path ---------------------------------------------------------
 
@@ -192,12 +195,14 @@ class FaultProxy:
         account = segs[1] if len(segs) > 1 else ""
         body = await request.read()
         contact = self._contact(crm, account, request.method, segs[2:], request.query_string, body)
-        if contact is not None:
+        write = request.method != "GET"
+        if contact is not None and write:
             self._seen[(account, contact)] += 1
         attempt = self._seen[(account, contact)] if contact is not None else 0
         hit = Hit(time.time(), crm, account, request.method, contact, attempt)
         self.hits.append(hit)
-        fault = self.plan(hit) if self.plan is not None else None
+        # Faults are planned for writes: a read (a lookup by our id) passes through.
+        fault = self.plan(hit) if self.plan is not None and write else None
         hit.fault = fault
         try:
             if fault is not None and fault.status is not None:
@@ -373,6 +378,31 @@ async def assert_final(cluster: Cluster, *, dead: Sequence[str] = ()) -> None:
     totals = (await cluster.mock_stats())["totals"]
     assert totals["duplicates"] == 0, totals
     assert totals["violations"] == 0, totals
+
+
+async def assert_no_secrets(cluster: Cluster) -> None:
+    """No CRM token (nor the key they are sealed under) in any log a crmsync process
+    wrote, in `crmsync status`, in the API's answers, the dead letters or the
+    ledger; and every such log readable by its owner only."""
+    secrets = [c.token for c in cluster.connections if len(c.token) >= 8]
+    secrets.append(cluster.secret_key)
+    texts: dict[str, str] = {}
+    for p in [cluster.server, cluster.relay, *cluster.workers]:
+        if p is not None and p.log_path.exists():
+            assert p.log_path.stat().st_mode & 0o777 == 0o600, f"{p.log_path} is not 0600"
+            texts[str(p.log_path)] = p.log_path.read_text(errors="replace")
+    texts["crmsync status"] = await cli(cluster, "status", "--json") + await cli(cluster, "status")
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {cluster.api_key}"}
+    ) as http:
+        for path in ("/v1/status", "/v1/connections", "/v1/dead-letters?state=all"):
+            async with http.get(cluster.api_url + path) as resp:
+                texts[path] = await resp.text()
+    texts["dead letters"] = str(await cluster.pool.fetch("SELECT * FROM dead_letters"))
+    texts["ledger"] = str(await cluster.pool.fetch("SELECT * FROM sync_state"))
+    for where, text in texts.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret in {where}"
 
 
 # -- a private PostgreSQL server, for the row that restarts it -------------------------

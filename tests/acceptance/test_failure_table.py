@@ -28,6 +28,7 @@ from helpers import (
     ProxiedCluster,
     account_stats,
     assert_final,
+    assert_no_secrets,
     cli,
     counters,
     dead_letters,
@@ -593,6 +594,7 @@ async def test_failure_table(
         try:
             await row.run(cluster)
             await assert_final(cluster)
+            await assert_no_secrets(cluster)
         except BaseException:
             for p in [cluster.mock, cluster.server, cluster.relay, *cluster.workers]:
                 if p is not None:

@@ -96,3 +96,23 @@ def test_a_logged_traceback_carries_no_locals_and_no_secret(as_json: bool) -> No
         entries: list[dict[str, Any]] = [json.loads(line) for line in text.splitlines() if line]
         frames = entries[0]["exception"][0]["frames"]
         assert all("locals" not in f or not f["locals"] for f in frames)
+
+
+def test_no_repr_of_a_connection_or_adapter_shows_its_token() -> None:
+    from typing import cast
+
+    import aiohttp
+
+    from crmsync.connections import Connection
+    from crmsync.crm import make_adapter
+
+    token = "00Dxx0000001gPF!AQ4AQFnz-very-secret"
+    conn = Connection("sf", "default", "salesforce", "acme", "https://x.example", token, ())
+    session = cast(aiohttp.ClientSession, object())  # never used: no request is sent
+    shown = [repr(conn), str(conn)]
+    for crm in ("salesforce", "hubspot"):
+        adapter = make_adapter(crm, base_url=conn.base_url, token=token, settings={},
+                               session=session)  # fmt: skip
+        shown += [repr(adapter), str(adapter), repr(vars(adapter).keys())]
+    for text in shown:
+        assert token not in text and "very-secret" not in text, text
