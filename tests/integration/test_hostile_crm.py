@@ -1,4 +1,6 @@
-"""Hostile CRMs beside a good one, on one worker: real PostgreSQL, Redis and HTTP.
+"""Hostile CRMs beside a good one, on one worker: real PostgreSQL, Redis and HTTP;
+the worker and the relay run as processes (as in production), the CRMs in the
+test's process (a CRM has CPUs of its own).
 
 Each hostile connection's account answers with one misbehaviour (``hostile_crm``:
 wrong types, not JSON, 2xx without the record, bodies over the cap, a body
@@ -14,9 +16,7 @@ and dead letter is then searched for every token used: 0 hits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,28 +28,37 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
-import structlog
 from rich.console import Console
 
-from crmsync import db, redact
+from crmsync import db
 from crmsync.api.app import create_app
-from crmsync.capture.relay import relay_once
-from crmsync.logs import configure_logging
-from crmsync.processes import run_worker
-from crmsync.queue.store import QueueStore
 from crmsync.report import collect
 from crmsync.settings import Settings
 from crmsync.status_view import render
+from crmsync_lab.harness.processes import stop_all
 from crmsync_lab.mock.config import AccountSpec
 from crmsync_lab.mock.limits import Window
 from crmsync_lab.mock.server import MockHandle
 from hostile_crm import RATE_LIMIT_MODES, HostileCrm
-from support import StartMock, add_connections, connection
+from support import StartCrmsync, StartMock, add_connections, connection
 
 GOOD_RATE = 100  # per second, the good accounts' limit (and their connections')
-GOOD_CONTACTS = 300
+GOOD_CONTACTS = 400
 HOSTILE_CONTACTS = 4
 ATTEMPTS = 3
+# The worker's settings, as its process reads them.
+WORKER_ENV = {
+    "CRMSYNC_RETRY_ATTEMPTS": str(ATTEMPTS),
+    "CRMSYNC_RETRY_BASE_SECONDS": "0.05",
+    "CRMSYNC_RETRY_CAP_SECONDS": "0.2",
+    "CRMSYNC_BREAKER_RECOVERY_SECONDS": "0.5",
+    "CRMSYNC_HTTP_TIMEOUT_SECONDS": "1.0",
+    "CRMSYNC_MAX_BODY_BYTES": str(64 * 1024),
+    "CRMSYNC_LEASE_SECONDS": "10",
+    "CRMSYNC_LOG_LEVEL": "debug",
+    "CRMSYNC_LOG_JSON": "1",
+    "CRMSYNC_RELAY_POLL_SECONDS": "0.2",
+}
 # (mode, CRM shape, records per request)
 HOSTILE = [
     ("sf_id_number", "salesforce", 1),
@@ -99,26 +108,7 @@ class Run:
     hostile: HostileCrm
     mock: MockHandle
     tokens: list[str]
-
-
-@contextlib.asynccontextmanager
-async def logs_into(buf: io.StringIO) -> AsyncIterator[None]:
-    """crmsync's logging (JSON, every level) into ``buf`` for the block."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    configure_logging("debug", json=True, stream=buf)
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.reset_defaults()
-
-
-async def relay_forever(pool: asyncpg.Pool[Any], store: QueueStore, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        if not await relay_once(pool, store, 5000):
-            await asyncio.sleep(0.02)
+    start: StartCrmsync
 
 
 async def insert(pool: asyncpg.Pool[Any], tenant: str, prefix: str, n: int) -> None:
@@ -137,14 +127,6 @@ async def synced(pool: asyncpg.Pool[Any], connection_id: str) -> int:
     return n
 
 
-async def time_to_sync(pool: asyncpg.Pool[Any], connection_id: str, tenant: str) -> float:
-    """Seconds from inserting the contacts to the last one synced."""
-    t0 = time.monotonic()
-    await insert(pool, tenant, connection_id, GOOD_CONTACTS)
-    await until(lambda: synced(pool, connection_id), GOOD_CONTACTS, poll=0.02)
-    return time.monotonic() - t0
-
-
 async def until(count: Callable[[], Awaitable[int]], n: int, *, poll: float) -> None:
     """Poll ``count`` until it reaches ``n`` (60 s at most)."""
     async with asyncio.timeout(60):
@@ -152,21 +134,24 @@ async def until(count: Callable[[], Awaitable[int]], n: int, *, poll: float) -> 
             await asyncio.sleep(poll)
 
 
+async def time_to_sync(pool: asyncpg.Pool[Any], connection_id: str, tenant: str) -> float:
+    """Seconds from the first contact synced to the last, as the ledger's writes
+    stamp them (the sends' pace, without the insert, the relay or this polling)."""
+    await insert(pool, tenant, connection_id, GOOD_CONTACTS)
+    await until(lambda: synced(pool, connection_id), GOOD_CONTACTS, poll=0.05)
+    span: float = await pool.fetchval(
+        "SELECT extract(epoch FROM max(updated_at) - min(updated_at))::float8 FROM sync_state"
+        " WHERE connection_id = $1 AND status = 'synced'",
+        connection_id,
+    )
+    return span
+
+
 @pytest.fixture
 async def run(
-    settings: Settings, start_mock_crm: StartMock, redis_client: aioredis.Redis
-) -> AsyncIterator[Run]:
-    s = settings.model_copy(
-        update={
-            "retry_attempts": ATTEMPTS,
-            "retry_base_seconds": 0.05,
-            "retry_cap_seconds": 0.2,
-            "breaker_recovery_seconds": 0.5,
-            "http_timeout_seconds": 1.0,
-            "max_body_bytes": 64 * 1024,
-            "lease_seconds": 10.0,
-        }
-    )
+    settings: Settings, start_mock_crm: StartMock, redis_client: aioredis.Redis,
+    crmsync_process: StartCrmsync,
+) -> AsyncIterator[Run]:  # fmt: skip
     mock = await start_mock_crm(
         AccountSpec("salesforce", "good-a", limits=(Window(GOOD_RATE, 1000),)),
         AccountSpec("salesforce", "good-b", limits=(Window(GOOD_RATE, 1000),)),
@@ -176,7 +161,7 @@ async def run(
     tokens = {mode: f"hostile-{mode}-{secrets.token_hex(12)}" for mode, _, _ in HOSTILE}
     hostile = HostileCrm({mode: mode for mode, _, _ in HOSTILE}, tokens)
     await hostile.start()
-    pool = await db.create_pool(s.database_url, min_size=1, max_size=6)
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=6)
     specs = [
         connection(
             f"good-{t}", "salesforce", tenant=f"t-{t}", account=f"good-{t}",
@@ -192,53 +177,56 @@ async def run(
         for mode, crm, batch in HOSTILE
     ]  # fmt: skip
     await add_connections(pool, specs)
-    all_tokens = [spec.token for spec in specs]
     try:
-        yield Run(pool, redis_client, s, hostile, mock, all_tokens)
+        yield Run(
+            pool, redis_client, settings, hostile, mock, [x.token for x in specs], crmsync_process
+        )
     finally:
         await pool.close()
         await hostile.close()
-        redact.forget_all()
 
 
 async def test_hostile_crms_beside_a_good_one(run: Run) -> None:
-    buf = io.StringIO()
-    store = QueueStore(run.redis, margin=run.settings.limit_margin)
-    stop = asyncio.Event()
-    async with logs_into(buf):
-        relay = asyncio.create_task(relay_forever(run.pool, store, stop))
-        worker = asyncio.create_task(run_worker(run.settings, 50, stop))
-        try:
-            await asyncio.sleep(0.5)  # the worker loads its connections
-            alone = await time_to_sync(run.pool, "good-a", "t-a")
-            started = time.monotonic()
-            for mode, _, _ in HOSTILE:
-                await insert(run.pool, f"t-{mode}", mode, HOSTILE_CONTACTS)
-            beside = await time_to_sync(run.pool, "good-b", "t-b")
-            dead_modes = [m for m, _, _ in HOSTILE if m not in RATE_LIMIT_MODES]
+    env = {**WORKER_ENV, "CRMSYNC_SECRET_KEY": run.settings.secret_key}
+    procs = [
+        await run.start("relay", env=env),
+        await run.start("worker", "--concurrency", "50", env=env),
+    ]
 
-            async def dead() -> int:
-                n: int = await run.pool.fetchval(
-                    "SELECT count(*) FROM dead_letters WHERE connection_id = ANY($1::text[])",
-                    dead_modes,
-                )
-                return n
+    async def mirrored() -> int:  # the worker has written every connection to Redis
+        n = 0
+        async for _ in run.redis.scan_iter(match="crmsync:{c:*}:state"):
+            n += 1
+        return n
 
-            await until(dead, len(dead_modes) * HOSTILE_CONTACTS, poll=0.1)
-            settled = time.monotonic() - started
-            await asyncio.sleep(1.5)  # the rate-limited ones keep waiting meanwhile
-        finally:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(worker, 20)
-            await relay
-        report = await collect(run.pool, run.redis)
-        answers = await api_answers(run)
+    await until(mirrored, 2 + len(HOSTILE), poll=0.05)
+    alone = await time_to_sync(run.pool, "good-a", "t-a")
+    started = time.monotonic()
+    for mode, _, _ in HOSTILE:
+        await insert(run.pool, f"t-{mode}", mode, HOSTILE_CONTACTS)
+    beside = await time_to_sync(run.pool, "good-b", "t-b")
+    dead_modes = [m for m, _, _ in HOSTILE if m not in RATE_LIMIT_MODES]
+
+    async def dead() -> int:
+        n: int = await run.pool.fetchval(
+            "SELECT count(*) FROM dead_letters WHERE connection_id = ANY($1::text[])",
+            dead_modes,
+        )
+        return n
+
+    await until(dead, len(dead_modes) * HOSTILE_CONTACTS, poll=0.1)
+    settled = time.monotonic() - started
+    await asyncio.sleep(1.5)  # the rate-limited ones keep waiting meanwhile
+    report = await collect(run.pool, run.redis)
+    answers = await api_answers(run)
+    await stop_all(procs, grace=10.0)
+    logs = "\n".join(p.log_path.read_text(errors="replace") for p in procs)
 
     ratio = alone / beside
     print(
-        f"good connection: {GOOD_CONTACTS} contacts in {alone:.2f}s alone, {beside:.2f}s beside "
-        f"{len(HOSTILE)} hostile ones: throughput ratio {ratio:.3f}; hostile settled in "
+        f"good connection: {GOOD_CONTACTS} contacts synced over {alone:.2f}s alone, "
+        f"{beside:.2f}s beside {len(HOSTILE)} hostile ones: throughput ratio {ratio:.3f}; "
+        "hostile settled in "
         f"{settled:.1f}s"
     )
     # At full rate beside them: within a few % of alone (both bounded by the limit).
@@ -276,7 +264,7 @@ async def test_hostile_crms_beside_a_good_one(run: Run) -> None:
     assert all(h.t < first + 0.2 for h in run.hostile.of("retry_after_huge")), "then silence"
 
     texts = {
-        "logs": buf.getvalue(),
+        "logs": logs,
         "status": orjson.dumps(report).decode() + status_text(report),
         "api": answers,
         "dead letters": orjson.dumps(letters, default=str).decode(),
