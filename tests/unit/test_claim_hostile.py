@@ -266,3 +266,30 @@ async def test_every_change_ends_synced_skipped_or_dead_in_bounded_claims(
             assert any(d.contact_id == c.id for _, d in r.ledger.dead) or prior[int(c.id[1:])] == (
                 "dead-no-id"
             )
+
+
+async def test_a_poison_record_holds_back_nothing_beyond_its_own_retries() -> None:
+    """One contact whose every answer is malformed among 20 good ones on the same
+    connection: the good ones sync in the first claim; the poison one is sent
+    exactly as often as the retry policy allows, then dead-lettered."""
+
+    def answer(ops: Sequence[Op]) -> SendResult:
+        if ops[0].contact_id == "bad":
+            raise Malformed('Salesforce answered 201 without the record\'s id: {"id": 12345}')
+        return ok(ops)
+
+    r = Rig(connection(), adapter=FakeAdapter(answer=answer))
+    r.given(contact("bad"), *(contact(f"g{i}") for i in range(20)))
+    await r.run()
+    assert all(r.row(f"g{i}") == ("synced", f"X-g{i}", 1, 0) for i in range(20))
+    for _ in range(10):
+        if not r.queue.delayed:
+            break
+        r.queue.ready.extend(r.queue.delayed)
+        r.queue.delayed.clear()
+        await r.run()
+    assert sum(ops[0].contact_id == "bad" for ops in r.adapter.sent) == POLICY_ATTEMPTS
+    row = r.row("bad")
+    assert row is not None and row[0] == "dead" and row[3] == POLICY_ATTEMPTS
+    ((_, dead),) = r.ledger.dead
+    assert '{"id": 12345}' in dead.error and dead.error_code is None
