@@ -359,10 +359,12 @@ class FakeAdapter:
                 await pending
         if watch is not None:
             watch.started = True
+            watch.calls += 1
             watch.fire()
             for _ in range(self.follow_ups):
                 assert watch.extra_permit is not None
                 await watch.extra_permit()
+                watch.calls += 1
         self.sent.append(list(ops))
         await asyncio.sleep(0)  # the answer comes later than the send
         return self.answer(ops)

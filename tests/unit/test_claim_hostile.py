@@ -293,3 +293,13 @@ async def test_a_poison_record_holds_back_nothing_beyond_its_own_retries() -> No
     assert row is not None and row[0] == "dead" and row[3] == POLICY_ATTEMPTS
     ((_, dead),) = r.ledger.dead
     assert '{"id": 12345}' in dead.error and dead.error_code is None
+
+
+async def test_every_request_of_a_send_is_counted() -> None:
+    """A HubSpot lookup before a retried create, an update after a conflict: the CRM
+    counts each request, and so does the connection's `requests` counter."""
+    r = Rig(connection("hubspot"))
+    r.adapter.follow_ups = 1
+    r.given(contact("c1"), contact("c2"))
+    await r.run()
+    assert r.queue.counters["requests"] == 4 and r.row("c2") == ("synced", "X-c2", 1, 0)

@@ -80,6 +80,7 @@ async def call(
     watch first awaits its extra permit."""
     data: bytes | WatchedBody | None = body
     if watch is not None:
+        watch.calls += 1
         if not watch.started:
             watch.started = True
             if body is None:
@@ -149,6 +150,7 @@ class WriteWatch:
     extra_permit: Callable[[], Awaitable[None]] | None = None
     started: bool = False
     fired: bool = False
+    calls: int = 0  # HTTP requests of the send so far (each one the CRM counts)
 
     def fire(self) -> None:
         if not self.fired:

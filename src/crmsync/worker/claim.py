@@ -41,6 +41,7 @@ from crmsync import counters
 from crmsync.clock import Clock
 from crmsync.connections import Connection
 from crmsync.crm.base import CrmAdapter, Op, SendResult
+from crmsync.crm.http import WriteWatch
 from crmsync.errors import CrmError, Retryable
 from crmsync.logs import get_logger
 from crmsync.queue.store import Claim
@@ -58,6 +59,10 @@ from crmsync.worker.slots import Slots
 log = get_logger(__name__)
 
 CLAIM_RETRY_MS = 1000  # a claim that failed (Redis down or flushed) is tried again this soon
+
+
+def _nothing() -> None:
+    """A write nobody needs to hear of (no rate-limit permits to move)."""
 
 
 class Claims:
@@ -221,10 +226,13 @@ class Claims:
         permits = ClaimPermits(conn.id, claim.admitted_ms, len(sent)) if conn.windows else None
         results = await asyncio.gather(*(self._send(adapter, r.ops, permits, gate) for r in sent))
         acked_ms = self.clock.now_ms()
-        for req, (res, ms, waited) in zip(sent, results, strict=True):
+        for req, (res, ms, waited, calls) in zip(sent, results, strict=True):
             out.counts[counters.latency_field(ms)] += 1
             out.counts[counters.HELD] += waited
             sort_result(out, req, res, self.policy, acked_ms)
+            # A send may take more than one request (a lookup first, an update
+            # after a conflict): the CRM counts each.
+            out.counts[counters.REQUESTS] += max(0, calls - (0 if isinstance(res, NoPermit) else 1))
         return out, claim
 
     async def _send(
@@ -233,13 +241,13 @@ class Claims:
         ops: Sequence[Op],
         permits: ClaimPermits | None,
         gate: Gate,
-    ) -> tuple[SendResult | CrmError, float, bool]:
-        """(outcome, answer time ms, whether it waited at the in-flight gate).
-        ``permits``: the claim's, for a connection with rate limits."""
+    ) -> tuple[SendResult | CrmError, float, bool, int]:
+        """(outcome, answer time ms, whether it waited at the in-flight gate, HTTP
+        requests it took). ``permits``: the claim's, for a connection with rate limits."""
         waited = await gate.acquire()
         t0 = self.clock.monotonic()
+        watch = WriteWatch(_nothing)  # counts the send's requests; no permits to move
         try:
-            watch = None
             if permits is not None:
                 admitted = await self.permits.admission(permits, waited)
                 if admitted is None:
@@ -260,7 +268,7 @@ class Claims:
         ):
             # A refused connection answers at once: no measure of the CRM's time.
             gate.sample(ms, self.clock.now_ms())
-        return res, ms, waited
+        return res, ms, waited, watch.calls
 
     async def _record(
         self, conn: Connection, claim: Claim, out: Outcome, *, refund: int
