@@ -338,6 +338,12 @@ class FakeAdapter:
         self.follow_ups = 0
         self.before_write: Callable[[], Awaitable[None] | None] | None = None
         self.sent: list[list[Op]] = []
+        self.token_wait = 0.0  # seconds ready() waits, as for a token being refreshed
+
+    async def ready(self) -> bool:
+        if self.token_wait:
+            await asyncio.sleep(self.token_wait)
+        return bool(self.token_wait)
 
     async def send(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> SendResult:
         if self.before_write is not None:

@@ -24,7 +24,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from crmsync.errors import Retryable
+from crmsync.crm.credentials import Credential, StaticToken, TokenSource
+from crmsync.errors import AuthFailed, Retryable
 
 Headers = Mapping[str, str]
 
@@ -142,33 +143,84 @@ class WatchedBody(aiohttp.BytesPayload):
 
 
 class JsonClient:
-    """One JSON exchange with a CRM on the process's shared session."""
+    """One JSON exchange with a CRM on the process's shared session, authorized by
+    the connection's token source: a refreshing source hears of every 401 (which
+    it turns into ``TokenReplaced`` or ``AuthFailed``) and success, and may move
+    the calls to another host (Salesforce's ``instance_url``)."""
 
     def __init__(
-        self, *, token: str, settings: Mapping[str, Any], session: aiohttp.ClientSession
+        self,
+        *,
+        token: str | TokenSource,
+        settings: Mapping[str, Any],
+        session: aiohttp.ClientSession,
+        base_url: str = "",
     ) -> None:
         self.session = session
         self.timeout = timeout_from(settings)
-        self.headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
+        self.auth: TokenSource = StaticToken(token) if isinstance(token, str) else token
+        self.base = base_of(base_url) if base_url else ""
+        self._cred: Credential | None = None
+        self.headers: dict[str, str] = {}
+        first = self.auth.cached()
+        if first is not None:  # a static token: its headers once and for all
+            self._headers_for(first)
+
+    async def ready(self) -> bool:
+        """Wait until a token can be sent (a refresh under way); True if that waited."""
+        return await self.auth.ready()
+
+    def _headers_for(self, cred: Credential) -> dict[str, str]:
+        if cred is not self._cred:  # built once per token, not per request
+            self._cred = cred
+            self.headers = {
+                "Authorization": f"Bearer {cred.token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            }
+        return self.headers
 
     async def _call(
         self, method: str, url: str, payload: Any = None, watch: WriteWatch | None = None
     ) -> tuple[int, Headers, Any]:
         body = None if payload is None else dumps(payload)
+        cred = self.auth.cached() or await self.auth.get()
+        if cred.base_url and self.base and url.startswith(self.base):
+            url = base_of(cred.base_url) + url[len(self.base) :]
         status, headers, raw = await call(
             self.session,
             method,
             url,
-            headers=self.headers,
+            headers=self._headers_for(cred),
             body=body,
             limit=self.timeout,
             watch=watch,
         )
-        return status, headers, loads(raw)
+        data = loads(raw)
+        if self.auth.refreshes:
+            if status == 401:
+                await self.auth.rejected(cred, auth_error(status, data))
+            elif status < 400:
+                self.auth.succeeded(cred)
+        return status, headers, data
+
+    async def request(
+        self, method: str, url: str, payload: Any = None, watch: WriteWatch | None = None
+    ) -> tuple[int, Headers, Any]:
+        """One exchange outside an adapter's send (onboarding checks)."""
+        return await self._call(method, url, payload, watch)
+
+
+def auth_error(status: int, body: Any) -> AuthFailed:
+    """A CRM's 401 as ``AuthFailed`` with its code and message: Salesforce's
+    ``[{"errorCode", "message"}]`` or HubSpot's ``{"category", "message"}``."""
+    item = body[0] if isinstance(body, list) and body and isinstance(body[0], dict) else body
+    code = message = None
+    if isinstance(item, dict):
+        code = item.get("errorCode") or item.get("category") or item.get("error")
+        message = item.get("message") or item.get("error_description")
+    text = str(message or code or f"HTTP {status}")
+    return AuthFailed(text, status=status, code=str(code) if code else None)
 
 
 def dumps(obj: Any) -> bytes:

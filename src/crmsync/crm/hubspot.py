@@ -21,6 +21,7 @@ import aiohttp
 
 from crmsync import clock
 from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.credentials import TokenSource
 from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
 from crmsync.crm.quota import (
     DEFAULT_LIMITED_SECONDS,
@@ -227,13 +228,13 @@ class HubSpotAdapter(JsonClient):
         self,
         *,
         base_url: str,
-        token: str,
+        token: str | TokenSource,
         settings: Mapping[str, Any],
         session: aiohttp.ClientSession,
     ) -> None:
         self.id_property = str(settings.get("id_property") or "crmsync_id")
         self.props = field_map(DEFAULT_PROPERTIES, settings.get("field_map"))
-        super().__init__(token=token, settings=settings, session=session)
+        super().__init__(token=token, settings=settings, session=session, base_url=base_url)
         self.contacts = f"{base_of(base_url)}/crm/v3/objects/contacts"
         self.by_key = f"?idProperty={quote(self.id_property, safe='')}"
 
