@@ -200,6 +200,9 @@ class Claims:
         waited = await gate.acquire()
         t0 = self.clock.monotonic()
         try:
+            # A token being refreshed holds the request like the gate: its permits
+            # are re-taken for when it goes out.
+            waited = await adapter.ready() or waited
             watch = None
             if permits is not None:
                 admitted = await self.permits.admission(permits, waited)

@@ -1,6 +1,6 @@
 -- name: worker_connections
 -- `secrets` is sealed: Connection.from_row opens it in memory (crmsync.vault).
-SELECT id, tenant, crm, account, base_url, secrets, rate_limits, settings, paused_reason
+SELECT id, tenant, crm, account, base_url, secrets, rate_limits, settings, paused_reason, auth
 FROM connections
 ORDER BY id;
 
