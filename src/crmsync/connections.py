@@ -6,9 +6,9 @@ with the connection id, in the same statement, so workers react at once.
 Credentials are stored sealed (crmsync.vault) and opened only in memory, by the
 workers; users see the token's last 4 characters at most. How a connection
 authenticates (bearer, oauth-refresh, jwt: crmsync.crm.auth) is the ``auth``
-column; its secrets share the one sealed JSON object, with ``rev``, a random
-name of the credentials the operator set (a token cached in Redis from other
-credentials is never used).
+column, with ``rev``, a random name of the credentials the operator set (a token
+cached in Redis from other credentials is never used; a worker holding old ones
+cannot pause the connection); the secrets share the one sealed JSON object.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class Connection:
     paused_reason: str | None = None
     auth: Auth = BEARER
     # Every secret of the credentials (bearer: {"token"}; oauth-refresh:
-    # client_secret, refresh_token, rev; jwt: private_key, rev).
+    # client_secret, refresh_token; jwt: private_key).
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -135,7 +135,7 @@ class Connection:
     def credentials(self) -> tuple[Auth, str]:
         """What names the credentials: a token source is rebuilt when this changes
         (a refresh token rotated by a worker keeps it)."""
-        return self.auth, self.secrets.get("rev") or self.secrets.get("token", "")
+        return self.auth, "" if self.auth.rev else self.secrets.get("token", "")
 
     @property
     def token_hint(self) -> str:
@@ -242,6 +242,7 @@ def parse_connection(
             client_id=given.get("--client-id", ""),
             username=given.get("--username", ""),
             login_url=login,
+            rev=pysecrets.token_hex(8),  # new credentials
         ),
         secrets=secrets,
     )
@@ -270,14 +271,9 @@ def _url(flag: str, value: str) -> str:
 def _secrets(kind: str, given: Mapping[str, str]) -> dict[str, str]:
     if kind == "bearer":
         return {"token": given["--token"]}
-    rev = pysecrets.token_hex(8)  # new credentials: tokens cached from others are void
     if kind == "jwt":
-        return {"private_key": given["--private-key"], "rev": rev}
-    return {
-        "client_secret": given["--client-secret"],
-        "refresh_token": given["--refresh-token"],
-        "rev": rev,
-    }
+        return {"private_key": given["--private-key"]}
+    return {"client_secret": given["--client-secret"], "refresh_token": given["--refresh-token"]}
 
 
 @dataclass(frozen=True)
@@ -343,11 +339,8 @@ def apply(cur: Connection, ch: Changes) -> Connection:
     spec = replace(spec, settings=settings)
     if not ch.rate_limits:
         spec = replace(spec, windows=cur.windows)
-    if (spec.auth, {k: v for k, v in spec.secrets.items() if k != "rev"}) == (
-        cur.auth,
-        {k: v for k, v in cur.secrets.items() if k != "rev"},
-    ):
-        spec = replace(spec, secrets=cur.secrets)  # same credentials: same rev
+    if (replace(spec.auth, rev=""), spec.secrets) == (replace(cur.auth, rev=""), cur.secrets):
+        spec = replace(spec, auth=cur.auth)  # the same credentials: the same rev
     return replace(spec, paused_reason=cur.paused_reason)
 
 
@@ -431,9 +424,9 @@ async def store_rotated(
         row = await pg.fetchrow(db.q("connections_get_for_update"), connection_id)
         if row is None:
             return False
-        secrets = keys.open(connection_id, row["secrets"])
-        if secrets.get("rev") != rev:
+        if Auth.from_json(row["auth"]).rev != rev:
             return False
+        secrets = keys.open(connection_id, row["secrets"])
         secrets["refresh_token"] = refresh_token
         await pg.execute(
             db.q("connections_store_rotated"),

@@ -6,6 +6,7 @@ refusal pause, JWT bearer end to end, rotated refresh tokens kept."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -171,7 +172,7 @@ async def test_an_expired_token_is_replaced_once_and_requests_go_back(
 
 
 @pytest.mark.parametrize("crm", ["salesforce", "hubspot"])
-async def test_a_fresh_token_refused_is_an_auth_failure(
+async def test_a_token_refused_is_renewed_once_then_its_successor_fails(
     mock: MockHandle,
     redis_client: RedisClient,
     sessions: Callable[[], aiohttp.ClientSession],
@@ -181,13 +182,25 @@ async def test_a_fresh_token_refused_is_an_auth_failure(
     conn = refresh_connection(mock, crm, name)
     proc = source(conn, redis_client, sessions())
     client = JsonClient(token=proc, settings={}, session=sessions(), base_url=conn.base_url)
+    url = api_url(mock, conn)
+    # Sessions revoked (a password reset): a token that never served a request is
+    # renewed once, and the new one works.
     await proc.get()
-    mock.account(crm, name).creds.revoke(refresh=False)  # before it served any request
+    mock.account(crm, name).creds.revoke(refresh=False)
+    with pytest.raises(TokenReplaced):
+        await client.request("GET", url)
+    assert await ask(client, url) == 200 and grants(mock, crm, name) == 2
+    # The CRM refuses every token (the user lost API access): the one renewed
+    # because of a 401 is refused too, and that is a failure to pause for.
+    mock.set_faults(name, crm, revoke_token=True)
+    with pytest.raises(TokenReplaced):
+        await client.request("GET", url)
     with pytest.raises(AuthFailed) as exc:
-        await client.request("GET", api_url(mock, conn))
+        await client.request("GET", url)
     assert not isinstance(exc.value, TokenReplaced)
     expected = "INVALID_SESSION_ID" if crm == "salesforce" else "INVALID_AUTHENTICATION"
     assert exc.value.code == expected
+    assert grants(mock, crm, name) == 3
 
 
 @pytest.mark.parametrize("crm", ["salesforce", "hubspot"])
@@ -241,7 +254,7 @@ async def test_jwt_bearer_flow_end_to_end(
         private_key=pem,
         login_url=base,
     )
-    assert conn.base_url == base and conn.auth == Auth(
+    assert conn.base_url == base and replace(conn.auth, rev="") == Auth(
         "jwt", "client-sf-j", conn.auth.username, base
     )
     proc = source(conn, redis_client, sessions())
@@ -277,14 +290,14 @@ async def test_new_credentials_never_use_the_old_ones_token(
     assert again.token == old.token and grants(mock, "hubspot", "hs-o") == 1
     mock.account("hubspot", "hs-o").creds.control({"refresh_token": "refresh-hs-o-2"})
     changed = connections.apply(conn, connections.Changes(refresh_token="refresh-hs-o-2"))
-    assert changed.secrets["rev"] != conn.secrets["rev"]  # new credentials
+    assert changed.auth.rev != conn.auth.rev  # new credentials
     fresh = await source(changed, redis_client, sessions()).get()
     assert fresh.token != old.token and grants(mock, "hubspot", "hs-o") == 2
     for unchanged in (
         connections.Changes(settings=["batch_size=50"]),
         connections.Changes(refresh_token="refresh-hs-o-2"),  # the same one again
     ):
-        assert connections.apply(changed, unchanged).secrets == changed.secrets  # same rev
+        assert connections.apply(changed, unchanged).auth == changed.auth  # same rev
 
 
 async def test_a_rotated_refresh_token_is_shared_and_kept(
@@ -330,7 +343,7 @@ async def test_a_rotated_refresh_token_is_shared_and_kept(
         )
         ring = vault.keyring(settings.secret_key)
         await add_connections(pg, [conn], ring)
-        rev = conn.secrets["rev"]
+        rev = conn.auth.rev
 
         async def keep(refresh_token: str) -> None:
             await connections.store_rotated(pool, conn.id, ring, rev, refresh_token)

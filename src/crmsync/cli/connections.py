@@ -354,8 +354,7 @@ def _onboard(
         conn = await connections.load(pool, connection_id, keys)
         checks, rotated = await _run_checks(s, conn, keys, store, setup=setup)
         if rotated:
-            rev = conn.secrets.get("rev", "")
-            await connections.store_rotated(pool, conn.id, keys, rev, rotated[-1])
+            await connections.store_rotated(pool, conn.id, keys, conn.auth.rev, rotated[-1])
         return checks
 
     checks = with_pool(s, go, redis=True)

@@ -11,7 +11,7 @@ Three kinds (``Auth.kind``):
   connected app's private key (``iss`` client id, ``sub`` username, ``aud`` the
   login URL, ``exp`` under 3 minutes ahead).
 
-What is not secret (kind, client id, username, login URL) is ``Auth``, stored in
+What is not secret (kind, client id, username, login URL, ``rev``) is ``Auth``, stored in
 the ``auth`` column; the secrets (``token``, ``client_secret``, ``refresh_token``,
 ``private_key``) are the sealed JSON of ``crmsync.vault``. This module only speaks
 to the token endpoints; sharing the access token between processes is
@@ -58,6 +58,10 @@ class Auth:
     client_id: str = ""
     username: str = ""  # jwt: the Salesforce user the assertion names
     login_url: str = ""  # Salesforce: where the token endpoint is (default login.salesforce.com)
+    # A random name of the credentials, new whenever an operator sets them: a token
+    # cached from other credentials is never used, and a worker still holding old
+    # ones cannot pause the connection for their failure.
+    rev: str = ""
 
     @property
     def refreshes(self) -> bool:
@@ -74,6 +78,7 @@ class Auth:
             client_id=str(data.get("client_id") or ""),
             username=str(data.get("username") or ""),
             login_url=str(data.get("login_url") or ""),
+            rev=str(data.get("rev") or ""),
         )
 
 

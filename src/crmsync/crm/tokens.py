@@ -14,11 +14,12 @@ vault key) with its generation, issue time and expiry:
   ``token_refreshes``); the others poll the hash until it changes, bounded by the
   HTTP timeout, instead of calling the endpoint themselves.
 - A 401 with a token that is no longer the current one raises ``TokenReplaced``
-  (the request goes back, not an attempt). A 401 with the current token that has
-  already served a request means it expired: it is condemned, the request goes back
-  and the next one refreshes. A 401 with a fresh token (never served a request,
-  issued within ``FRESH_S``) raises ``AuthFailed``, and a refusal of the token
-  endpoint ``TokenRefused``: both pause the connection with the CRM's reason.
+  (the request goes back, not an attempt). A 401 with the current token means it
+  expired or was revoked: it is condemned, the request goes back and the next one
+  refreshes. Only a 401 with a fresh token, one refreshed because the previous
+  one was refused that has not served a request yet (issued within ``FRESH_S``),
+  raises ``AuthFailed``, and a refusal of the token endpoint ``TokenRefused``:
+  both pause the connection with the CRM's reason.
 - A refresh token the endpoint rotates is shared in the same sealed value and
   handed to ``on_rotated`` (which stores it sealed in PostgreSQL).
 
@@ -59,6 +60,9 @@ EARLY_SHARE = 0.2  # refresh ahead of a known expiry by this share of the lifeti
 EARLY_CAP_S = 60.0  # ...but at most this many seconds ahead
 EXPIRY_SLACK_S = 0.5  # a token this close to its expiry is not sent any more
 KICK_EVERY_S = 0.5  # a process looks for a background refresh at most this often
+# A refusal of these credentials this recent answers for the endpoint: the
+# connection is being paused, and asking again would only be refused again.
+REFUSAL_HOLDS_S = 5.0
 
 RotatedHook = Callable[[str], Awaitable[None]]
 
@@ -95,7 +99,7 @@ class SharedToken:
         self.crm = crm
         self.auth = auth
         self.secrets = dict(secrets)  # the registry updates it when the refresh token rotates
-        self.rev = self.secrets.get("rev", "")
+        self.rev = auth.rev
         self.base_url = base_url
         self.redis = redis
         self.keyring = keyring
@@ -175,8 +179,11 @@ class SharedToken:
             raise TokenReplaced("the access token was replaced: sent again with the new one")
         fp = cred.fingerprint()
         served = self.proven == fp or state.get("ok") == fp
-        if not served and self.now() - cred.issued < FRESH_S:
-            raise error  # a fresh token refused: the credentials do not work
+        after_401 = (
+            shared is not None and shared.token == cred.token and state.get("cause") == "401"
+        )
+        if after_401 and not served and self.now() - cred.issued < FRESH_S:
+            raise error  # a new token refused as well: the credentials do not work
         self.bad = cred.token
         if self.current is not None and self.current.token == cred.token:
             self.current = None
@@ -224,17 +231,20 @@ class SharedToken:
             if shared is not None and self._usable(shared, self.now()):
                 return shared
             fails = int(state.get("fails") or 0)
-            if fails_seen is None:
-                fails_seen = fails
-            elif fails > fails_seen and state.get("failed_rev") == self.rev:
+            mine = state.get("failed_rev") == self.rev
+            recent = self.now() - int(state.get("failed_ms") or 0) / 1000 < REFUSAL_HOLDS_S
+            if mine and (recent if fails_seen is None else fails > fails_seen):
                 raise TokenRefused(
                     state.get("failed", "the token endpoint refused the credentials"),
                     status=int(state.get("failed_status") or 400),
                     code=state.get("failed_code") or None,
                 )
+            if fails_seen is None:
+                fails_seen = fails
             me = pysecrets.token_hex(8)
             if await self.redis.set(self.k.auth_lock, me, nx=True, px=int(self.wait_s * 1000)):
-                return await self._refresh(me, early=False)
+                refused = shared is not None and shared.token == self.bad
+                return await self._refresh(me, early=False, after_401=refused)
             if clock.monotonic() > deadline:
                 raise Retryable(
                     f"connection {self.connection_id}: another process's token refresh "
@@ -243,9 +253,10 @@ class SharedToken:
                 )
             await asyncio.sleep(POLL_S)
 
-    async def _refresh(self, me: str, *, early: bool) -> Credential:
+    async def _refresh(self, me: str, *, early: bool, after_401: bool = False) -> Credential:
         """Holding the lock: call the token endpoint, publish what it says
-        (``early``: ahead of the current token's expiry)."""
+        (``early``: ahead of the current token's expiry; ``after_401``: because
+        the CRM refused the current one)."""
         keys_ = [self.k.auth, self.k.auth_lock, self.k.stats]
         try:
             # A refresher may have published between our read and our lock.
@@ -270,7 +281,8 @@ class SharedToken:
                 refresh_token=self.refresh_token,
             )
         except TokenRefused as exc:
-            args = ["fail", me, exc.message, self.rev, exc.code or "", str(exc.status or 400)]
+            status, when = str(exc.status or 400), str(int(self.now() * 1000))
+            args = ["fail", me, exc.message, self.rev, exc.code or "", status, when]
             with contextlib.suppress(Exception):
                 await self._script(keys=keys_, args=args)
             raise
@@ -298,7 +310,8 @@ class SharedToken:
             },
         )
         expires_ms = int(cred.expires * 1000) if cred.expires else 0
-        args = ["ok", me, sealed, self.rev, str(int(now * 1000)), str(expires_ms)]
+        cause = "401" if after_401 else ""
+        args = ["ok", me, sealed, self.rev, str(int(now * 1000)), str(expires_ms), cause]
         gen = int(await self._script(keys=keys_, args=args))
         log.info("token.refreshed", connection=self.connection_id, gen=gen, expires_in=life)
         if grant.refresh_token:

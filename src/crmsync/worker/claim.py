@@ -170,10 +170,12 @@ class Claims:
                 out.counts[counters.latency_field(ms)] += 1
                 out.counts[counters.HELD] += waited
                 sort_result(out, req, res, self.policy, acked_ms)
-            if out.pause is not None:
-                # Paused for every worker: Redis at once, PostgreSQL for good.
+            # Paused for good in PostgreSQL unless an operator replaced the
+            # credentials meanwhile (this claim may still hold the old ones), then
+            # in Redis for every worker at once.
+            rev = conn.auth.rev or None
+            if out.pause is not None and await self.ledger.pause(conn.id, out.pause, rev):
                 await self.store.pause(conn.id, out.pause)
-                await self.ledger.pause(conn.id, out.pause)
             if out.limited_for:
                 # The CRM's view of the limit differs from ours: everyone waits
                 # (and runs slower for a while), at once, one call for the claim.

@@ -100,7 +100,7 @@ class Registry:
         return {"timeout_seconds": self.settings.http_timeout_seconds, **conn.settings}
 
     def _token_source(self, conn: Connection) -> TokenSource:
-        rev = conn.secrets.get("rev", "")
+        rev = conn.auth.rev
 
         async def rotated(refresh_token: str) -> None:
             await connections.store_rotated(self.pool, conn.id, self.keys, rev, refresh_token)
