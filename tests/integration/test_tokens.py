@@ -6,8 +6,8 @@ refusal pause, JWT bearer end to end, rotated refresh tokens kept."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
