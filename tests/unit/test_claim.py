@@ -621,8 +621,9 @@ async def test_no_pause_for_credentials_an_operator_replaced_meanwhile() -> None
     assert r.queue.ready == ["c1"]  # back, no attempt
     r.ledger.revs[conn.id] = "old"  # the credentials it used are still the current ones
     await r.run()
-    assert r.queue.paused == r.ledger.paused[conn.id]
-    assert r.queue.paused.startswith("CRM rejected the token (token endpoint: 400 invalid_grant)")
+    reason = r.ledger.paused[conn.id]
+    assert r.queue.paused == reason
+    assert reason.startswith("CRM rejected the token (token endpoint: 400 invalid_grant)")
 
 
 async def test_a_token_being_refreshed_holds_the_send_like_the_gate() -> None:
