@@ -225,6 +225,7 @@ def parse_connection(
     if kind == "jwt":
         load_private_key(given["--private-key"])
     secrets = _secrets(kind, given)
+    redact.remember(secrets.values())  # masked in this process's logs from now on
     parsed = parse_settings(settings)
     return Connection(
         id=id,

@@ -296,6 +296,7 @@ async def _run_checks(
     from crmsync.crm import tokens
     from crmsync.crm.http import JsonClient, http_session
     from crmsync.crm.onboarding import Check, NoAnswer, Onboarding
+    from crmsync.queue.keys import connection as keys_of
     from crmsync.worker.permits import Permits
 
     rotated: list[str] = []
@@ -304,13 +305,16 @@ async def _run_checks(
         rotated.append(refresh_token)
 
     settings = {"timeout_seconds": s.http_timeout_seconds, **conn.settings}
-    await store.configure(
-        conn.id,
-        conn.windows,
-        breaker_threshold=s.breaker_threshold,
-        breaker_recovery_ms=int(s.breaker_recovery_seconds * 1000),
-        paused=conn.paused_reason,
-    )
+    if not await store.redis.hexists(keys_of(conn.id).state, "limits"):
+        # A connection no worker configured yet (being added): its limiter is
+        # configured here; otherwise the workers' configuration stands.
+        await store.configure(
+            conn.id,
+            conn.windows,
+            breaker_threshold=s.breaker_threshold,
+            breaker_recovery_ms=int(s.breaker_recovery_seconds * 1000),
+            paused=conn.paused_reason,
+        )
     permits = Permits(
         store,
         RedisClock(),
