@@ -223,8 +223,8 @@ class Demo:
         self.console.print(
             f"mock CRMs: {totals['requests']} requests, {totals['records']} records, "
             f"{totals['violations']} limit violations, {totals['duplicates']} duplicates, "
-            f"busiest second {totals['max_in_any_1s']} requests; "
-            f"{grants} access tokens issued, {expired} requests with an expired one"
+            f"busiest second {totals['max_in_any_1s']} requests; {grants} access tokens "
+            f"issued, {expired} requests met an expired one (sent again with the new one)"
         )
         counts = progress.totals(snapshot, ("token_refreshes", "auth_pauses"))
         problems = report.problems()

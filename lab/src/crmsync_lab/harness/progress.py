@@ -113,7 +113,7 @@ def summary_table(
     t.add_column("connection", no_wrap=True)
     cols = (
         "created", "updated", "deleted", "skipped", "retried", "dead", "limit waits", "429s",
-        "breaker trips", "refreshes", "p50/p99 ms", "CRM records", "over limit", "dups",
+        "breaker trips", "tokens", "p50/p99 ms", "CRM records", "over limit", "dups",
     )  # fmt: skip
     for col in cols:
         t.add_column(col, justify="right", overflow="fold")
