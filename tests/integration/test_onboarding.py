@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner, Result
 
 from crmsync.cli import app
@@ -319,3 +322,52 @@ def test_update_keeps_the_ledger_and_remove_asks_first(
     )
     assert yes.exit_code == 0, yes.output
     assert fetch(database_url, "SELECT contact_id FROM sync_state") == []
+
+
+def test_jwt_connection_added_from_a_key_file_and_no_secret_listed(
+    database_url: str, redis_url: str, threaded_mock: StartThreaded, tmp_path: Path
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+    cert = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    app_ = OAuthSpec.default("salesforce", "sf-jwt", certificate=cert)
+    mock = threaded_mock(
+        AccountSpec("salesforce", "sf-jwt", limits=UNLIMITED, static_token=False, oauth=app_)
+    )
+    key_file = tmp_path / "server.key"
+    key_file.write_text(pem)
+    base = mock.base_url("salesforce", "sf-jwt")
+    res = run(
+        database_url, redis_url,
+        "add", "sf-jwt", "--crm", "salesforce", "--account", "sf-jwt", "--auth", "jwt",
+        "--client-id", "client-sf-jwt", "--username", "integration@sf-jwt.example.com",
+        "--private-key", str(key_file), "--login-url", base,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert lines(res)[0] == (
+        f"✓ authentication: JWT bearer flow: access token obtained, instance {base}"
+    )
+    assert "auth jwt, client client-sf-jwt, user integration@sf-jwt.example.com" in res.output
+    assert mock.account_stats("salesforce", "sf-jwt")["auth"]["jwt_grants"] == 1
+    missing = run(
+        database_url, redis_url, "update", "sf-jwt", "--private-key", str(tmp_path / "nope")
+    )
+    assert "--private-key" in str(missing.exception) and "cannot read it" in str(missing.exception)
+    listed = CliRunner().invoke(
+        app, ["connections", "list", "--json", "--database-url", database_url]
+    )
+    table = CliRunner().invoke(
+        app, ["connections", "list", "--database-url", database_url], env={"COLUMNS": "250"}
+    )
+    body = pem.splitlines()[1]
+    for out in (res.output, listed.output, table.output):
+        assert body not in out and "PRIVATE KEY" not in out
+    assert '"auth": "jwt"' in listed.output and "jwt" in table.output
