@@ -85,6 +85,13 @@ async def test_tokens_expiring_under_load_refresh_once_per_expiry(
             assert not seen.get("auth_pauses"), seen
         status = await cluster.status()
         assert not [c["id"] for c in status["connections"] if c["paused"]]
+        async with cluster.http.get(f"{cluster.api_url}/metrics") as r:
+            metrics = await r.text()
+        for account in ACCOUNTS:
+            seen = await counters(cluster, account)
+            name = "crmsync_connection_token_refreshes_total"
+            sample = re.search(rf'{name}\{{connection="{account}"[^}}]*\}} (\S+)', metrics)
+            assert sample is not None and float(sample.group(1)) == seen["token_refreshes"]
 
         await _revoked_refresh_token_pauses_and_update_resumes(cluster)
         accounts = await mock_client.accounts(cluster.http, cluster.mock_url)
