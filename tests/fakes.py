@@ -221,6 +221,7 @@ class FakeLedger:
         self.errors: dict[tuple[str, str], str | None] = {}
         self.dead: list[tuple[str, DeadLetter]] = []
         self.paused: dict[str, str] = {}
+        self.revs: dict[str, str] = {}  # the credentials' rev of each connection, as stored
         self.fail: set[str] = set()  # operations that raise LedgerUnavailable
         self.on_load: Callable[[], None] | None = None  # runs inside load (e.g. a slow read)
 
@@ -267,9 +268,14 @@ class FakeLedger:
             self.errors[key] = w.last_error
         self.dead.extend((connection_id, d) for d in dead)
 
-    async def pause(self, connection_id: str, reason: str) -> None:
+    async def pause(self, connection_id: str, reason: str, rev: str | None = None) -> bool:
         self._call("pause")
-        self.paused.setdefault(connection_id, reason)
+        if connection_id in self.paused or (
+            rev is not None and rev != self.revs.get(connection_id)
+        ):
+            return False
+        self.paused[connection_id] = reason
+        return True
 
     def row(self, connection_id: str, contact_id: str) -> LedgerRow | None:
         return self.rows.get((connection_id, contact_id))
@@ -351,6 +357,12 @@ class FakeAdapter:
         self.follow_ups = 0
         self.before_write: Callable[[], Awaitable[None] | None] | None = None
         self.sent: list[list[Op]] = []
+        self.token_wait = 0.0  # seconds ready() waits, as for a token being refreshed
+
+    async def ready(self) -> bool:
+        if self.token_wait:
+            await asyncio.sleep(self.token_wait)
+        return bool(self.token_wait)
 
     async def send(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> SendResult:
         if self.before_write is not None:

@@ -4,25 +4,39 @@ PostgreSQL is the source of truth; workers mirror connections (limits, pause
 state) into Redis themselves. Every change notifies ``crmsync_connections``
 with the connection id, in the same statement, so workers react at once.
 Credentials are stored sealed (crmsync.vault) and opened only in memory, by the
-workers; users see the token's last 4 characters at most.
+workers; users see the token's last 4 characters at most. How a connection
+authenticates (bearer, oauth-refresh, jwt: crmsync.crm.auth) is the ``auth``
+column, with ``rev``, a random name of the credentials the operator set (a token
+cached in Redis from other credentials is never used; a worker holding old ones
+cannot pause the connection); the secrets share the one sealed JSON object.
 """
 
 from __future__ import annotations
 
+import secrets as pysecrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 
-from crmsync import db, redact
+from crmsync import connection_settings, db, redact
 from crmsync.contacts import ID_RULE, is_id
+from crmsync.crm.auth import (
+    KINDS,
+    SALESFORCE_LOGIN_URL,
+    Auth,
+    hint,
+    is_auth_pause,
+    load_private_key,
+)
 from crmsync.errors import UserError
 from crmsync.ratelimit import RateWindow, format_rate, parse_rate_limit
 from crmsync.vault import Keyring
 
+BEARER = Auth()
 CRMS: tuple[str, ...] = ("salesforce", "hubspot")
 # Used when `connections add` gets no --rate-limit (documented in its --help):
 # Salesforce 100/s; HubSpot 100 per TEN_SECONDLY_ROLLING window (Free/Starter tier).
@@ -87,6 +101,14 @@ class Connection:
     windows: tuple[RateWindow, ...]
     settings: Mapping[str, Any] = field(default_factory=dict)
     paused_reason: str | None = None
+    auth: Auth = BEARER
+    # Every secret of the credentials (bearer: {"token"}; oauth-refresh:
+    # client_secret, refresh_token; jwt: private_key).
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.secrets and self.token:
+            object.__setattr__(self, "secrets", {"token": self.token})
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], keys: Keyring) -> Connection:
@@ -105,7 +127,19 @@ class Connection:
             windows=tuple(RateWindow(int(w["limit"]), int(w["window_ms"])) for w in limits),
             settings=dict(row["settings"] or {}),
             paused_reason=row["paused_reason"],
+            auth=Auth.from_json(row["auth"]),
+            secrets=secrets,
         )
+
+    @property
+    def credentials(self) -> tuple[Auth, str]:
+        """What names the credentials: a token source is rebuilt when this changes
+        (a refresh token rotated by a worker keeps it)."""
+        return self.auth, "" if self.auth.rev else self.secrets.get("token", "")
+
+    @property
+    def token_hint(self) -> str:
+        return redact.mask(hint(self.auth, self.secrets))
 
     @property
     def rate_limits(self) -> list[dict[str, int]]:
@@ -128,37 +162,26 @@ class Connection:
         return max(1, min(self._int_setting("max_in_flight", default), default))
 
 
-def parse_base_url(base_url: str) -> str:
-    """A CRM's base URL: http(s), a host, no credentials (they would be stored and
-    shown in clear: the token is the credential, sealed at rest)."""
-    shown = redact.text(base_url.strip())[:200]
-    try:
-        parts = urlsplit(base_url.strip())
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-    except ValueError:
-        raise UserError(f"--base-url {shown!r} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"--base-url {shown!r} must be an http:// or https:// URL")
-    if parts.username is not None or parts.password is not None:
-        raise UserError(
-            "--base-url must not carry credentials (user:password@host): give the "
-            "CRM's token with --token, which is stored encrypted"
-        )
-    return base_url.strip().rstrip("/")
-
-
 def parse_connection(
     *,
     id: str,
     crm: str,
     account: str,
-    base_url: str,
-    token: str,
+    base_url: str | None,
+    token: str = "",
     tenant: str = "default",
     rate_limits: Sequence[str] = (),
     settings: Sequence[str] = (),
+    auth: str = "bearer",
+    client_id: str = "",
+    client_secret: str = "",
+    refresh_token: str = "",
+    username: str = "",
+    private_key: str = "",
+    login_url: str = "",
 ) -> Connection:
-    """Validate the flags of ``connections add``; each problem names its flag."""
+    """Validate the flags of ``connections add``; each problem names its flag.
+    ``private_key`` is the PEM text of ``--private-key FILE``."""
     if not is_id(id):
         raise UserError(f"connection id {id!r} must be {ID_RULE}")
     if not is_id(tenant):
@@ -169,21 +192,169 @@ def parse_connection(
     account = account.strip()
     if not account or len(account) > 255:
         raise UserError("--account must be 1-255 characters naming the CRM account")
-    url = parse_base_url(base_url)
-    if not token.strip():
-        raise UserError("--token must not be empty")
+    kind = auth.strip().lower()
+    if kind not in KINDS:
+        raise UserError(f"--auth {auth!r} must be one of {', '.join(KINDS)}")
+    given = {
+        "--token": token,
+        "--client-id": client_id,
+        "--client-secret": client_secret,
+        "--refresh-token": refresh_token,
+        "--username": username,
+        "--private-key": private_key,
+        "--login-url": login_url,
+    }
+    given = {flag: v.strip() for flag, v in given.items() if v and v.strip()}
+    needed, allowed = _credential_flags(crm, kind)
+    for flag in given:
+        if flag not in allowed:
+            raise UserError(
+                f"{flag} does not apply to --auth {kind} with --crm {crm} "
+                f"(it takes {', '.join(allowed)})"
+            )
+    for flag in needed:
+        if flag not in given:
+            raise UserError(f"{flag} must not be empty with --auth {kind}")
+    login = given.get("--login-url", "")
+    if crm == "salesforce" and kind != "bearer":
+        login = _url("--login-url", login or SALESFORCE_LOGIN_URL)
+    base = (base_url or "").strip() or login  # Salesforce OAuth: the instance URL comes later
+    if not base:
+        raise UserError("--base-url must be given: the CRM's REST base URL")
+    base = _url("--base-url", base)
+    if kind == "jwt":
+        load_private_key(given["--private-key"])
+    secrets = _secrets(kind, given)
+    redact.remember(secrets.values())  # masked in this process's logs from now on
+    parsed = parse_settings(settings)
     return Connection(
         id=id,
         tenant=tenant,
         crm=crm,
         account=account,
-        base_url=url,
-        token=token.strip(),
+        base_url=base,
+        token=secrets.get("token", ""),
         windows=tuple(
             RateWindow(w["limit"], w["window_ms"]) for w in rate_limits_json(rate_limits, crm)
         ),
-        settings=parse_settings(settings),
+        settings=connection_settings.validate(crm, parsed),
+        auth=Auth(
+            kind=kind,
+            client_id=given.get("--client-id", ""),
+            username=given.get("--username", ""),
+            login_url=login,
+            rev=pysecrets.token_hex(8),  # new credentials
+        ),
+        secrets=secrets,
     )
+
+
+def _credential_flags(crm: str, kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(flags an auth kind needs, flags it takes) for a CRM."""
+    if kind == "bearer":
+        return ("--token",), ("--token",)
+    if kind == "jwt":
+        if crm != "salesforce":
+            raise UserError("--auth jwt is Salesforce's JWT bearer flow; HubSpot has none")
+        needed = ("--client-id", "--username", "--private-key")
+        return needed, (*needed, "--login-url")
+    needed = ("--client-id", "--client-secret", "--refresh-token")
+    return needed, (*needed, "--login-url") if crm == "salesforce" else needed
+
+
+def _url(flag: str, value: str) -> str:
+    """A CRM's URL: http(s), a host, no credentials (they would be stored and shown
+    in clear: the credentials go in their own flags, sealed at rest)."""
+    shown = redact.text(value.strip())[:200]
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise UserError(f"{flag} {shown!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"{flag} {shown!r} must be an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise UserError(
+            f"{flag} must not carry credentials (user:password@host): give them with "
+            "--token (or --auth and its flags), which are stored encrypted"
+        )
+    return value.strip().rstrip("/")
+
+
+def _secrets(kind: str, given: Mapping[str, str]) -> dict[str, str]:
+    if kind == "bearer":
+        return {"token": given["--token"]}
+    if kind == "jwt":
+        return {"private_key": given["--private-key"]}
+    return {"client_secret": given["--client-secret"], "refresh_token": given["--refresh-token"]}
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What ``connections update`` changes; None (or empty): as it is."""
+
+    account: str | None = None
+    base_url: str | None = None
+    auth: str | None = None  # another kind: its credentials are given anew
+    token: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    refresh_token: str | None = None
+    username: str | None = None
+    private_key: str | None = None
+    login_url: str | None = None
+    rate_limits: Sequence[str] = ()
+    settings: Sequence[str] = ()
+    unset: Sequence[str] = ()
+
+    @property
+    def credentials(self) -> bool:
+        creds = (self.auth, self.token, self.client_id, self.client_secret, self.refresh_token)
+        return any(v is not None for v in (*creds, self.username, self.private_key, self.login_url))
+
+
+def apply(cur: Connection, ch: Changes) -> Connection:
+    """``cur`` with ``ch`` applied, validated like ``connections add``: settings
+    given are checked and merged over the stored ones (``unset`` removes keys),
+    rate limits given replace all of them, credentials given replace theirs (a
+    kind given anew needs all of its own). Unchanged credentials keep their
+    ``rev``, so the token the workers share stays valid."""
+    kind = (ch.auth or cur.auth.kind).strip().lower()
+    same = kind == cur.auth.kind
+
+    def old(value: str | None, current: str) -> str:
+        return value if value is not None else (current if same else "")
+
+    s = cur.secrets
+    base_url = cur.base_url if ch.base_url is None else ch.base_url
+    spec = parse_connection(
+        id=cur.id,
+        crm=cur.crm,
+        account=cur.account if ch.account is None else ch.account,
+        base_url=base_url,
+        tenant=cur.tenant,
+        rate_limits=ch.rate_limits,
+        auth=kind,
+        token=old(ch.token, s.get("token", "")),
+        client_id=old(ch.client_id, cur.auth.client_id),
+        client_secret=old(ch.client_secret, s.get("client_secret", "")),
+        refresh_token=old(ch.refresh_token, s.get("refresh_token", "")),
+        username=old(ch.username, cur.auth.username),
+        private_key=old(ch.private_key, s.get("private_key", "")),
+        login_url=old(ch.login_url, cur.auth.login_url),
+    )
+    settings = dict(cur.settings)
+    for key in ch.unset:
+        if key not in settings:
+            raise UserError(f"--unset {key}: connection {cur.id!r} has no setting {key!r}")
+        del settings[key]
+    settings.update(connection_settings.validate(cur.crm, parse_settings(ch.settings)))
+    spec = replace(spec, settings=settings)
+    if not ch.rate_limits:
+        spec = replace(spec, windows=cur.windows)
+    if (replace(spec.auth, rev=""), spec.secrets) == (replace(cur.auth, rev=""), cur.secrets):
+        spec = replace(spec, auth=cur.auth)  # the same credentials: the same rev
+    return replace(spec, paused_reason=cur.paused_reason)
 
 
 def public_view(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,6 +366,7 @@ def public_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "crm": row["crm"],
         "account": row["account"],
         "base_url": row["base_url"],
+        "auth": Auth.from_json(row["auth"]).kind,
         "token": row["token_hint"] if row["sealed"] else UNSEALED_HINT,
         "rate_limits": list(row["rate_limits"] or []),
         "settings": dict(row["settings"] or {}),
@@ -214,13 +386,72 @@ async def add(pg: db.Executor, spec: Connection, keys: Keyring) -> None:
             spec.crm,
             spec.account,
             spec.base_url,
-            keys.seal(spec.id, {"token": spec.token}),
-            redact.mask(spec.token),
+            keys.seal(spec.id, spec.secrets),
+            spec.token_hint,
             spec.rate_limits,
             spec.settings,
+            spec.auth.to_json(),
         )
     except asyncpg.UniqueViolationError:
         raise UserError(f"connection {spec.id!r} already exists") from None
+
+
+async def load(
+    pg: db.Executor, connection_id: str, keys: Keyring, *, lock: bool = False
+) -> Connection:
+    """One connection with its credentials opened (``lock``: the row stays locked
+    until the caller's transaction ends)."""
+    query = "connections_get_for_update" if lock else "connections_get"
+    row = await pg.fetchrow(db.q(query), connection_id)
+    if row is None:
+        raise _unknown(connection_id)
+    return Connection.from_row(row, keys)
+
+
+async def store(pg: db.Executor, spec: Connection, keys: Keyring, *, resume: bool = False) -> None:
+    """Write a changed connection (ledger and dead letters stay); workers reload it.
+    ``resume``: clear a pause its credentials caused."""
+    paused = spec.paused_reason
+    if resume and is_auth_pause(paused):
+        paused = None
+    await pg.execute(
+        db.q("connections_update"),
+        spec.id,
+        spec.account,
+        spec.base_url,
+        keys.seal(spec.id, spec.secrets),
+        spec.token_hint,
+        spec.rate_limits,
+        spec.settings,
+        spec.auth.to_json(),
+        paused,
+    )
+
+
+async def store_rotated(
+    pool: asyncpg.Pool[Any], connection_id: str, keys: Keyring, rev: str, refresh_token: str
+) -> bool:
+    """Keep the refresh token a token endpoint rotated, sealed, unless an operator
+    changed the credentials meanwhile (another ``rev``); whether it was kept."""
+    async with pool.acquire() as pg, pg.transaction():
+        row = await pg.fetchrow(db.q("connections_get_for_update"), connection_id)
+        if row is None:
+            return False
+        if Auth.from_json(row["auth"]).rev != rev:
+            return False
+        secrets = keys.open(connection_id, row["secrets"])
+        secrets["refresh_token"] = refresh_token
+        await pg.execute(
+            db.q("connections_store_rotated"),
+            connection_id,
+            keys.seal(connection_id, secrets),
+            redact.mask(refresh_token),
+        )
+    return True
+
+
+async def exists(pg: db.Executor, connection_id: str) -> bool:
+    return bool(await pg.fetchval(db.q("connections_exists"), connection_id))
 
 
 async def list_all(pg: db.Executor, tenant: str | None = None) -> list[dict[str, Any]]:
@@ -266,7 +497,7 @@ async def _store_sealed(
         db.q("connections_set_secrets"),
         [cid for cid, _ in items],
         [keys.seal(cid, secrets) for cid, secrets in items],
-        [redact.mask(secrets.get("token")) for _, secrets in items],
+        [redact.mask(secrets.get("token") or secrets.get("refresh_token")) for _, secrets in items],
     )
 
 

@@ -32,6 +32,9 @@ SYNC_LAG_SUM = "synclag_sum_ms"
 CREATED, UPDATED, DELETED, SKIPPED = "created", "updated", "deleted", "skipped"
 RETRIED, DEAD, RATE_LIMITED, REQUESTS = "retried", "dead_lettered", "crm_rate_limited", "requests"
 HELD = "held_in_flight"  # requests that waited for the connection's in-flight limit
+# Credentials: requests sent again after their token was replaced; pauses for a
+# 401 or a token endpoint's refusal. crm/lua/token.lua counts "token_refreshes".
+TOKEN_REPLACED, AUTH_PAUSES, TOKEN_REFRESHES = "token_replaced", "auth_pauses", "token_refreshes"
 
 
 def latency_field(ms: float, prefix: str = "lat", bounds: Sequence[int] = LATENCY_BOUNDS_MS) -> str:

@@ -49,6 +49,17 @@ class AuthFailed(Permanent):
     """401: the token is bad; pause the connection until an operator resumes it."""
 
 
+class TokenRefused(AuthFailed):
+    """The CRM's token endpoint refused the connection's credentials (a revoked or
+    expired refresh token, a wrong client secret, an unapproved JWT user): pause."""
+
+
+class TokenReplaced(AuthFailed):
+    """A 401 for an access token that is no longer the connection's current one
+    (it expired and was, or is being, replaced): the request goes back to the queue
+    to be sent with the new token; not an attempt, no pause."""
+
+
 class RateLimited(CrmError):
     """429 / REQUEST_LIMIT_EXCEEDED: wait ``retry_after`` seconds; not an attempt."""
 

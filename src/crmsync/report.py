@@ -135,6 +135,9 @@ EXPORTED_COUNTERS = (
     "slowdowns",
     "breaker_trips",
     "leases_expired",
+    "token_refreshes",
+    "token_replaced",
+    "auth_pauses",
 )
 
 

@@ -127,7 +127,8 @@ def _printable(text: str) -> str:
 
 
 def _notes(report: Mapping[str, Any]) -> list[RenderableType]:
-    """Pause reasons, totals and a Redis problem, each wrapped to the screen."""
+    """Pause reasons, token refreshes, totals and a Redis problem, each wrapped to
+    the screen."""
     parts: list[RenderableType] = [
         Text.assemble((c["id"], "bold"), " paused: ", _printable(c.get("paused_reason") or ""))
         for c in report["connections"]
@@ -142,6 +143,13 @@ def _notes(report: Mapping[str, Any]) -> list[RenderableType]:
         for c in report["connections"]
         if c.get("blocked_for_s") and c.get("blocked_until")
     ]
+    refreshed = [
+        f"{c['id']} {n}"
+        for c in report["connections"]
+        if (n := int((c.get("counters") or {}).get("token_refreshes", 0)))
+    ]
+    if refreshed:  # OAuth access tokens renewed (by whichever worker won each refresh)
+        parts.append(Text("token refreshes: " + ", ".join(refreshed), style="dim"))
     totals = report["totals"]
     parts.append(
         Text(

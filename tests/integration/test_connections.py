@@ -39,6 +39,7 @@ def _add(database_url: str, cid: str, *extra: str) -> Result:
         "http://127.0.0.1:9001/",
         "--token",
         TOKEN,
+        "--no-check",
         *extra,
     )
 
@@ -69,13 +70,13 @@ def test_add_list_pause_resume_remove(database_url: str) -> None:
         "--settings",
         "api_version=v61.0",
         "--settings",
-        "batch=true",
+        "batch_size=50",
     )
     assert res.exit_code == 0, res.output
     assert TOKEN not in res.output
     hs = _cli(
         database_url, "add", "hs1", "--crm", "HubSpot", "--account", "p1",
-        "--base-url", "https://api.hubapi.test", "--token", "pat-na1-abcdefghijkl",
+        "--base-url", "https://api.hubapi.test", "--token", "pat-na1-abcdefghijkl", "--no-check",
     )  # fmt: skip
     assert hs.exit_code == 0, hs.output
 
@@ -92,7 +93,7 @@ def test_add_list_pause_resume_remove(database_url: str) -> None:
         {"limit": 1000, "window_ms": 10_000},
         {"limit": 100000, "window_ms": 86_400_000},
     ]
-    assert orjson.loads(row["settings"]) == {"api_version": "v61.0", "batch": True}
+    assert orjson.loads(row["settings"]) == {"api_version": "v61.0", "batch_size": 50}
     (hs_row,) = _fetch(database_url, "SELECT crm, rate_limits FROM connections WHERE id = 'hs1'")
     assert hs_row["crm"] == "hubspot"
     assert orjson.loads(hs_row["rate_limits"]) == [{"limit": 100, "window_ms": 10_000}]
@@ -117,7 +118,7 @@ def test_add_list_pause_resume_remove(database_url: str) -> None:
     )
     assert reasons == {"acme-sf": None, "hs1": "paused by operator"}
 
-    assert _cli(database_url, "remove", "hs1").exit_code == 0
+    assert _cli(database_url, "remove", "hs1", "--yes").exit_code == 0
     assert [r["id"] for r in _fetch(database_url, "SELECT id FROM connections")] == ["acme-sf"]
 
 
@@ -126,8 +127,8 @@ def test_duplicate_and_unknown_ids_are_user_errors(database_url: str) -> None:
     again = _add(database_url, "dup")
     assert isinstance(again.exception, UserError)
     assert str(again.exception) == "connection 'dup' already exists"
-    for cmd in ("remove", "pause", "resume"):
-        res = _cli(database_url, cmd, "ghost")
+    for cmd in (("remove", "--yes"), ("pause",), ("resume",), ("update", "--no-check")):
+        res = _cli(database_url, cmd[0], "ghost", *cmd[1:])
         assert isinstance(res.exception, UserError)
         assert "no connection 'ghost'" in str(res.exception)
 

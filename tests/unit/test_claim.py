@@ -14,7 +14,16 @@ import pytest
 
 from crmsync.clock import FakeClock
 from crmsync.connections import Connection
-from crmsync.errors import AuthFailed, Malformed, Permanent, RateLimited, Retryable
+from crmsync.crm.auth import Auth
+from crmsync.errors import (
+    AuthFailed,
+    Malformed,
+    Permanent,
+    RateLimited,
+    Retryable,
+    TokenRefused,
+    TokenReplaced,
+)
 from crmsync.model import Contact, LedgerRow
 from crmsync.ratelimit import RateWindow
 from crmsync.settings import Settings
@@ -250,6 +259,28 @@ CASES = [
         ready=("c1", "c2"),
         outcomes=(True, True),
         paused="CRM rejected the token (401): Session expired or invalid",
+    ),
+    Case(
+        "a 401 for a replaced token: released, not an attempt, no pause",
+        (contact("c1"), contact("c2")),
+        answer=raising(TokenReplaced("the access token expired: sent again with a new one")),
+        sent=(("create c1",), ("create c2",)),
+        ready=("c1", "c2"),
+        outcomes=(True, True),
+        counts={"token_replaced": 2, "requests": 2},
+    ),
+    Case(
+        "the token endpoint refused: paused with its reason",
+        (contact("c1"),),
+        answer=raising(
+            TokenRefused("expired access/refresh token", status=400, code="invalid_grant")
+        ),
+        sent=(("create c1",),),
+        ready=("c1",),
+        outcomes=(True,),
+        paused="CRM rejected the token (token endpoint: 400 invalid_grant): "
+        "expired access/refresh token",
+        counts={"auth_pauses": 1},
     ),
     Case(
         "batch: creates and updates in one request, each record's result apart",
@@ -634,3 +665,33 @@ async def test_a_claim_reserves_slots_for_what_it_expects_and_frees_the_rest() -
     assert want == 64 and r.slots.reserved == 64  # nothing known yet: a whole claim
     await r.claims.run(r.conn, r.adapter, want)
     assert r.slots.reserved == 0 and r.slots.expect[r.conn.id] == 2
+
+
+async def test_no_pause_for_credentials_an_operator_replaced_meanwhile() -> None:
+    """A claim still holding the old credentials (rev) must not pause the connection
+    that `connections update` just resumed with new ones."""
+    conn = dataclasses.replace(connection(), auth=Auth("oauth-refresh", "client", rev="old"))
+    refused = TokenRefused("expired access/refresh token", status=400, code="invalid_grant")
+    r = Rig(conn, adapter=FakeAdapter(answer=raising(refused)))
+    r.ledger.revs[conn.id] = "new"
+    r.given(contact("c1"))
+    await r.run()
+    assert r.queue.paused is None and r.ledger.paused == {}
+    assert r.queue.ready == ["c1"]  # back, no attempt
+    r.ledger.revs[conn.id] = "old"  # the credentials it used are still the current ones
+    await r.run()
+    reason = r.ledger.paused[conn.id]
+    assert r.queue.paused == reason
+    assert reason.startswith("CRM rejected the token (token endpoint: 400 invalid_grant)")
+
+
+async def test_a_token_being_refreshed_holds_the_send_like_the_gate() -> None:
+    """ready() waiting (a refresh under way) re-takes the permits, as a wait at the
+    in-flight gate does, so the limiter counts the send when it goes out."""
+    adapter = FakeAdapter()
+    adapter.token_wait = 0.05
+    r = Rig(connection(), adapter=adapter)
+    r.given(contact("c1"))
+    await r.run_advancing()
+    assert r.row("c1") == ("synced", "X-c1", 1, 0)
+    assert "store.retake" in r.journal

@@ -125,7 +125,7 @@ def _connection(draw: Any) -> dict[str, Any]:
             queue={"ready": draw(n), "leased": draw(n), "delayed": draw(n), "requeue": 0},
             breaker=draw(st.sampled_from(["closed", "open", "half_open"])),
             blocked_for_s=draw(st.sampled_from([0.0, 2.5, 3600.0])),
-            counters={"crm_rate_limited": draw(n)},
+            counters={"crm_rate_limited": draw(n), "token_refreshes": draw(st.integers(0, 10**6))},
             oldest_age_s=draw(st.none() | st.floats(0, 10**7)),
             sync_lag_ms={"p99": draw(st.none() | st.sampled_from([50.0, 3_600_000.0, math.inf]))},
         )
@@ -219,3 +219,19 @@ def test_status_names_the_breaker_and_puts_reasons_under_the_table() -> None:
     assert f"acme-salesforce-prod paused: {reason.strip()}" in body
     # The reason wraps at the screen's width, under the table: a few lines, not 27.
     assert sum(1 for line in lines if "INVALID_SESSION_ID" in line) <= 3
+
+
+def test_status_lists_the_token_refreshes_of_oauth_connections() -> None:
+    base = {"tenant": "t", "paused": False, "sync": {}, "dead_letters": 0, "breaker": "closed"}
+    queue = {"ready": 0, "leased": 0, "delayed": 0, "requeue": 0}
+    report: dict[str, Any] = {
+        "connections": [
+            {**base, "id": "acme-sf", "crm": "salesforce", "queue": queue,
+             "counters": {"token_refreshes": 12}},
+            {**base, "id": "acme-hs", "crm": "hubspot", "queue": queue, "counters": {}},
+        ],
+        "totals": {"contacts": 1, "outbox": 0, "dead_letters": 0},
+    }  # fmt: skip
+    assert "token refreshes: acme-sf 12" in _lines(report, 80)
+    report["connections"][0]["counters"] = {}
+    assert not any("token refreshes" in line for line in _lines(report, 80))

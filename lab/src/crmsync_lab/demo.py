@@ -30,6 +30,15 @@ from crmsync_lab.harness.expect import Report
 TENANT = "demo"
 OUTAGE_SECONDS = 8.0
 STORM_SECONDS = 5.0
+# The connections use OAuth (refresh-token flow) and the mock issues access tokens
+# that expire every few seconds (no static tokens): refreshes happen during the run.
+TOKEN_LIFETIME_SECONDS = 5.0
+MOCK_OAUTH_ARGS = (
+    "--oauth",
+    "--token-lifetime",
+    f"{TOKEN_LIFETIME_SECONDS:g}",
+    "--no-static-tokens",
+)
 # With faults, recover fast and retry patiently so a newcomer sees the breaker
 # open and close within the minute and nothing ends as a dead letter.
 FAULT_SETTINGS = {
@@ -75,6 +84,8 @@ class Demo:
             processes=o.processes,
             batch_size=o.batch_size,
             mock_scenario="seed" if o.scenario == "seed" else "demo",
+            mock_args=MOCK_OAUTH_ARGS,
+            auth="oauth",
             tenant=TENANT,
             env=FAULT_SETTINGS if o.faults else {},
         )
@@ -206,12 +217,19 @@ class Demo:
         elapsed = time.monotonic() - self.started
         self.console.print(progress.summary_table(snapshot, report, mock["accounts"]))
         totals = mock["totals"]
+        auth = [a.get("auth", {}) for a in mock["accounts"].values()]
+        grants = sum(int(a.get("refresh_grants", 0)) for a in auth)
+        expired = sum(int(a.get("expired_rejections", 0)) for a in auth)
         self.console.print(
             f"mock CRMs: {totals['requests']} requests, {totals['records']} records, "
             f"{totals['violations']} limit violations, {totals['duplicates']} duplicates, "
-            f"busiest second {totals['max_in_any_1s']} requests"
+            f"busiest second {totals['max_in_any_1s']} requests; {grants} access tokens "
+            f"issued, {expired} requests met an expired one (sent again with the new one)"
         )
+        counts = progress.totals(snapshot, ("token_refreshes", "auth_pauses"))
         problems = report.problems()
+        if counts["auth_pauses"]:
+            problems.append(f"{counts['auth_pauses']} pause(s) for refused credentials")
         if not synced:
             unsettled = await cluster.unsettled()
             problems.insert(
@@ -227,7 +245,8 @@ class Demo:
             return 1
         self.console.print(
             f"[bold green]OK[/bold green] in {elapsed:.1f}s: every contact is in its expected "
-            f"state in every CRM, 0 duplicates, 0 limit violations."
+            f"state in every CRM, 0 duplicates, 0 limit violations, "
+            f"{counts['token_refreshes']} token refreshes, 0 pauses."
         )
         return 0
 

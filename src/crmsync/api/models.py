@@ -74,7 +74,8 @@ class ConnectionView(BaseModel):
     crm: str
     account: str
     base_url: str
-    token: str  # its last 4 characters at most
+    auth: str = "bearer"  # bearer | oauth-refresh | jwt
+    token: str  # its last 4 characters at most (oauth-refresh: of the refresh token)
     rate_limits: list[RateLimit]
     settings: dict[str, Any]
     paused: bool

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 
 from crmsync.crm.base import CrmAdapter
+from crmsync.crm.credentials import TokenSource
 from crmsync.crm.hubspot import HubSpotAdapter
 from crmsync.crm.salesforce import SalesforceAdapter
 from crmsync.errors import UserError
@@ -22,11 +23,12 @@ def make_adapter(
     crm: str,
     *,
     base_url: str,
-    token: str,
+    token: str | TokenSource,
     settings: Mapping[str, Any],
     session: aiohttp.ClientSession,
 ) -> CrmAdapter:
-    """The adapter for one connection, sending on the process's shared session."""
+    """The adapter for one connection, sending on the process's shared session;
+    ``token``: a bearer token, or the connection's token source (crm/tokens.py)."""
     try:
         cls = ADAPTERS[crm]
     except KeyError:

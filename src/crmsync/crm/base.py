@@ -50,6 +50,12 @@ class CrmAdapter(Protocol):
     crm: str  # "salesforce" | "hubspot"
     max_batch: int  # 200 / 100
 
+    async def ready(self) -> bool:
+        """Wait until the connection's credentials can be sent (a token being
+        refreshed); True when that meant waiting (the worker then re-takes the
+        request's permits, as after any wait)."""
+        ...
+
     async def send(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> SendResult:
         """One HTTP request when it can (see docs/INTERNALS.md); whole-request
         failures raise. Every HTTP call of the send reports to ``watch``

@@ -29,9 +29,10 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from crmsync.crm.answer import clean, loads
+from crmsync.crm.answer import clean, loads, message, obj, seq
+from crmsync.crm.credentials import Credential, StaticToken, TokenSource
 from crmsync.crm.quota import MAX_BLOCK_SECONDS
-from crmsync.errors import Malformed, Retryable
+from crmsync.errors import AuthFailed, Malformed, Retryable
 
 Headers = Mapping[str, str]
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -178,40 +179,93 @@ class WatchedBody(aiohttp.BytesPayload):
 
 
 class JsonClient:
-    """One JSON exchange with a CRM on the process's shared session."""
+    """One JSON exchange with a CRM on the process's shared session, authorized by
+    the connection's token source: a refreshing source hears of every 401 (which
+    it turns into ``TokenReplaced`` or ``AuthFailed``) and success, and may move
+    the calls to another host (Salesforce's ``instance_url``)."""
 
     def __init__(
-        self, *, token: str, settings: Mapping[str, Any], session: aiohttp.ClientSession
+        self,
+        *,
+        token: str | TokenSource,
+        settings: Mapping[str, Any],
+        session: aiohttp.ClientSession,
+        base_url: str = "",
     ) -> None:
         self.session = session
         self.timeout = timeout_from(settings)
         self.max_body = int(_positive(settings.get("max_body_bytes"), DEFAULT_MAX_BODY_BYTES))
         self.max_block = _positive(settings.get("max_block_seconds"), MAX_BLOCK_SECONDS)
-        self.headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
+        self.auth: TokenSource = StaticToken(token) if isinstance(token, str) else token
+        self.base = base_of(base_url) if base_url else ""
+        self._cred: Credential | None = None
+        self.headers: dict[str, str] = {}
+        first = self.auth.cached()
+        if first is not None:  # a static token: its headers once and for all
+            self._headers_for(first)
+
+    async def ready(self) -> bool:
+        """Wait until a token can be sent (a refresh under way); True if that waited."""
+        return await self.auth.ready()
+
+    def _headers_for(self, cred: Credential) -> dict[str, str]:
+        if cred is not self._cred:  # built once per token, not per request
+            self._cred = cred
+            self.headers = {
+                "Authorization": f"Bearer {cred.token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            }
+        return self.headers
 
     async def _call(
         self, method: str, url: str, payload: Any = None, watch: WriteWatch | None = None
     ) -> tuple[int, Headers, Any]:
         body = None if payload is None else dumps(payload)
+        cred = self.auth.cached() or await self.auth.get()
+        if cred.base_url and self.base and url.startswith(self.base):
+            url = base_of(cred.base_url) + url[len(self.base) :]
         status, headers, raw = await call(
             self.session,
             method,
             url,
-            headers=self.headers,
+            headers=self._headers_for(cred),
             body=body,
             limit=self.timeout,
             watch=watch,
             max_body=self.max_body,
         )
-        return status, headers, loads(raw)
+        data = loads(raw)
+        if self.auth.refreshes:
+            if status == 401:
+                await self.auth.rejected(cred, auth_error(status, data))
+            elif status < 400:
+                self.auth.succeeded(cred)
+        return status, headers, data
+
+    async def request(
+        self, method: str, url: str, payload: Any = None, watch: WriteWatch | None = None
+    ) -> tuple[int, Headers, Any]:
+        """One exchange outside an adapter's send (onboarding checks)."""
+        return await self._call(method, url, payload, watch)
 
     def __repr__(self) -> str:
         # The headers hold the bearer token: never in a repr, a log or a traceback.
         return f"<{type(self).__name__}>"
+
+
+def auth_error(status: int, body: Any) -> AuthFailed:
+    """A CRM's 401 as ``AuthFailed`` with its code and message: Salesforce's
+    ``[{"errorCode", "message"}]`` or HubSpot's ``{"category", "message"}`` (read
+    by type: anything else is the status alone)."""
+    items = seq(body)
+    item = obj(items[0]) if items else obj(body)
+    code = text = None
+    if item is not None:
+        code = message(item.get("errorCode")) or message(item.get("category"))
+        code = code or message(item.get("error"))
+        text = message(item.get("message")) or message(item.get("error_description"))
+    return AuthFailed(text or code or f"HTTP {status}", status=status, code=code)
 
 
 def _positive(value: Any, default: float) -> float:

@@ -22,6 +22,7 @@ import aiohttp
 from crmsync import clock
 from crmsync.crm.answer import flag, malformed, message, obj, record_id, seq
 from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.credentials import TokenSource
 from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
 from crmsync.crm.quota import (
     DEFAULT_LIMITED_SECONDS,
@@ -257,13 +258,13 @@ class HubSpotAdapter(JsonClient):
         self,
         *,
         base_url: str,
-        token: str,
+        token: str | TokenSource,
         settings: Mapping[str, Any],
         session: aiohttp.ClientSession,
     ) -> None:
         self.id_property = str(settings.get("id_property") or ID_PROPERTY)
         self.props = field_map(DEFAULT_PROPERTIES, settings.get("field_map"))
-        super().__init__(token=token, settings=settings, session=session)
+        super().__init__(token=token, settings=settings, session=session, base_url=base_url)
         self.contacts = f"{base_of(base_url)}/crm/v3/objects/contacts"
         key = quote(self.id_property, safe="")
         self.by_key = f"?idProperty={key}"

@@ -22,6 +22,7 @@ import aiohttp
 
 from crmsync.crm.answer import flag, malformed, message, obj, record_id, seq
 from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.credentials import TokenSource
 from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
 from crmsync.crm.quota import (
     DEFAULT_LIMITED_SECONDS,
@@ -204,7 +205,7 @@ class SalesforceAdapter(JsonClient):
         self,
         *,
         base_url: str,
-        token: str,
+        token: str | TokenSource,
         settings: Mapping[str, Any],
         session: aiohttp.ClientSession,
     ) -> None:
@@ -212,7 +213,7 @@ class SalesforceAdapter(JsonClient):
         version = version if version.startswith("v") else f"v{version}"
         self.ext_field = str(settings.get("external_id_field") or "CrmSync_Id__c")
         self.fields = field_map(DEFAULT_FIELDS, settings.get("field_map"))
-        super().__init__(token=token, settings=settings, session=session)
+        super().__init__(token=token, settings=settings, session=session, base_url=base_url)
         root = f"{base_of(base_url)}/services/data/{quote(version, safe='.')}"
         self.sobject = f"{root}/sobjects/Contact"
         self.by_ext = f"{self.sobject}/{quote(self.ext_field, safe='')}"

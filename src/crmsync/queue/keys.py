@@ -61,6 +61,14 @@ class ConnectionKeys:
     def stats(self) -> str:  # hash of counters for `status`
         return f"{self.tag}:stats"
 
+    @property
+    def auth(self) -> str:  # hash: the shared access token, sealed (crm/tokens.py)
+        return f"{self.tag}:auth"
+
+    @property
+    def auth_lock(self) -> str:  # string: held by the one process refreshing the token
+        return f"{self.tag}:authlock"
+
     def all_static(self) -> list[str]:
         return [
             self.ready,
@@ -87,7 +95,8 @@ class ConnectionKeys:
 
     def all_keys(self, window_sizes_ms: Iterable[int]) -> list[str]:
         """Every key of the connection, given the window sizes it has used."""
-        return [*self.script_keys(), *(self.window(ms) for ms in sorted(set(window_sizes_ms)))]
+        windows = (self.window(ms) for ms in sorted(set(window_sizes_ms)))
+        return [*self.script_keys(), *windows, self.auth, self.auth_lock]
 
 
 def connection(connection_id: str) -> ConnectionKeys:

@@ -178,10 +178,14 @@ class Claims:
                 out = Outcome.failed(items, unhandled(exc, "deciding what to send"), self.policy)
             if plan is not None:
                 out, claim = await self._send_plan(conn, adapter, claim, plan)
-            if out.pause is not None:
-                # Paused for every worker: Redis at once, PostgreSQL for good.
+            # Paused for good in PostgreSQL unless an operator replaced the
+            # credentials meanwhile (this claim may still hold the old ones), then
+            # in Redis for every worker at once.
+            rev = conn.auth.rev or None
+            if out.pause is not None and await self.ledger.pause(conn.id, out.pause, rev):
                 await self.store.pause(conn.id, out.pause)
-                await self.ledger.pause(conn.id, out.pause)
+            elif out.pause is not None:
+                out.pause = None  # new credentials came meanwhile: not paused
             if out.limited_for:
                 # The CRM's view of the limit differs from ours: everyone waits
                 # (and runs slower for a while), at once, one call for the claim.
@@ -248,6 +252,9 @@ class Claims:
         t0 = self.clock.monotonic()
         watch = WriteWatch(_nothing)  # counts the send's requests; no permits to move
         try:
+            # A token being refreshed holds the request like the gate: its permits
+            # are re-taken for when it goes out.
+            waited = await adapter.ready() or waited
             if permits is not None:
                 admitted = await self.permits.admission(permits, waited)
                 if admitted is None:

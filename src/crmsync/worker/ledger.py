@@ -84,11 +84,14 @@ class PgLedger:
             log.warning("worker.record_failed", connection=connection_id, error=str(exc))
             raise LedgerUnavailable(str(exc)) from exc
 
-    async def pause(self, connection_id: str, reason: str) -> None:
+    async def pause(self, connection_id: str, reason: str, rev: str | None = None) -> bool:
         try:
-            await self.pool.execute(db.q("worker_pause_connection"), connection_id, reason)
+            rows = await self.pool.fetch(
+                db.q("worker_pause_connection"), connection_id, reason, rev
+            )
         except DB_ERRORS as exc:
             raise LedgerUnavailable(str(exc)) from exc
+        return bool(rows)
 
 
 async def _write(

@@ -18,7 +18,9 @@ Redis round trip). The rules, as DESIGN.md states them:
 - rate limited by the CRM (429, REQUEST_LIMIT_EXCEEDED), or no permit of our
   own limiter in time: released, not an attempt; a CRM's wait blocks the
   connection for every worker.
-- auth failed (401): the connection is paused, once per claim; released.
+- auth failed (401 with a fresh token, a token endpoint's refusal): the
+  connection is paused, once per claim; released. A 401 for a token already
+  replaced (``TokenReplaced``): released, not an attempt, no pause.
 Those are the only ways work goes back without an attempt. Breaker failures:
 5xx, timeouts, connection errors and malformed answers (the CRM misbehaved);
 not a 4xx, nor a send crmsync itself could not handle (``Unhandled``).
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 
 from crmsync import counters
 from crmsync.crm.answer import clean
+from crmsync.crm.auth import auth_pause_reason
 from crmsync.crm.base import Op, SendResult
 from crmsync.errors import (
     AuthFailed,
@@ -39,6 +42,7 @@ from crmsync.errors import (
     Malformed,
     RateLimited,
     Retryable,
+    TokenReplaced,
     Unhandled,
 )
 from crmsync.model import Claimed, DeadLetter, LedgerWrite
@@ -162,8 +166,12 @@ def _sort(
         out.outcomes.append(True)
         return
     if isinstance(res, AuthFailed):
-        if out.pause is None:  # once per claim, not once per request of it
-            out.pause = f"CRM rejected the token (401): {res.message}"
+        if isinstance(res, TokenReplaced):
+            # Sent with a token already replaced: again with the new one, no attempt.
+            out.counts[counters.TOKEN_REPLACED] += 1
+        elif out.pause is None:  # once per claim, not once per request of it
+            out.pause = auth_pause_reason(res)
+            out.counts[counters.AUTH_PAUSES] += 1
         out.release.extend(req.contact_ids)
         out.outcomes.append(True)
         return

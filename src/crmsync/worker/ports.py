@@ -88,8 +88,10 @@ class Ledger(Protocol):
         """Ledger rows and dead letters, together or not at all."""
         ...
 
-    async def pause(self, connection_id: str, reason: str) -> None:
-        """Pause the connection where it survives a Redis loss (and tell the workers)."""
+    async def pause(self, connection_id: str, reason: str, rev: str | None = None) -> bool:
+        """Pause the connection where it survives a Redis loss (and tell the workers),
+        unless it is paused already or (``rev`` given) its credentials were replaced
+        since the worker loaded them; True when this call paused it."""
         ...
 
 

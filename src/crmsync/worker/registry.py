@@ -5,7 +5,11 @@ there); every worker process refreshes its view on ``crmsync_connections``
 notifications (and every few seconds as a fallback), pushes limits, breaker
 settings and pause state into the connection's Redis state, and keeps one CRM
 adapter per connection on the process's shared HTTP session: every id in
-``connections`` has its adapter in ``adapters`` whenever the loop looks.
+``connections`` has its adapter in ``adapters`` whenever the loop looks. Each
+adapter sends with its connection's token source (``crm/tokens.py``), kept while
+the credentials stay the same: a refresh token rotated by a worker only updates
+the source's copy. Settings stored before a rule refused them still load, with a
+warning naming each problem.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import aiohttp
 import asyncpg
 import structlog
 
-from crmsync import db, vault
+from crmsync import connection_settings, connections, db, vault
 from crmsync.connections import Connection
-from crmsync.crm import make_adapter
+from crmsync.crm import make_adapter, tokens
 from crmsync.crm.base import CrmAdapter
+from crmsync.crm.credentials import TokenSource
 from crmsync.queue.store import QueueStore
 from crmsync.settings import Settings
 
@@ -43,6 +48,7 @@ class Registry:
         self.settings = settings
         self.connections: dict[str, Connection] = {}
         self.adapters: dict[str, CrmAdapter] = {}
+        self.tokens: dict[str, TokenSource] = {}
         self.keys = vault.keyring(settings.secret_key)  # credentials open in memory only
 
     async def refresh(self) -> set[str]:
@@ -66,30 +72,54 @@ class Registry:
                 await self.store.pause(cid, conn.paused_reason)
             elif not conn.paused_reason and old is not None and old.paused_reason:
                 await self.store.resume(cid)
-            if old is None or (old.base_url, old.token, old.settings, old.crm) != (
-                conn.base_url,
-                conn.token,
-                conn.settings,
-                conn.crm,
-            ):
+            if old is None or old.settings != conn.settings:
+                for problem in connection_settings.problems(conn.crm, conn.settings):
+                    log.warning("connections.setting_problem", connection=cid, problem=problem)
+            new_source = old is None or _source_key(old) != _source_key(conn)
+            if new_source:
+                self.tokens[cid] = self._token_source(conn)
+            elif isinstance(source := self.tokens.get(cid), tokens.SharedToken):
+                source.secrets = dict(conn.secrets)  # a refresh token a worker rotated
+            changed = old is not None and (old.settings, old.crm) != (conn.settings, conn.crm)
+            if new_source or changed:
                 self.adapters[cid] = make_adapter(
                     conn.crm,
                     base_url=conn.base_url,
-                    token=conn.token,
-                    # The global timeout unless the connection sets its own; the
-                    # bounds on what a CRM sends back are the operator's alone.
-                    settings={
-                        "timeout_seconds": self.settings.http_timeout_seconds,
-                        **conn.settings,
-                        "max_block_seconds": self.settings.max_block_seconds,
-                        "max_body_bytes": self.settings.max_body_bytes,
-                    },
+                    token=self.tokens[cid],
+                    settings=self._adapter_settings(conn),
                     session=self.session,
                 )
         for cid in set(self.connections) - set(fresh):
             self.adapters.pop(cid, None)
+            self.tokens.pop(cid, None)
         self.connections = fresh
         return touched
+
+    def _adapter_settings(self, conn: Connection) -> dict[str, Any]:
+        # The global timeout unless the connection sets its own; the bounds on
+        # what a CRM sends back are the operator's alone.
+        return {
+            "timeout_seconds": self.settings.http_timeout_seconds,
+            **conn.settings,
+            "max_block_seconds": self.settings.max_block_seconds,
+            "max_body_bytes": self.settings.max_body_bytes,
+        }
+
+    def _token_source(self, conn: Connection) -> TokenSource:
+        rev = conn.auth.rev
+
+        async def rotated(refresh_token: str) -> None:
+            await connections.store_rotated(self.pool, conn.id, self.keys, rev, refresh_token)
+
+        timeout = tokens.timeout_of(self._adapter_settings(conn))
+        return tokens.for_connection(
+            conn,
+            redis=self.store.redis,
+            keyring=self.keys,
+            session=self.session,
+            timeout_s=timeout,
+            on_rotated=rotated,
+        )
 
     async def watch(
         self,
@@ -130,3 +160,8 @@ class Registry:
             if listener is not None:
                 with contextlib.suppress(Exception):
                     await listener.close()
+
+
+def _source_key(conn: Connection) -> tuple[Any, ...]:
+    """What a token source is built from (not the refresh token a worker rotates)."""
+    return (conn.crm, conn.base_url, conn.credentials, tokens.max_age(conn.settings))

@@ -65,6 +65,11 @@ class ClusterConfig:
     mock_scenario: str = "demo"  # `crmsync mock-crm --scenario`
     mock_args: Sequence[str] = ()  # more mock-crm flags, e.g. ("--latency-ms", "5")
     tenant: str = "default"
+    # How connections authenticate: "bearer" (each account's static token) or
+    # "oauth" (oauth-refresh with each account's OAuth app: start the mock with
+    # --oauth, and --no-static-tokens to be sure no static token is used).
+    auth: Literal["bearer", "oauth"] = "bearer"
+    settings: Sequence[str] = ()  # --settings KEY=VALUE of every connection
     connection_prefix: str = ""  # connection id = prefix + mock account name
     env: Mapping[str, str] = field(default_factory=dict)  # extra CRMSYNC_* for the children
     run_dir: Path | None = None  # default: .crmsync/runs/<timestamp>
@@ -218,7 +223,7 @@ class Cluster:
                     crm=a["crm"],
                     account=a["account"],
                     base_url=a["base_url"],
-                    token=a["token"],
+                    token=a["token"] or "",
                     rate_limit=format_rate(RateWindow(int(w["limit"]), int(w["window_ms"]))),
                 )
                 spec = connections.parse_connection(
@@ -226,14 +231,34 @@ class Cluster:
                     crm=info.crm,
                     account=info.account,
                     base_url=info.base_url,
-                    token=info.token,
                     tenant=self.config.tenant,
                     rate_limits=[info.rate_limit],
+                    settings=self.config.settings,
+                    **self._credentials(a),
                 )
                 await connections.add(conn, spec, self.keys)
                 self.connections.append(info)
         finally:
             await conn.close()
+
+    def _credentials(self, account: Mapping[str, Any]) -> dict[str, str]:
+        """``parse_connection``'s credential flags for a mock account."""
+        if self.config.auth == "bearer":
+            return {"token": account["token"] or ""}
+        app = account.get("oauth")
+        if not app:
+            raise ClusterError(
+                f"mock account {account['account']} has no OAuth app: start the mock with --oauth"
+            )
+        salesforce = account["crm"] == "salesforce"
+        return {
+            "auth": "oauth-refresh",
+            "client_id": app["client_id"],
+            "client_secret": app["client_secret"],
+            "refresh_token": app["refresh_token"],
+            # Salesforce's token endpoint: the org's own login URL on the mock.
+            "login_url": account["base_url"] if salesforce else "",
+        }
 
     async def _clear_redis(self) -> None:
         """Forget queue, limiter, breaker and counters of our connections (earlier runs)."""

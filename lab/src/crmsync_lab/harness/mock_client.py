@@ -39,3 +39,12 @@ async def records(
 async def faults(session: aiohttp.ClientSession, mock_url: str, spec: Mapping[str, Any]) -> None:
     body = {k: v for k, v in spec.items() if v is not None}
     await _json(session, "POST", f"{mock_url}/_control/faults", body)
+
+
+async def tokens(
+    session: aiohttp.ClientSession, mock_url: str, spec: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``POST /_control/tokens``: revoke tokens, change their lifetime, install a
+    new refresh token (see crmsync_lab.mock.auth)."""
+    out: dict[str, Any] = await _json(session, "POST", f"{mock_url}/_control/tokens", dict(spec))
+    return out

@@ -113,7 +113,7 @@ def summary_table(
     t.add_column("connection", no_wrap=True)
     cols = (
         "created", "updated", "deleted", "skipped", "retried", "dead", "limit waits", "429s",
-        "breaker trips", "p50/p99 ms", "CRM records", "over limit", "dups",
+        "breaker trips", "tokens", "p50/p99 ms", "CRM records", "over limit", "dups",
     )  # fmt: skip
     for col in cols:
         t.add_column(col, justify="right", overflow="fold")
@@ -136,6 +136,7 @@ def summary_table(
             str(limiter_waits(cnt)),
             str(cnt.get("crm_rate_limited", 0)),
             str(cnt.get("breaker_trips", 0)),
+            str(cnt.get("token_refreshes", 0)),
             f"{_ms(lat['p50'])}/{_ms(lat['p99'])}",
             f"{mock.get('records', check.present)}/{check.expected}",
             _red(check.violations),

@@ -13,7 +13,7 @@ token), change the lifetime, or install a new refresh token.
 from __future__ import annotations
 
 import secrets
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,9 @@ class Credentials:
         )
         self.issued: dict[str, float] = {}  # "Bearer <token>" -> expiry (monotonic)
         self.counts: Counter[str] = Counter()
+        # When tokens were issued (monotonic, the last 200): a test tells one grant
+        # per expiry from several clients refreshing the same expiry each.
+        self.issued_at: deque[float] = deque(maxlen=200)
 
     def check(self, header: str | None, now: float) -> Denial | None:
         """None when the Authorization header may call the API now."""
@@ -86,6 +89,7 @@ class Credentials:
         self.issued[f"Bearer {token}"] = now + self.lifetime
         self.counts["issued"] += 1
         self.counts[grant] += 1
+        self.issued_at.append(now)
         return token
 
     def revoke(self, *, refresh: bool) -> int:
@@ -120,8 +124,10 @@ class Credentials:
             "oauth": self.oauth is not None,
             "token_lifetime": self.lifetime,
             "tokens_known": len(self.issued),
+            "issued_at": [round(t, 3) for t in self.issued_at],
             **{k: self.counts[k] for k in sorted(self.counts)},
         }
 
     def reset(self) -> None:
         self.counts.clear()
+        self.issued_at.clear()

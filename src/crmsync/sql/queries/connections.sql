@@ -5,8 +5,8 @@
 -- name: connections_add
 WITH ins AS (
     INSERT INTO connections
-        (id, tenant, crm, account, base_url, secrets, token_hint, rate_limits, settings)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)
+        (id, tenant, crm, account, base_url, secrets, token_hint, rate_limits, settings, auth)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10::jsonb)
     RETURNING id
 )
 SELECT pg_notify('crmsync_connections', id) FROM ins
@@ -14,7 +14,7 @@ SELECT pg_notify('crmsync_connections', id) FROM ins
 -- name: connections_list
 -- $1 NULL: every tenant's. Never the sealed credentials, only the token's hint.
 SELECT id, tenant, crm, account, base_url, token_hint, secrets IS NOT NULL AS sealed,
-       rate_limits, settings, paused_reason, created_at
+       rate_limits, settings, paused_reason, created_at, auth
 FROM connections
 WHERE $1::text IS NULL OR tenant = $1
 ORDER BY id
@@ -51,3 +51,33 @@ WITH upd AS (
     RETURNING c.id
 )
 SELECT pg_notify('crmsync_connections', id) FROM upd
+
+-- name: connections_get
+-- One connection with its sealed credentials (crmsync.connections.load).
+SELECT id, tenant, crm, account, base_url, secrets, rate_limits, settings, paused_reason, auth
+FROM connections WHERE id = $1
+
+-- name: connections_get_for_update
+-- The same, locked until the caller's transaction ends (update, a rotated refresh token).
+SELECT id, tenant, crm, account, base_url, secrets, rate_limits, settings, paused_reason, auth
+FROM connections WHERE id = $1 FOR UPDATE
+
+-- name: connections_update
+-- `connections update`: everything but id, tenant and crm; the ledger and dead
+-- letters stay. $9 NULL resumes (a pause its old credentials caused).
+WITH upd AS (
+    UPDATE connections
+    SET account = $2, base_url = $3, secrets = $4, token_hint = $5, rate_limits = $6::jsonb,
+        settings = $7::jsonb, auth = $8::jsonb, paused_reason = $9
+    WHERE id = $1
+    RETURNING id
+)
+SELECT pg_notify('crmsync_connections', id) FROM upd
+
+-- name: connections_store_rotated
+-- A refresh token the CRM rotated, sealed. No NOTIFY: the workers already share it
+-- through Redis and see it at their next reload.
+UPDATE connections SET secrets = $2, token_hint = $3 WHERE id = $1
+
+-- name: connections_exists
+SELECT EXISTS (SELECT 1 FROM connections WHERE id = $1)

@@ -1,6 +1,6 @@
 -- name: worker_connections
 -- `secrets` is sealed: Connection.from_row opens it in memory (crmsync.vault).
-SELECT id, tenant, crm, account, base_url, secrets, rate_limits, settings, paused_reason
+SELECT id, tenant, crm, account, base_url, secrets, rate_limits, settings, paused_reason, auth
 FROM connections
 ORDER BY id;
 
@@ -71,7 +71,12 @@ FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::in
      AS d(contact_id, version, operation, error_code, error, http_status, payload, attempts);
 
 -- name: worker_pause_connection
+-- $3: the credentials' rev the worker sent with (NULL: any). Credentials an
+-- operator replaced meanwhile (`connections update`) are not paused for.
 WITH p AS (
-    UPDATE connections SET paused_reason = $2 WHERE id = $1 AND paused_reason IS NULL RETURNING id
+    UPDATE connections SET paused_reason = $2
+    WHERE id = $1 AND paused_reason IS NULL
+      AND ($3::text IS NULL OR auth->>'rev' IS NOT DISTINCT FROM $3)
+    RETURNING id
 )
 SELECT pg_notify('crmsync_connections', id) FROM p;
