@@ -23,6 +23,7 @@ docs/LIMITS.md explains the choices.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -225,3 +226,30 @@ def day_bounds(now_ms: int, zone: str, day_ms: int = DAY_MS) -> tuple[int, int, 
     shift = round((offset.total_seconds() if offset else 0.0) * 1000 * day_ms / DAY_MS)
     start = (now_ms + shift) // day_ms * day_ms - shift
     return start - day_ms, start, start + day_ms, start + 2 * day_ms
+
+
+def next_day_ms(spec: CrmSpec, now_ms: int) -> int:
+    """When the portal's next day is used (its next midnight, plus the guard)."""
+    for a, b in itertools.pairwise(day_bounds(now_ms, spec.time_zone, spec.day_ms)):
+        if a + spec.guard_ms <= now_ms < b + spec.guard_ms:
+            return b + spec.guard_ms
+    return now_ms + spec.recheck_ms
+
+
+def hold_seconds(
+    spec: CrmSpec, asked: float, why: str | None, *, daily: bool, now_ms: int, most: float
+) -> float:
+    """How long every worker holds a connection under the CRM model back after the
+    CRM refused or said its budget is spent (``asked``: the adapter's reading of
+    the answer alone; ``daily``: the answer names the daily limit). Salesforce
+    gives no wait: over its concurrency cap, the adapter's short one; over the
+    allocation, until the budget is looked at again (the claim script then holds
+    the connection until the learnt budget has room). HubSpot's daily limit:
+    until the portal's midnight. Never more than ``most``."""
+    if spec.kind == "rolling":
+        if why is not None and "ConcurrentRequests" in why:
+            return min(asked, most)
+        return min(spec.recheck_ms / 1000.0, most)
+    if daily or (why is not None and why.startswith("DAILY")):
+        return min(max(0.0, (next_day_ms(spec, now_ms) - now_ms) / 1000.0), most)
+    return min(asked, most)

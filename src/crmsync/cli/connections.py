@@ -314,6 +314,7 @@ async def _run_checks(
             breaker_threshold=s.breaker_threshold,
             breaker_recovery_ms=int(s.breaker_recovery_seconds * 1000),
             paused=conn.paused_reason,
+            crm=conn.crm_spec,
         )
     permits = Permits(
         store,

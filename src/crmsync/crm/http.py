@@ -31,7 +31,7 @@ from yarl import URL
 
 from crmsync.crm.answer import clean, loads, message, obj, seq
 from crmsync.crm.credentials import Credential, StaticToken, TokenSource
-from crmsync.crm.quota import MAX_BLOCK_SECONDS
+from crmsync.crm.quota import MAX_BLOCK_SECONDS, Usage
 from crmsync.errors import AuthFailed, Malformed, Retryable
 
 Headers = Mapping[str, str]
@@ -152,6 +152,7 @@ class WriteWatch:
     started: bool = False
     fired: bool = False
     calls: int = 0  # HTTP requests of the send so far (each one the CRM counts)
+    usage: Usage | None = None  # what the last answer said of the CRM's budget
 
     def fire(self) -> None:
         if not self.fired:
@@ -236,12 +237,18 @@ class JsonClient:
             max_body=self.max_body,
         )
         data = loads(raw)
+        if watch is not None:
+            watch.usage = self.read_usage(headers) or watch.usage
         if self.auth.refreshes:
             if status == 401:
                 await self.auth.rejected(cred, auth_error(status, data))
             elif status < 400:
                 self.auth.succeeded(cred)
         return status, headers, data
+
+    def read_usage(self, headers: Headers) -> Usage | None:
+        """What an answer's headers say of the CRM's budget (each adapter reads its own)."""
+        return None
 
     async def request(
         self, method: str, url: str, payload: Any = None, watch: WriteWatch | None = None

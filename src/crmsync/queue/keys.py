@@ -58,6 +58,10 @@ class ConnectionKeys:
         return f"{self.tag}:rl:{window_ms}"
 
     @property
+    def conc(self) -> str:  # zset 'token|n' -> lease deadline: requests in flight (CRM model)
+        return f"{self.tag}:conc"
+
+    @property
     def stats(self) -> str:  # hash of counters for `status`
         return f"{self.tag}:stats"
 
@@ -96,7 +100,7 @@ class ConnectionKeys:
     def all_keys(self, window_sizes_ms: Iterable[int]) -> list[str]:
         """Every key of the connection, given the window sizes it has used."""
         windows = (self.window(ms) for ms in sorted(set(window_sizes_ms)))
-        return [*self.script_keys(), *windows, self.auth, self.auth_lock]
+        return [*self.script_keys(), *windows, self.conc, self.auth, self.auth_lock]
 
 
 def connection(connection_id: str) -> ConnectionKeys:

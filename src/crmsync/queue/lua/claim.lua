@@ -13,12 +13,17 @@ ARGV[9] margin (restore only)
 ARGV[10] back-dating allowed, ms (at most KEEP_MS): a claim that comes later than
          its room opened (a late wake-up, a busy loop) is stamped when the room
          opened, at most this long ago, instead of losing that time for good
-ARGV[11..] per window: limit, window_ms, span_ms (window stretched by the margin),
+ARGV[11] the CRM model's spec ('' = windows only; format in _lib.lua, crm_parse)
+ARGV[12..] per window: limit, window_ms, span_ms (window stretched by the margin),
            min_room (permits to wait for before the next claim, at most what
            this claim asked for: the next one is likely to ask as much)
+KEYS[9 + windows] the in-flight zset, when the spec has a cap
 Returns {refused ('' = granted), next_eligible_ms (-1 = only on wake-up),
          admitted_ms (the permits' stamp), permits, probe (0/1), Redis time ms,
+         our admissions before this claim (bud_seq; 0 without a CRM model),
          id1, score1, id2, score2, ...}
+Refusals: paused, blocked, circuit_open, empty, rate_limited (a window), budget
+(the CRM model's daily budget), concurrency (its in-flight cap).
 ]]
 local now = now_ms()
 local token = ARGV[1]
@@ -35,9 +40,14 @@ if redis.call('HEXISTS', KEYS[7], 'limits') == 0 then
   if ARGV[8] ~= '' then redis.call('HSET', KEYS[7], 'paused', ARGV[8]) end
 end
 
+local nwin = math.floor((#ARGV - 11) / 4)
+local crm = crm_parse(ARGV[11])
+local conc_key = nil
+if crm ~= nil and crm.cap > 0 then conc_key = KEYS[9 + nwin] end
+
 local function refuse(reason, next_ms)
   stat('refused_' .. reason, 1)
-  return {reason, next_ms or -1, now, 0, 0, now}
+  return {reason, next_ms or -1, now, 0, 0, now, crm and crm.seq or 0}
 end
 
 local function later_work()
@@ -85,11 +95,26 @@ if slow_until ~= nil and slow_until > now then
   share = f + (1 - f) * (1 - (slow_until - now) / math.max(1, tonumber(sl[2]) or 1))
 end
 
+if crm ~= nil then
+  crm_load(crm, now, conc_key)
+  if crm.room <= 0 then return refuse('budget', crm.next) end
+  room = math.min(room, crm.room)
+  if crm.cap > 0 then
+    if crm.busy >= crm.cap then
+      -- Freed by an acknowledgement (which wakes everyone) or a lease expiring.
+      local first = redis.call('ZRANGE', conc_key, 0, 0, 'WITHSCORES')
+      return refuse('concurrency', tonumber(first[2]) or -1)
+    end
+    room = math.min(room, crm.cap - crm.busy)
+  end
+  share = share * crm.scale
+end
+
 local wins = {}
-for i = 1, #KEYS - 8 do
-  local a = 11 + (i - 1) * 4
+for i = 1, nwin do
+  local a = 12 + (i - 1) * 4
   local limit = tonumber(ARGV[a])
-  if share < 1 then limit = math.max(1, math.floor(limit * share)) end
+  if share ~= 1 then limit = math.max(1, math.floor(limit * share)) end
   local w = win_load(KEYS[8 + i], limit, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
   w.min_room = tonumber(ARGV[a + 3])
   wins[i] = w
@@ -105,7 +130,7 @@ end
 if room <= 0 then return refuse('rate_limited', room_returns()) end
 
 local popped = redis.call('ZPOPMIN', KEYS[1], room * batch)
-local out = {'', -1, now, 0, 0, now}
+local out = {'', -1, now, 0, 0, now, 0}
 local deadline = now + lease_ms
 for i = 1, #popped, 2 do
   local id = popped[i]
@@ -129,6 +154,10 @@ if back > 0 and #wins > 0 then
   end
 end
 for _, w in ipairs(wins) do win_take(w, permits, stamp) end
+if crm ~= nil then
+  out[7] = crm.seq
+  crm_take(crm, permits, token, deadline, conc_key)
+end
 out[3] = stamp
 out[4] = permits
 stat('claims', 1)
