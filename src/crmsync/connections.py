@@ -262,12 +262,15 @@ def parse_connection(
     )
 
 
-def limit_model(crm: str, rate_limits: Sequence[str], settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings with the limit model chosen: the CRM's own for a new connection
-    given no ``--rate-limit``, the windows model for one given some."""
+def limit_model(
+    crm: str, rate_limits: Sequence[str], settings: dict[str, Any], *, new: bool = True
+) -> dict[str, Any]:
+    """The settings with the limit model chosen: a ``new`` connection given no
+    ``--rate-limit`` gets the CRM's own; without ``limit_model`` a connection holds
+    the windows model (so connections stored before it existed keep theirs)."""
     model = settings.get("limit_model")
-    if model is None:
-        model = "windows" if rate_limits else "crm"
+    if model is None and new and not rate_limits:
+        model = "crm"
         settings = {**settings, "limit_model": model}
     if model == "crm" and rate_limits:
         raise UserError(
@@ -378,10 +381,9 @@ def apply(cur: Connection, ch: Changes) -> Connection:
         del settings[key]
     given = connection_settings.validate(cur.crm, parse_settings(ch.settings))
     settings.update(given)
-    if "limit_model" not in settings or (ch.rate_limits and "limit_model" not in given):
-        # Stored before the CRM model existed, or windows given: the windows model.
-        settings["limit_model"] = "windows"
-    settings = limit_model(cur.crm, ch.rate_limits, settings)
+    if ch.rate_limits and "limit_model" not in given:
+        settings.pop("limit_model", None)  # windows given: the windows model
+    settings = limit_model(cur.crm, ch.rate_limits, settings, new=False)
     windows = crm_limits.windows_of(cur.crm, settings)
     if not windows and not ch.rate_limits:
         # Kept, unless they were the CRM model's: then the CRM's default windows.

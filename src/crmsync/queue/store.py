@@ -120,13 +120,14 @@ def _block_args(seconds: float, *, slow: bool, reason: str = "") -> list[Arg]:
     return [ms, slow_ms, repr(SLOW_FACTOR), reason[:500]]
 
 
-def _learn_args(crm: CrmSpec, usage: Usage, ref: int) -> list[Arg]:
+def _learn_args(crm: CrmSpec, usage: Usage, ref: int, margin: float) -> list[Arg]:
     return [
         "r" if crm.kind == "rolling" else "d",
         "" if usage.used is None else usage.used,
         "" if usage.most is None else usage.most,
         max(0, ref),
         usage.burst or "",
+        crm.script_arg(int(time.time() * 1000), margin),
     ]
 
 
@@ -374,7 +375,7 @@ class QueueStore:
         capped = cfg is not None and cfg.crm is not None and cfg.crm.concurrency > 0
         if learnt is not None and cfg is not None and cfg.crm is not None:
             # First: the budget is what the CRM said before anything else runs.
-            calls.append(("learn", ks, _learn_args(cfg.crm, learnt, claim.seq + 1)))
+            calls.append(("learn", ks, _learn_args(cfg.crm, learnt, claim.seq + 1, self.margin)))
         if block > 0:  # first: the ids released below must find the connection held
             calls.append(("block", ks, _block_args(block, slow=False, reason=block_reason)))
         if ack or refund or (capped and claim.permits):
@@ -434,7 +435,7 @@ class QueueStore:
         if cfg.crm is None:
             return False
         ks = keys.connection(connection_id).script_keys()
-        return bool(await self.scripts.call("learn", ks, _learn_args(cfg.crm, usage, ref)))
+        return bool(await self.scripts.call("learn", ks, _learn_args(cfg.crm, usage, ref, self.margin)))
 
     async def report(self, claim: Claim, outcomes: Sequence[bool]) -> None:
         """Breaker input, one per request: True answered, False 5xx/timeout/connection.

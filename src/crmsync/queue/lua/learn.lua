@@ -6,6 +6,7 @@ ARGV[3] max: the budget
 ARGV[4] ref: our admissions (bud_seq) before the answered request was admitted:
         the CRM's count holds it and may hold none of ours admitted after
 ARGV[5] a 10-second limit the answer names ('' = none)
+ARGV[6] the CRM model's spec (_lib.lua): a portal day that began is begun here too
 Rolling: the learning of the latest request wins (used grows and falls as the
 day rolls). Daily: the other apps' use in the portal's day only grows; an
 answer to a request admitted before our day began says nothing about this one.
@@ -19,6 +20,8 @@ local burst = tonumber(ARGV[5])
 if burst ~= nil and burst > 0 then redis.call('HSET', KEYS[7], 'burst', burst) end
 if used == nil or most == nil or most <= 0 or ref == nil then return 0 end
 redis.call('HSET', KEYS[7], 'bud_max', most)
+local c = crm_parse(ARGV[6])
+if c ~= nil and c.kind == 'd' then crm_load(c, now_ms(), nil) end
 local f = redis.call('HMGET', KEYS[7], 'bud_seq', 'bud_ref', 'bud_used', 'day_n',
   'day_others', 'day_ref')
 local seq = tonumber(f[1]) or 0
