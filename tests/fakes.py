@@ -193,7 +193,7 @@ class FakeStore:
         self._call("renew")
         self.renewals += 1
 
-    async def learn(self, connection_id: str, usage: Usage, ref: int) -> bool:
+    async def learn(self, connection_id: str, usage: Usage, ref: int | None = None) -> bool:
         self._call("learn")
         return False
 

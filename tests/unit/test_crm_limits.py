@@ -5,6 +5,7 @@ settings' meaning, the hold after a refusal, and properties of their models
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -115,7 +116,7 @@ def test_a_compressed_day_is_a_run_of_equal_days(zone: str, t: int, day_s: int) 
     day = day_s * 1000
     b = day_bounds(t, zone, day)
     assert b[1] <= t < b[2]
-    assert [y - x for x, y in zip(b, b[1:], strict=False)] == [day, day, day]
+    assert [y - x for x, y in pairwise(b)] == [day, day, day]
     assert (b[1], b[2]) == portal_days(t, zone, day)
 
 

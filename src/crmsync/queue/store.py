@@ -428,14 +428,21 @@ class QueueStore:
             ks = [*ks, ck.conc]
         await self.scripts.call("renew", ks, [claim.token, max(1, lease_ms), *ids])
 
-    async def learn(self, connection_id: str, usage: Usage, ref: int) -> bool:
-        """What a CRM said of its daily budget outside a claim's answers (``/limits``),
-        ``ref`` our admissions before it was asked; True when it changed the budget."""
+    async def learn(self, connection_id: str, usage: Usage, ref: int | None = None) -> bool:
+        """What a CRM said of its daily budget outside a claim's answers (``/limits``):
+        ``ref`` our admissions before it was asked, None for now less those still
+        in flight. True when it changed the budget."""
         cfg = await self._config_for(connection_id)
         if cfg.crm is None:
             return False
-        ks = keys.connection(connection_id).script_keys()
-        return bool(await self.scripts.call("learn", ks, _learn_args(cfg.crm, usage, ref, self.margin)))
+        ck = keys.connection(connection_id)
+        ks = ck.script_keys()
+        if cfg.crm.concurrency > 0:
+            ks = [*ks, ck.conc]
+        args = _learn_args(cfg.crm, usage, -1 if ref is None else ref, self.margin)
+        if ref is None:
+            args[3] = ""
+        return bool(await self.scripts.call("learn", ks, args))
 
     async def report(self, claim: Claim, outcomes: Sequence[bool]) -> None:
         """Breaker input, one per request: True answered, False 5xx/timeout/connection.

@@ -164,7 +164,7 @@ class Claims:
     async def _relearn(self, conn: Connection, adapter: CrmAdapter, claim: Claim) -> None:
         """A rolling daily budget spent (or not learnt yet) by what we know: ask the
         CRM how it stands now (Salesforce's ``/limits``; an org's use rolls off
-        with no answer telling us). Requests in flight may not be in its count yet."""
+        with no answer telling us); requests still in flight may not be in its count."""
         spec = conn.crm_spec
         ask = getattr(adapter, "daily_usage", None)
         if spec is None or spec.kind != "rolling" or ask is None:
@@ -172,7 +172,7 @@ class Claims:
         try:
             usage = await ask()
             if isinstance(usage, Usage) and usage.daily:
-                await self.store.learn(conn.id, usage, claim.seq - spec.concurrency)
+                await self.store.learn(conn.id, usage)
         except (CrmError, RedisError, OSError, TimeoutError) as exc:
             log.info("worker.budget_unknown", connection=conn.id, error=str(exc))
 

@@ -66,7 +66,7 @@ class Store(Protocol):
         """The hand-back; the connection's breaker state after its report."""
         ...
 
-    async def learn(self, connection_id: str, usage: Usage, ref: int) -> bool:
+    async def learn(self, connection_id: str, usage: Usage, ref: int | None = None) -> bool:
         """What the CRM said of its daily budget outside a claim (``/limits``)."""
         ...
 

@@ -4,7 +4,9 @@ ARGV[1] kind: 'r' (a rolling day: Salesforce) or 'd' (the portal's day: HubSpot)
 ARGV[2] used: requests the CRM counts against the budget (every app's)
 ARGV[3] max: the budget
 ARGV[4] ref: our admissions (bud_seq) before the answered request was admitted:
-        the CRM's count holds it and may hold none of ours admitted after
+        the CRM's count holds it and may hold none of ours admitted after;
+        '' = asked now (/limits): ours now less those in flight (KEYS[9], the
+        in-flight zset, when given)
 ARGV[5] a 10-second limit the answer names ('' = none)
 ARGV[6] the CRM model's spec (_lib.lua): a portal day that began is begun here too
 Rolling: the learning of the latest request wins (used grows and falls as the
@@ -16,6 +18,11 @@ local kind = ARGV[1]
 local used = tonumber(ARGV[2])
 local most = tonumber(ARGV[3])
 local ref = tonumber(ARGV[4])
+local asked = ARGV[4] == ''
+if asked then
+  ref = tonumber(redis.call('HGET', KEYS[7], 'bud_seq')) or 0
+  if KEYS[9] ~= nil then ref = ref - crm_busy(KEYS[9], now_ms()) end
+end
 local burst = tonumber(ARGV[5])
 if burst ~= nil and burst > 0 then redis.call('HSET', KEYS[7], 'burst', burst) end
 if used == nil or most == nil or most <= 0 or ref == nil then return 0 end
@@ -27,7 +34,9 @@ local f = redis.call('HMGET', KEYS[7], 'bud_seq', 'bud_ref', 'bud_used', 'day_n'
 local seq = tonumber(f[1]) or 0
 if kind == 'r' then
   local cur = tonumber(f[2])
-  if cur == nil or ref > cur or (ref == cur and used > (tonumber(f[3]) or 0)) then
+  -- Asked now: newer than any answer to a request admitted up to ref.
+  if cur == nil or ref > cur or (asked and ref == cur)
+      or (ref == cur and used > (tonumber(f[3]) or 0)) then
     redis.call('HSET', KEYS[7], 'bud_used', used, 'bud_ref', ref)
     stat('budget_learnt', 1)
     return 1
