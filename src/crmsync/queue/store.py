@@ -90,6 +90,22 @@ class QueueDepth:
     stats: dict[str, int] = field(default_factory=dict)
     state: dict[str, str] = field(default_factory=dict)  # the state hash as stored
 
+    @property
+    def budget(self) -> tuple[int, int] | None:
+        """(used, max) of the CRM model's daily budget as the claim script counts it
+        (every app's use learnt, plus ours since), None without a CRM model."""
+        s = self.state
+        kind, _, alloc = s.get("crm", "").partition(":")
+        if not kind:
+            return None
+        most = int(s.get("bud_max") or alloc or 0)
+        if kind == "daily":
+            return int(s.get("day_n", 0)) + int(s.get("day_others", 0)), most
+        if "bud_used" not in s:
+            return 0, most
+        seq = int(s.get("bud_seq", 0))
+        return int(s["bud_used"]) + seq - int(s.get("bud_ref", seq)), most
+
 
 @dataclass(frozen=True)
 class _Config:
@@ -186,6 +202,10 @@ class QueueStore:
             pipe.hset(ck.state, "paused", paused)
         else:
             pipe.hdel(ck.state, "paused")
+        if crm is not None:  # for status: the budget before one is learnt
+            pipe.hset(ck.state, "crm", f"{crm.kind}:{crm.allocation}")
+        else:
+            pipe.hdel(ck.state, "crm")
         await pipe.execute()
 
     async def _config_for(self, connection_id: str) -> _Config:
