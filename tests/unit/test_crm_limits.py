@@ -11,8 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crmsync import crm_limits
+from crmsync import crm_limits, figures
+from crmsync.crm import hubspot, salesforce
+from crmsync.crm.quota import Usage
 from crmsync.crm_limits import CrmSpec, day_bounds, hold_seconds, midnights, spec_of, windows_of
+from crmsync.queue.store import QueueDepth
 from crmsync.ratelimit import RateWindow
 from oracles.limiter import DailyBudget, InFlightCap, RollingBudget, portal_days
 
@@ -249,3 +252,96 @@ def test_the_in_flight_cap_holds(cap: int, plan: list[tuple[bool, int]]) -> None
         elif model.claims:
             model.done(sorted(model.claims)[n % len(model.claims)])
         assert sum(model.claims.values()) <= cap
+
+
+# -- what answers say of the budget, and what status shows -------------------------
+
+DAILY, DAILY_LEFT = "X-HubSpot-RateLimit-Daily", "X-HubSpot-RateLimit-Daily-Remaining"
+USAGE = [
+    ("salesforce", {"Sforce-Limit-Info": "api-usage=120/15000"}, Usage(120, 15000)),
+    ("salesforce", {"sforce-limit-info": "api-usage=7/9, per-app-api-usage=1/5"}, Usage(7, 9)),
+    ("salesforce", {"Sforce-Limit-Info": "api-usage=abc/9"}, None),
+    ("salesforce", {}, None),
+    (
+        "hubspot",
+        {
+            "X-HubSpot-RateLimit-Daily": "250000",
+            "X-HubSpot-RateLimit-Daily-Remaining": "249000",
+            "X-HubSpot-RateLimit-Max": "190",
+            "X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
+        },
+        Usage(1000, 250000, 190),
+    ),
+    (
+        "hubspot",
+        {"X-HubSpot-RateLimit-Max": "5", "X-HubSpot-RateLimit-Interval-Milliseconds": "1000"},
+        None,  # the search API's per-second limit says nothing of the tier
+    ),
+    (
+        "hubspot",
+        {"X-HubSpot-RateLimit-Daily": "0", "X-HubSpot-RateLimit-Daily-Remaining": "0"},
+        None,
+    ),
+    (
+        "hubspot",
+        {"X-HubSpot-RateLimit-Daily": "10", "X-HubSpot-RateLimit-Daily-Remaining": "-1"},
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(("crm", "headers", "usage"), USAGE)
+def test_answers_headers_tell_the_budget(
+    crm: str, headers: dict[str, str], usage: Usage | None
+) -> None:
+    read = salesforce.usage_of if crm == "salesforce" else hubspot.usage_of
+    assert read(headers) == usage
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "usage"),
+    [
+        (200, {"DailyApiRequests": {"Max": 15000, "Remaining": 14000}}, Usage(1000, 15000)),
+        (200, {"DailyApiRequests": {"Max": 15000, "Remaining": 16000}}, Usage(0, 15000)),
+        (200, {"DailyApiRequests": {"Max": "15000", "Remaining": 1}}, None),
+        (200, {"DailyApiRequests": {"Max": True, "Remaining": 1}}, None),
+        (404, [{"errorCode": "NOT_FOUND"}], None),
+        (200, [], None),
+    ],
+)
+def test_limits_resource_tells_the_budget(status: int, body: object, usage: Usage | None) -> None:
+    assert salesforce.limits_usage(status, body) == usage
+
+
+def depth(state: dict[str, str]) -> QueueDepth:
+    return QueueDepth("c", 0, 0, 0, 0, None, None, None, "closed", 0, None, [], {}, 0, state=state)
+
+
+@pytest.mark.parametrize(
+    ("state", "budget"),
+    [
+        ({}, None),
+        ({"crm": "rolling:100000"}, (0, 100000)),  # nothing learnt yet
+        (
+            {
+                "crm": "rolling:100000",
+                "bud_max": "5000",
+                "bud_used": "300",
+                "bud_ref": "40",
+                "bud_seq": "52",
+            },
+            (312, 5000),
+        ),
+        ({"crm": "daily:250000", "day_n": "20", "day_others": "400"}, (420, 250000)),
+    ],
+)
+def test_status_shows_the_daily_budget(
+    state: dict[str, str], budget: tuple[int, int] | None
+) -> None:
+    d = depth(state)
+    assert d.budget == budget
+    shown = figures.connection_figures(d, None)["limits"]
+    if budget is None:
+        assert shown == []
+    else:
+        assert shown == [{"limit": budget[1], "window_ms": 86_400_000, "used": budget[0]}]
