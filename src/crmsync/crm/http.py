@@ -197,6 +197,8 @@ class JsonClient:
         self.timeout = timeout_from(settings)
         self.max_body = int(_positive(settings.get("max_body_bytes"), DEFAULT_MAX_BODY_BYTES))
         self.max_block = _positive(settings.get("max_block_seconds"), MAX_BLOCK_SECONDS)
+        # Only the CRM's own limit model learns the budget from the answers' headers.
+        self.learns = settings.get("limit_model") == "crm"
         self.auth: TokenSource = StaticToken(token) if isinstance(token, str) else token
         self.base = base_of(base_url) if base_url else ""
         self._cred: Credential | None = None
@@ -237,7 +239,7 @@ class JsonClient:
             max_body=self.max_body,
         )
         data = loads(raw)
-        if watch is not None:
+        if watch is not None and self.learns:
             watch.usage = self.read_usage(headers) or watch.usage
         if self.auth.refreshes:
             if status == 401:
