@@ -11,9 +11,11 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 
 from crmsync.crm.quota import Usage
 from crmsync.crm_limits import CrmSpec
+from crmsync.queue import keys
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
 from crmsync.redis_client import RedisClient
@@ -166,3 +168,42 @@ async def test_a_rolling_budget_is_learnt_from_answers(redis_client: RedisClient
     assert (await claim())[:2] == (60, None)
     depth = await store.depth(cid)
     assert depth.state["bud_used"] == "40" and depth.state["bud_seq"] == "71"
+
+
+async def test_an_answer_that_frees_the_budget_wakes_the_workers(
+    redis_client: RedisClient, redis_clients: Callable[[], RedisClient]
+) -> None:
+    """On a real day a refused claim comes back in 5 minutes (the recheck): an
+    answer that gives a spent (or unknown) budget room wakes every worker at once."""
+    store = QueueStore(redis_client, margin=0.0)
+    cid = f"sf-{uuid.uuid4().hex[:8]}"
+    crm = CrmSpec("rolling", 100, 100, 0)  # no cap: its release wakes too
+    await store.configure(
+        cid,
+        [RateWindow(100_000, 10_000)],
+        breaker_threshold=5,
+        breaker_recovery_ms=1000,
+        paused=None,
+        crm=crm,
+    )
+    await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(50)])
+    sub = redis_clients().pubsub()
+    await sub.subscribe(keys.WAKE_CHANNEL)
+    probe = await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)
+    refused = await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)
+    assert (probe.permits, refused.refused) == (1, "budget")
+    assert refused.next_eligible_ms is not None
+    assert refused.next_eligible_ms - refused.redis_ms >= 299_000
+
+    async def woken() -> list[str]:
+        got: list[str] = []
+        while (m := await sub.get_message(ignore_subscribe_messages=True, timeout=0.5)) is not None:
+            got += m["data"].decode().split(",")
+        return got
+
+    await woken()
+    # The probe's answer: 99 of 100 used; reserve 0: room 1 -> it wakes.
+    await store.finish(probe, ack=probe.ids, learnt=Usage(99, 100))
+    assert cid in await woken()
+    assert (await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)).permits == 1
+    await sub.aclose()

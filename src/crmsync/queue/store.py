@@ -45,6 +45,7 @@ class Band(IntEnum):
 # limit linearly over half a minute.
 SLOW_FACTOR = 0.5
 SLOW_SECONDS = 30.0
+LEARN_FREED = 2  # learn.lua: the budget has room again
 # What `connections resume` clears of a connection's state hash.
 RESUME_CLEARS = (
     "paused",
@@ -424,7 +425,9 @@ class QueueStore:
             if name == "report":
                 breaker = _text(res)
                 wake = wake or (claim.probe and breaker == "closed")
-            elif name not in ("block", "learn"):
+            elif name == "learn":
+                wake = wake or int(res) == LEARN_FREED
+            elif name != "block":
                 wake = wake or int(res) > 0
         if wake:
             await self.wakeups.publish([cid])
@@ -462,7 +465,10 @@ class QueueStore:
         args = _learn_args(cfg.crm, usage, -1 if ref is None else ref, self.margin)
         if ref is None:
             args[3] = ""
-        return bool(await self.scripts.call("learn", ks, args))
+        res = int(await self.scripts.call("learn", ks, args))
+        if res == LEARN_FREED:  # claims refused for the budget may go now
+            await self.wakeups.publish([connection_id])
+        return res > 0
 
     async def report(self, claim: Claim, outcomes: Sequence[bool]) -> None:
         """Breaker input, one per request: True answered, False 5xx/timeout/connection.

@@ -12,7 +12,8 @@ ARGV[6] the CRM model's spec (_lib.lua): a portal day that began is begun here t
 Rolling: the learning of the latest request wins (used grows and falls as the
 day rolls). Daily: the other apps' use in the portal's day only grows; an
 answer to a request admitted before our day began says nothing about this one.
-Returns 1 when it changed the budget.
+Returns 0 when it changed nothing, 1 when it changed the budget, 2 when that
+gave room to a rolling budget that had none (claims were refused: wake them).
 ]]
 local kind = ARGV[1]
 local used = tonumber(ARGV[2])
@@ -34,11 +35,17 @@ local f = redis.call('HMGET', KEYS[7], 'bud_seq', 'bud_ref', 'bud_used', 'day_n'
 local seq = tonumber(f[1]) or 0
 if kind == 'r' then
   local cur = tonumber(f[2])
+  local function room(u, r)
+    if u == nil or c == nil then return 0 end
+    return most - math.ceil(most * c.reserve) - (u + seq - r)
+  end
+  local before = room(tonumber(f[3]), cur)
   -- Asked now: newer than any answer to a request admitted up to ref.
   if cur == nil or ref > cur or (asked and ref == cur)
       or (ref == cur and used > (tonumber(f[3]) or 0)) then
     redis.call('HSET', KEYS[7], 'bud_used', used, 'bud_ref', ref)
     stat('budget_learnt', 1)
+    if before <= 0 and room(used, ref) > 0 then return 2 end
     return 1
   end
   return 0
