@@ -207,3 +207,25 @@ async def test_an_answer_that_frees_the_budget_wakes_the_workers(
     assert cid in await woken()
     assert (await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)).permits == 1
     await sub.aclose()
+
+
+async def test_a_request_outside_a_claim_is_held_by_the_budget_too(
+    redis_client: RedisClient,
+) -> None:
+    """A permit taken outside a claim (onboarding's checks, a follow-up request):
+    the probe of a budget not learnt yet, then the learnt room, never more."""
+    store = QueueStore(redis_client, margin=0.0)
+    cid = f"sf-{uuid.uuid4().hex[:8]}"
+    await store.configure(
+        cid,
+        [RateWindow(100_000, 10_000)],
+        breaker_threshold=5,
+        breaker_recovery_ms=1000,
+        paused=None,
+        crm=CrmSpec("rolling", 100, 100, 0),
+    )
+    assert (await store.take(cid, 3))[0] == 1
+    assert (await store.take(cid, 3))[0] == 0
+    await store.learn(cid, Usage(98, 100))
+    assert (await store.take(cid, 3))[0] == 2
+    assert (await store.take(cid, 3))[0] == 0

@@ -28,11 +28,10 @@ local scale = 1
 if crm ~= nil then
   crm_refund(admitted, give)
   crm_load(crm, now, nil) -- the in-flight cap counts claims, which this one is already
-  crm.probe = false
-  -- A rolling budget still counts what was given back (bud_seq only grows).
+  -- A rolling budget still counts what was given back (bud_seq only grows); one
+  -- not learnt yet admits its probe here too (onboarding's first request).
   local back = 0
   if crm.kind == 'r' then back = give end
-  if crm.kind == 'r' and not crm.learnt then crm.room = 0 end
   room = math.min(room, math.max(0, crm.room + back))
   scale = crm.scale
 end
