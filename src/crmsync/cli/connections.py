@@ -293,8 +293,8 @@ async def _run_checks(
     """Run onboarding on the workers' limiter and shared token (the wiring of
     ``crm.onboarding``); (the checks, refresh tokens the CRM rotated)."""
     from crmsync.clock import RedisClock
-    from crmsync.crm import tokens
-    from crmsync.crm.http import JsonClient, http_session
+    from crmsync.crm import hubspot, salesforce, tokens
+    from crmsync.crm.http import Headers, JsonClient, http_session
     from crmsync.crm.onboarding import Check, NoAnswer, Onboarding
     from crmsync.queue.keys import connection as keys_of
     from crmsync.worker.permits import Permits
@@ -329,6 +329,14 @@ async def _run_checks(
             fix = "the workers use the whole limit now: try again later"
             raise NoAnswer(Check("rate limit", False, detail, fix))
 
+    async def heard(headers: Headers) -> None:
+        # The CRM model's budget learnt from the checks' answers too (a Salesforce
+        # budget not learnt yet admits one request until an answer tells it).
+        read = salesforce.usage_of if conn.crm == "salesforce" else hubspot.usage_of
+        usage = read(headers) if conn.crm_spec is not None else None
+        if usage is not None:
+            await store.learn(conn.id, usage)
+
     async with http_session(4, s.http_timeout_seconds) as session:
         source = tokens.for_connection(
             conn,
@@ -341,7 +349,7 @@ async def _run_checks(
         client = JsonClient(
             token=source, settings=settings, session=session, base_url=conn.base_url
         )
-        onboarding = Onboarding(conn, client, take_permit)
+        onboarding = Onboarding(conn, client, take_permit, heard)
         checks = await (onboarding.setup() if setup else onboarding.check())
     return checks, rotated
 
