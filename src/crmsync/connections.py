@@ -66,6 +66,20 @@ def format_rate_limits(windows: Sequence[Mapping[str, Any]]) -> str:
     return ", ".join(format_rate(RateWindow(int(w["limit"]), int(w["window_ms"]))) for w in windows)
 
 
+def describe_limits(conn: Connection) -> str:
+    """The limits a connection holds, in a few words."""
+    spec = conn.crm_spec
+    windows = format_rate_limits(conn.rate_limits)
+    if spec is None:
+        return windows
+    if spec.kind == "rolling":
+        return (
+            f"the CRM's: a rolling daily allocation ({spec.allocation} until learnt), "
+            f"{windows}, {spec.concurrency} in flight"
+        )
+    return f"the CRM's: {windows}, {spec.allocation}/day from midnight in {spec.time_zone}"
+
+
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` adapter settings; JSON numbers, booleans and objects
     (e.g. ``field_map={"company": "Account_Name__c"}``) keep their type."""

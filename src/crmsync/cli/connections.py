@@ -66,8 +66,9 @@ RATE_LIMIT_OPT = typer.Option(
     [],
     "--rate-limit",
     envvar="CRMSYNC_CONN_RATE_LIMIT",
-    help="LIMIT/WINDOW, repeatable for several windows (100/s, 1000/10s, 100000/day). "
-    "Default: salesforce 100/s, hubspot 100/10s.",
+    help="LIMIT/WINDOW, repeatable for several windows (100/s, 1000/10s, 100000/day): "
+    "sliding windows (limit_model=windows). Default: the CRM's own limit model "
+    "(limit_model=crm; tier, time_zone, daily_limit, concurrency in --settings; docs/LIMITS.md).",
 )
 SETTINGS_OPT = typer.Option(
     [],
@@ -158,7 +159,7 @@ def add(
     added = with_pool(s, go, redis=not no_check)
     typer.echo(
         f"added connection {added.id} ({added.crm}, tenant {added.tenant}, "
-        f"limits {connections.format_rate_limits(added.rate_limits)}, {_credentials(added)})"
+        f"limits {connections.describe_limits(added)}, {_credentials(added)})"
     )
 
 
@@ -256,7 +257,7 @@ def _changes(cur: Connection, new: Connection, credentials: bool) -> str:
     if new.credentials != cur.credentials or new.secrets != cur.secrets:
         parts.append(_credentials(new))
     if new.windows != cur.windows:
-        parts.append(f"limits {connections.format_rate_limits(new.rate_limits)}")
+        parts.append(f"limits {connections.describe_limits(new)}")
     if dict(new.settings) != dict(cur.settings):
         parts.append(f"settings {orjson.dumps(dict(new.settings)).decode()}")
     if (new.account, new.base_url) != (cur.account, cur.base_url):
