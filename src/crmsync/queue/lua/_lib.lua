@@ -323,6 +323,9 @@ local function crm_load(c, now, conc_key)
   c.seq = tonumber(f[1]) or 0
   c.most = tonumber(f[2]) or c.alloc
   local limit = c.most - math.ceil(c.most * c.reserve)
+  -- Requests admitted before an answered one may reach the CRM after it (counted
+  -- neither in its used nor since): at most the in-flight cap, kept back too.
+  if c.kind == 'r' then limit = math.min(limit, c.most - c.cap) end
   c.scale = 1
   c.next = now + c.recheck
   if c.kind == 'r' then
