@@ -1,11 +1,15 @@
 """What integration and acceptance tests share besides fixtures (those are in
-conftest.py): connection rows, the types of the fixture factories, a MONITOR log."""
+conftest.py): connection rows, an in-process API client, the types of the fixture
+factories, a MONITOR log."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
+
+import httpx
+from fastapi import FastAPI
 
 from crmsync import connections, db, vault
 from crmsync.connections import Connection
@@ -64,6 +68,19 @@ async def add_connections(
     ring = keys or vault.keyring(Settings().secret_key)
     for spec in specs:
         await connections.add(pg, spec, ring)
+
+
+def asgi_client(app: FastAPI) -> httpx.AsyncClient:
+    """A client of ``app`` in this process (ASGI, no socket), at ``http://api``."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+
+
+class OpenApi(Protocol):
+    """The ``api_client`` fixture: the HTTP API on the test's database and Redis, in
+    this process; keyword arguments change its settings (``api_keys="k"``,
+    ``metrics_public=True``...). Closed after the test."""
+
+    async def __call__(self, **settings: Any) -> httpx.AsyncClient: ...
 
 
 class StartMock(Protocol):
