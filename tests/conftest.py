@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
+import aiohttp
 import asyncpg
 import httpx
 import pytest
@@ -206,6 +207,13 @@ async def api_client(pool: asyncpg.Pool[Any], settings: Settings) -> AsyncIterat
     finally:
         for client in opened:
             await client.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session (to talk to mock CRMs directly), closed after the test."""
+    async with aiohttp.ClientSession() as s:
+        yield s
 
 
 @pytest.fixture

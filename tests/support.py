@@ -1,13 +1,16 @@
 """What integration and acceptance tests share besides fixtures (those are in
-conftest.py): connection rows, an in-process API client, the types of the fixture
-factories, a MONITOR log."""
+conftest.py): connection rows, an in-process API client, one-call database and HTTP
+helpers, the types of the fixture factories, a MONITOR log."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+import aiohttp
+import asyncpg
 import httpx
 from fastapi import FastAPI
 
@@ -68,6 +71,29 @@ async def add_connections(
     ring = keys or vault.keyring(Settings().secret_key)
     for spec in specs:
         await connections.add(pg, spec, ring)
+
+
+def fetch_now(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """``sql``'s rows, from a test that runs outside an event loop (a CLI test)."""
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+async def call_json(
+    http: aiohttp.ClientSession, method: str, url: str, token: str | None, body: Any = None
+) -> tuple[int, Any, Any]:
+    """(status, JSON body or None, headers) of one request, bearer ``token`` if any."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.request(method, url, json=body, headers=headers) as r:
+        raw = await r.read()
+        return r.status, (json.loads(raw) if raw else None), r.headers
 
 
 def asgi_client(app: FastAPI) -> httpx.AsyncClient:
