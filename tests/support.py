@@ -12,6 +12,8 @@ from typing import Any, Protocol
 import aiohttp
 import asyncpg
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 
 from crmsync import connections, db, vault
@@ -94,6 +96,23 @@ async def call_json(
     async with http.request(method, url, json=body, headers=headers) as r:
         raw = await r.read()
         return r.status, (json.loads(raw) if raw else None), r.headers
+
+
+def rsa_key_pair(*, traditional: bool = False) -> tuple[str, str]:
+    """(private key PEM, public key PEM) of a new RSA key, as a JWT connection's
+    key file and its connected app's certificate hold them; ``traditional``: the
+    private key as ``BEGIN RSA PRIVATE KEY`` (OpenSSL's default), else PKCS#8."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    fmt = (
+        serialization.PrivateFormat.TraditionalOpenSSL
+        if traditional
+        else serialization.PrivateFormat.PKCS8
+    )
+    private = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private.decode(), public.decode()
 
 
 def asgi_client(app: FastAPI) -> httpx.AsyncClient:

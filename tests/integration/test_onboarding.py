@@ -13,8 +13,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner, Result
 
 from crmsync.cli import app
@@ -22,7 +20,7 @@ from crmsync_lab.mock.config import AccountSpec, MockConfig, OAuthSpec
 from crmsync_lab.mock.hubspot import HubSpotPortal
 from crmsync_lab.mock.limits import Window
 from crmsync_lab.mock.server import MockHandle, start_mock
-from support import fetch_now
+from support import fetch_now, rsa_key_pair
 
 StartThreaded = Callable[..., MockHandle]
 
@@ -316,17 +314,7 @@ def test_update_keeps_the_ledger_and_remove_asks_first(
 def test_jwt_connection_added_from_a_key_file_and_no_secret_listed(
     database_url: str, redis_url: str, threaded_mock: StartThreaded, tmp_path: Path
 ) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    ).decode()
-    cert = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    pem, cert = rsa_key_pair(traditional=True)
     app_ = OAuthSpec.default("salesforce", "sf-jwt", certificate=cert)
     mock = threaded_mock(
         AccountSpec("salesforce", "sf-jwt", limits=UNLIMITED, static_token=False, oauth=app_)
