@@ -9,7 +9,7 @@ KEYS layout, so the helpers below may name them:
   KEYS[4] delayed      zset  id -> due ms
   KEYS[5] requeue      zset  id -> ready score (enqueued again while leased)
   KEYS[6] bands        hash  id -> ready score of a leased or delayed id
-  KEYS[7] state        hash  paused, blocked_until_ms, limits, br_* fields
+  KEYS[7] state        hash  paused, blocked_until_ms, limits, br_* fields, lineage
   KEYS[8] stats        hash  counters for `crmsync status`
   KEYS[9..] one rate-window hash per configured window (claim, ack, depth)
 The CRM breaker script uses only the br_* helpers on its own key.

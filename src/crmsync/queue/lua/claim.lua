@@ -13,7 +13,11 @@ ARGV[9] margin (restore only)
 ARGV[10] back-dating allowed, ms (at most KEEP_MS): a claim that comes later than
          its room opened (a late wake-up, a busy loop) is stamped when the room
          opened, at most this long ago, instead of losing that time for good
-ARGV[11..] per window: limit, window_ms, span_ms (window stretched by the margin),
+ARGV[11] lineage the caller expects in the state hash: '' = no check, '*' = any
+         marker, else that run id. No marker: Redis lost the connection's state
+         (flush, restart, failover): refused 'lost', nothing written. Another
+         marker: refused 'lineage' (healed by someone else, or an older Redis).
+ARGV[12..] per window: limit, window_ms, span_ms (window stretched by the margin),
            min_room (permits to wait for before the next claim, at most what
            this claim asked for: the next one is likely to ask as much)
 Returns {refused ('' = granted), next_eligible_ms (-1 = only on wake-up),
@@ -27,6 +31,13 @@ local batch = tonumber(ARGV[3])
 local lease_ms = tonumber(ARGV[4])
 local threshold = tonumber(ARGV[5])
 local recovery = tonumber(ARGV[6])
+
+local lineage = ARGV[11]
+if lineage ~= '' then
+  local marker = redis.call('HGET', KEYS[7], 'lineage')
+  if not marker then return {'lost', -1, now, 0, 0, now} end
+  if lineage ~= '*' and marker ~= lineage then return {'lineage', -1, now, 0, 0, now} end
+end
 
 -- Redis is a cache: after a FLUSHALL the caller's config restores the state.
 if redis.call('HEXISTS', KEYS[7], 'limits') == 0 then
@@ -87,7 +98,7 @@ end
 
 local wins = {}
 for i = 1, #KEYS - 8 do
-  local a = 11 + (i - 1) * 4
+  local a = 12 + (i - 1) * 4
   local limit = tonumber(ARGV[a])
   if share < 1 then limit = math.max(1, math.floor(limit * share)) end
   local w = win_load(KEYS[8 + i], limit, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
