@@ -33,9 +33,7 @@ def worst_window(log: Sequence[tuple[int, int]], window_ms: int) -> int:
     return worst
 
 
-def run(
-    model: LimiterModel, start: int, end: int, step: int, log: list[tuple[int, int]]
-) -> None:
+def run(model: LimiterModel, start: int, end: int, step: int, log: list[tuple[int, int]]) -> None:
     """Admit as much as the model lets through every ``step`` ms in [start, end)."""
     for t in range(start, end, step):
         k, _ = model.admit(10_000, t)
