@@ -29,6 +29,7 @@ from crmsync.capture.relay import LossWatch, relay_once
 from crmsync.processes import run_worker
 from crmsync.queue.store import QueueStore
 from crmsync.ratelimit import RateWindow
+from crmsync.report import collect, prometheus_text
 from crmsync.settings import Settings
 from crmsync_lab.mock.config import AccountSpec
 from crmsync_lab.mock.limits import Window
@@ -229,6 +230,10 @@ async def _lose_mid_backlog(run: Run, lose: Any) -> None:
         r["connection_id"]: r["heals"] for r in await run.pool.fetch("SELECT * FROM redis_state")
     }
     assert heals == {"hs": 1, "sf": 1}
+    report = await collect(run.pool, run.redis)
+    assert {c["id"]: c["redis_heals"] for c in report["connections"]} == heals
+    text = prometheus_text(report).decode()
+    assert 'crmsync_redis_heals_total{connection="hs",crm="hubspot",tenant="th"} 1.0' in text
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ async def test_a_contact_deleted_and_written_again_continues_after_its_last_vers
     await pool.execute(WRITES["hard_delete"], "default", "c1", "-", "-")
     await pool.execute(WRITES["insert"], "default", "c1", "new@x.io", "New")
     row = await pool.fetchrow("SELECT * FROM contacts WHERE id = 'c1'")
+    assert row is not None
     assert row["version"] == 3  # 1, the delete's 2, then 3
     assert await outbox_versions(pool, "default", "c1") == [1, 2, 3]
     contact = Contact("c1", "default", row["email"], "New", None, None, "active", row["version"])
