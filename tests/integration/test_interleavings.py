@@ -4,9 +4,9 @@ A worker runs in this process against the lab's mock CRMs (one HubSpot and one
 Salesforce account, single-record mode) while a sequence of events is played:
 inserts, updates, soft and hard deletes, re-inserts of a deleted id, answers
 lost after the CRM applied the write, and workers "killed" after the CRM
-applied a write and before the ledger row (the claim is cancelled there, so its
-ids go back to the queue as a lease that expired would send them: another
-claim retries them with no ledger row). Once faults stop and the queues are
+applied a write and before the ledger row (the claim stops renewing its lease
+and never gives its ids back: the lease expires and another claim retries them
+with no ledger row). Once faults stop and the queues are
 quiet, each CRM must hold exactly the live contacts with their latest fields
 (every contact here is active with a company, so every rule sends it), none of
 the deleted ones, and no record twice.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -33,7 +34,7 @@ from crmsync.clock import RedisClock
 from crmsync.crm.http import http_session
 from crmsync.model import DeadLetter, LedgerWrite
 from crmsync.processes import build_worker
-from crmsync.queue.store import QueueStore
+from crmsync.queue.store import Claim, QueueStore
 from crmsync.settings import Settings
 from crmsync.worker.ledger import PgLedger
 from crmsync_lab.mock.config import AccountSpec
@@ -55,15 +56,39 @@ EVENTS = st.lists(
 )
 
 
+CLAIM_TOKEN: contextvars.ContextVar[str] = contextvars.ContextVar("claim_token", default="")
+
+
 class KillingLedger(PgLedger):
-    """A ledger whose next ``kills`` records never happen: the claim stops after
-    its sends reached the CRM, as a SIGKILL would stop it, its ids held for a
-    while (a dead worker's lease until it expires) and then given back."""
+    """A ledger whose next ``kills`` records never happen: the claim's worker
+    "dies" after its sends reached the CRM, as a SIGKILL would stop it. Its
+    claim stops renewing its lease and never gives its ids back; the lease
+    expires and another claim takes them, as another worker would."""
 
-    hold_seconds = 0.8
+    def __init__(self, pool: asyncpg.Pool[Any], store: QueueStore, lease_seconds: float) -> None:
+        super().__init__(pool)
+        self.kills = 0
+        self.killed = 0
+        self.dead: set[str] = set()  # tokens of the claims whose worker died
+        self.lease_seconds = lease_seconds
+        take, renew, release = store.claim, store.renew, store.release
 
-    kills = 0
-    killed = 0
+        async def claiming(*args: Any, **kwargs: Any) -> Claim:
+            got = await take(*args, **kwargs)
+            CLAIM_TOKEN.set(got.token)  # the claim's own task: read back in record()
+            return got
+
+        async def renewing(claim: Claim, ids: Sequence[str], lease_ms: int) -> None:
+            if claim.token not in self.dead:
+                await renew(claim, ids, lease_ms)
+
+        async def releasing(claim: Claim, ids: Sequence[str]) -> None:
+            if claim.token not in self.dead:
+                await release(claim, ids)
+
+        store.claim = claiming  # type: ignore[method-assign]
+        store.renew = renewing  # type: ignore[method-assign]
+        store.release = releasing  # type: ignore[method-assign]
 
     async def record(
         self, connection_id: str, rows: Sequence[LedgerWrite], dead: Sequence[DeadLetter]
@@ -71,7 +96,8 @@ class KillingLedger(PgLedger):
         if self.kills > 0 and rows:
             self.kills -= 1
             self.killed += 1
-            await asyncio.sleep(self.hold_seconds)
+            self.dead.add(CLAIM_TOKEN.get())
+            await asyncio.sleep(self.lease_seconds + 1.0)  # dead: the lease runs out
             raise asyncio.CancelledError
         await super().record(connection_id, rows, dead)
 
@@ -189,7 +215,9 @@ async def _lab(settings: Settings, start_mock_crm: StartMock) -> AsyncIterator[L
         s, pool=pool, redis=redis, session=session, concurrency=50, clock=RedisClock()
     )
     lab = Lab(pool, QueueStore(redis), mock)
-    lab.ledger = KillingLedger(pool)
+    store = worker.claims.store
+    assert isinstance(store, QueueStore)
+    lab.ledger = KillingLedger(pool, store, s.lease_seconds)
     worker.claims.ledger = lab.ledger
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))

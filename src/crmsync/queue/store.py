@@ -73,6 +73,9 @@ class Claim:
     probe: bool
     refused: str | None
     redis_ms: int  # Redis time when the claim ran
+    # Ids whose last lease expired unresolved: a worker may have died after the
+    # CRM applied its send and before the ledger row (the CRM may hold a record).
+    unknown: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -267,17 +270,20 @@ class QueueStore:
         refused = _text(raw[0]) or None
         nxt = int(raw[1])
         pairs = raw[6:]
+        ids = [_text(x) for x in pairs[0::2]]
+        scores = [_text(s) for s in pairs[1::2]]
         return Claim(
             connection_id=connection_id,
             token=token,
-            ids=[_text(x) for x in pairs[0::2]],
-            bands=[int(float(_text(s))) // BAND_SCALE for s in pairs[1::2]],
+            ids=ids,
+            bands=[int(float(s.lstrip("?"))) // BAND_SCALE for s in scores],
             permits=int(raw[3]),
             admitted_ms=int(raw[2]),
             next_eligible_ms=nxt if nxt >= 0 else None,
             probe=bool(int(raw[4])),
             refused=refused,
             redis_ms=int(raw[5]),
+            unknown=frozenset(i for i, s in zip(ids, scores, strict=True) if s.startswith("?")),
         )
 
     async def ack(self, claim: Claim, ids: Sequence[str], *, refund: int = 0) -> None:

@@ -22,7 +22,8 @@ ARGV[12..] per window: limit, window_ms, span_ms (window stretched by the margin
            this claim asked for: the next one is likely to ask as much)
 Returns {refused ('' = granted), next_eligible_ms (-1 = only on wake-up),
          admitted_ms (the permits' stamp), permits, probe (0/1), Redis time ms,
-         id1, score1, id2, score2, ...}
+         id1, score1, id2, score2, ...}; a score starts with '?' when the id's
+         last lease expired unresolved (its send's outcome is unknown)
 ]]
 local now = now_ms()
 local token = ARGV[1]
@@ -75,6 +76,7 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 10
 for _, id in ipairs(expired) do
   drop_lease(id)
   back_to_ready(id, now)
+  mark_unknown(id)
 end
 stat('leases_expired', #expired)
 
@@ -124,7 +126,11 @@ for i = 1, #popped, 2 do
   redis.call('HSET', KEYS[3], id, token)
   redis.call('HSET', KEYS[6], id, popped[i + 1])
   out[#out + 1] = id
-  out[#out + 1] = popped[i + 1]
+  if redis.call('HEXISTS', KEYS[6], '?' .. id) == 1 then
+    out[#out + 1] = '?' .. popped[i + 1]
+  else
+    out[#out + 1] = popped[i + 1]
+  end
 end
 local permits = math.ceil((#popped / 2) / batch)
 local stamp = now
