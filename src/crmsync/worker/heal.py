@@ -132,8 +132,9 @@ class Healer:
             buckets = {int(k): int(v) for k, v in dict(r["buckets"]).items()}
             checkpoint[int(r["window_ms"])] = (int(r["taken_ms"]), buckets)
         queued = await reconcile_connection(self.pool, self.store, conn.id, conn.tenant)
-        secs, micros = await self.redis.time()
-        fills = prefill(windows, checkpoint, int(secs) * 1000 + int(micros) // 1000, self.margin)
+        # Redis time of the connection's own node (a cluster's nodes each have one).
+        _, now_ms, _ = await self.store.snapshot(conn.id, [])
+        fills = prefill(windows, checkpoint, now_ms, self.margin)
         lineage = secrets.token_hex(8)
         # PostgreSQL first: a crash before the marker is written only heals again.
         await self.pool.execute(db.q("heal_record"), conn.id, lineage, True)
