@@ -44,6 +44,8 @@ NAMES = (
     "breaker",
     "depth",
     "learn",
+    "heal",
+    "snapshot",
 )
 
 
