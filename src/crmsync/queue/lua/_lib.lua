@@ -10,7 +10,8 @@ KEYS layout, so the helpers below may name them:
   KEYS[5] requeue      zset  id -> ready score (enqueued again while leased)
   KEYS[6] bands        hash  id -> ready score of a leased or delayed id;
                              '?' .. id -> 1 while an id's expired lease is unresolved
-  KEYS[7] state        hash  paused, blocked_until_ms, limits, br_* fields, lineage
+  KEYS[7] state        hash  paused, blocked_until_ms, limits, br_* fields, lineage,
+                             unknown (how many '?' marks KEYS[6] holds)
   KEYS[8] stats        hash  counters for `crmsync status`
   KEYS[9..] one rate-window hash per configured window (claim, ack, depth)
 The CRM breaker script uses only the br_* helpers on its own key.
@@ -62,14 +63,21 @@ end
 -- An id whose lease expired: its worker may have died after the CRM applied
 -- its send and before the ledger row was written. Marked until acknowledged,
 -- so the claims that take it tell their worker (claim.lua).
+-- The state hash's 'unknown' counts the marks, so claims look for them only
+-- when there are any.
 local function mark_unknown(id)
-  redis.call('HSET', KEYS[6], '?' .. id, 1)
+  if redis.call('HSETNX', KEYS[6], '?' .. id, 1) == 1 then
+    redis.call('HINCRBY', KEYS[7], 'unknown', 1)
+  end
 end
 
 -- Finished lease: a change that arrived meanwhile becomes ready work.
 local function finish_lease(id)
   drop_lease(id)
-  redis.call('HDEL', KEYS[6], id, '?' .. id)
+  redis.call('HDEL', KEYS[6], id)
+  if redis.call('HDEL', KEYS[6], '?' .. id) == 1 then
+    redis.call('HINCRBY', KEYS[7], 'unknown', -1)
+  end
   local rq = tonumber(redis.call('ZSCORE', KEYS[5], id))
   if rq ~= nil then
     redis.call('ZREM', KEYS[5], id)

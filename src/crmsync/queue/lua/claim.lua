@@ -143,6 +143,7 @@ end
 if room <= 0 then return refuse('rate_limited', room_returns()) end
 
 local popped = redis.call('ZPOPMIN', KEYS[1], room * batch)
+local marks = (tonumber(redis.call('HGET', KEYS[7], 'unknown')) or 0) > 0
 local out = {'', -1, now, 0, 0, now, 0}
 local deadline = now + lease_ms
 for i = 1, #popped, 2 do
@@ -151,7 +152,7 @@ for i = 1, #popped, 2 do
   redis.call('HSET', KEYS[3], id, token)
   redis.call('HSET', KEYS[6], id, popped[i + 1])
   out[#out + 1] = id
-  if redis.call('HEXISTS', KEYS[6], '?' .. id) == 1 then
+  if marks and redis.call('HEXISTS', KEYS[6], '?' .. id) == 1 then
     out[#out + 1] = '?' .. popped[i + 1]
   else
     out[#out + 1] = popped[i + 1]
