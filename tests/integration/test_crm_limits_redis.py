@@ -229,3 +229,45 @@ async def test_a_request_outside_a_claim_is_held_by_the_budget_too(
     await store.learn(cid, Usage(98, 100))
     assert (await store.take(cid, 3))[0] == 2
     assert (await store.take(cid, 3))[0] == 0
+
+
+async def test_a_portal_day_counted_again_after_a_redis_loss_probes_until_an_answer(
+    redis_client: RedisClient,
+) -> None:
+    """A HubSpot day 95 % spent when Redis loses it: the heal counts the day from
+    zero, so until an answer tells the day's use again one request at a time goes
+    (not a window's worth on a count that forgot the day); the answer's remaining
+    then holds, and a portal whose answers never tell stops probing after a bound."""
+    store = QueueStore(redis_client, margin=0.0)
+    cid = f"hs-{uuid.uuid4().hex[:8]}"
+    crm = CrmSpec("daily", 100, 100_000, 0)
+    cfg = dict(breaker_threshold=5, breaker_recovery_ms=1000, paused=None, crm=crm)
+    await store.configure(cid, [RateWindow(100_000, 10_000)], **cfg)  # type: ignore[arg-type]
+    await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(500)])
+
+    async def claim(most: int = 200) -> tuple[int, str | None, int]:
+        c = await store.claim(cid, max_requests=most, batch_size=1, lease_ms=30_000)
+        await store.ack(c, c.ids)
+        return c.permits, c.refused, c.seq
+
+    assert (await claim(95))[0] == 95  # 95 of the day's 100 sent
+    # Redis loses everything; the heal (no windows to refill here) marks it again.
+    await redis_client.flushdb()
+    await store.configure(cid, [RateWindow(100_000, 10_000)], **cfg)  # type: ignore[arg-type]
+    await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(500)])
+    await store.heal(cid, "healed-1", [])
+    probe, refused, seq = await claim()
+    assert (probe, refused) == (1, None)
+    assert (await claim())[:2] == (0, "budget")  # no more until an answer
+    # The probe's answer: 96 of the day's 100 used (ours before the loss too).
+    await store.learn(cid, Usage(96, 100), seq)
+    assert (await claim())[0] == 3  # 100 - 96 - the probe counted once more
+    assert (await claim())[:2] == (0, "budget")
+    # A portal whose answers carry no daily headers: the probing ends after a bound.
+    cid2 = f"hs-{uuid.uuid4().hex[:8]}"
+    await store.configure(cid2, [RateWindow(100_000, 10_000)], **cfg)  # type: ignore[arg-type]
+    await store.enqueue([(cid2, f"c-{i}", Band.UPDATE) for i in range(50)])
+    await store.heal(cid2, "healed-2", [])
+    await redis_client.hset(keys.connection(cid2).state, "day_unknown", 0)
+    c = await store.claim(cid2, max_requests=200, batch_size=1, lease_ms=30_000)
+    assert c.permits == 50

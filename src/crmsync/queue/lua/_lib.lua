@@ -298,6 +298,9 @@ end
 -- bud_used, bud_ref, bud_probe_ms, day_start, day_n, day_others, day_ref (bud_seq
 -- when the day began), burst (a learnt 10-second limit).
 
+local DAY_UNKNOWN_MS = 60000 -- a healed portal day probes for at most this long
+local DAY_PROBE_MS = 1000 -- one probe this often while it does
+
 local function crm_parse(spec)
   if spec == nil or spec == '' then return nil end
   local v = {}
@@ -335,7 +338,7 @@ end
 -- c.scale (a learnt limit over the one the windows were computed from), c.busy.
 local function crm_load(c, now, conc_key)
   local f = redis.call('HMGET', KEYS[7], 'bud_seq', 'bud_max', 'bud_used', 'bud_ref',
-    'bud_probe_ms', 'day_start', 'day_n', 'day_others', 'burst')
+    'bud_probe_ms', 'day_start', 'day_n', 'day_others', 'burst', 'day_unknown')
   c.seq = tonumber(f[1]) or 0
   c.most = tonumber(f[2]) or c.alloc
   local limit = c.most - math.ceil(c.most * c.reserve)
@@ -377,6 +380,21 @@ local function crm_load(c, now, conc_key)
     c.room = limit - c.used
     local burst = tonumber(f[9])
     if burst ~= nil and burst > 0 then c.scale = burst / c.base end
+    -- After a Redis loss (heal.lua) the day's count restarted: until an answer
+    -- tells the day's use again (learn.lua), or DAY_UNKNOWN_MS passed (a portal
+    -- whose answers carry no daily headers), one probe at a time.
+    local unknown = tonumber(f[10])
+    if unknown ~= nil and unknown > now and c.room > 0 then
+      local probe = tonumber(f[5])
+      c.next = now + DAY_PROBE_MS
+      if probe == nil or probe <= now then
+        c.room = 1
+        c.probe = true
+      else
+        c.room = 0
+        c.next = probe
+      end
+    end
   end
   c.busy = 0
   if c.cap > 0 and conc_key ~= nil then c.busy = crm_busy(conc_key, now) end

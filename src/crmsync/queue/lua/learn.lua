@@ -52,12 +52,16 @@ if kind == 'r' then
 end
 local day_ref = tonumber(f[6])
 if day_ref == nil or ref < day_ref then return 0 end
+-- A day counted again after a Redis loss is known again: claims pass (wake them).
+local healed = redis.call('HDEL', KEYS[7], 'day_unknown') == 1
 -- Ours in the CRM's count: at most our admissions of this day before ref.
 local ours = math.max(0, (tonumber(f[4]) or 0) - (seq - ref))
 local others = used - ours
 if others > (tonumber(f[5]) or 0) then
   redis.call('HSET', KEYS[7], 'day_others', others)
   stat('budget_learnt', 1)
+  if healed then return 2 end
   return 1
 end
+if healed then return 2 end
 return 0
