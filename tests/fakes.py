@@ -358,6 +358,11 @@ class FakeAdapter:
         self.before_write: Callable[[], Awaitable[None] | None] | None = None
         self.sent: list[list[Op]] = []
         self.token_wait = 0.0  # seconds ready() waits, as for a token being refreshed
+        # Why the mapping cannot send a contact (a required field missing), if at all.
+        self.missing_reason: Callable[[Contact], str | None] | None = None
+
+    def missing(self, contact: Contact, *, creating: bool) -> str | None:
+        return self.missing_reason(contact) if self.missing_reason is not None else None
 
     async def ready(self) -> bool:
         if self.token_wait:

@@ -66,7 +66,7 @@ def format_rate_limits(windows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` adapter settings; JSON numbers, booleans and objects
+    """``KEY=VALUE`` adapter settings; JSON numbers, booleans, lists and objects
     (e.g. ``field_map={"company": "Account_Name__c"}``) keep their type."""
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -77,7 +77,7 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
         value: Any = raw
         try:
             parsed = orjson.loads(raw)
-            if isinstance(parsed, bool | int | float | dict):
+            if isinstance(parsed, bool | int | float | dict | list):
                 value = parsed
         except orjson.JSONDecodeError:
             pass
@@ -237,7 +237,11 @@ def parse_connection(
         windows=tuple(
             RateWindow(w["limit"], w["window_ms"]) for w in rate_limits_json(rate_limits, crm)
         ),
-        settings=connection_settings.validate(crm, parsed),
+        # A new connection's defaults (``connections update`` keeps the stored settings).
+        settings={
+            **connection_settings.NEW_CONNECTION_DEFAULTS,
+            **connection_settings.validate(crm, parsed),
+        },
         auth=Auth(
             kind=kind,
             client_id=given.get("--client-id", ""),

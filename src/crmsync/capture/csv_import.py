@@ -104,7 +104,9 @@ def _header(raw: list[str], path: Path) -> list[str]:
         )
     bad = [h for h in names if h.startswith(ATTR_PREFIX) and not ATTRIBUTE_KEY.fullmatch(h[5:])]
     if bad:
-        raise UserError(f"{path}: column {bad[0]!r} does not name a valid attribute: {ATTRIBUTES_RULE}")
+        raise UserError(
+            f"{path}: column {bad[0]!r} does not name a valid attribute: {ATTRIBUTES_RULE}"
+        )
     missing = [c for c in REQUIRED if c not in names]
     if missing:
         raise UserError(f"{path}: the header has no {missing[0]!r} column (needs id and email)")

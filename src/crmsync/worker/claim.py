@@ -171,7 +171,7 @@ class Claims:
                 done = True
                 return [], False
             try:
-                plan: Plan | None = plan_claim(conn.crm, items, batch)
+                plan: Plan | None = plan_claim(conn.crm, items, batch, adapter.missing)
             except Exception as exc:  # a bug met a contact: each id gets its attempt
                 log.exception("worker.plan_failed", connection=conn.id)
                 plan = None

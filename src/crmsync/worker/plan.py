@@ -5,7 +5,9 @@ its current row and its ledger row, so the order in which changes were captured
 never matters and a burst of edits coalesced into one queued id is one sync of
 the latest state. What needs no request is settled here: a contact already in
 sync (noop) is acknowledged; one a rule skips is recorded as ``skipped`` with
-the rule's name and acknowledged. The rest become requests of up to ``batch``
+the rule's name and acknowledged; so is one the connection's field mapping
+cannot send (a CRM-required field without a value: rule ``mapping.required``,
+the reason as its last error), before any request. The rest become requests of up to ``batch``
 records, upserts (creates and updates) first, deletes apart: one request
 carries one kind, as the adapters' batch endpoints do.
 """
@@ -13,9 +15,10 @@ carries one kind, as the adapters' batch endpoints do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from crmsync.crm.base import Op
-from crmsync.model import Claimed, LedgerWrite
+from crmsync.model import Claimed, Contact, LedgerWrite
 from crmsync.rules import decide, maybe_in_crm
 
 
@@ -39,8 +42,18 @@ class Plan:
     skipped: list[LedgerWrite] = field(default_factory=list)  # their ledger rows
 
 
-def plan_claim(crm: str, items: list[Claimed], batch: int) -> Plan:
-    """Decide per contact; group what must be sent into requests of ``batch``."""
+MISSING_RULE = "mapping.required"
+
+
+class Missing(Protocol):
+    """Why a contact cannot be sent by the connection's mapping, or None."""
+
+    def __call__(self, contact: Contact, *, creating: bool) -> str | None: ...
+
+
+def plan_claim(crm: str, items: list[Claimed], batch: int, missing: Missing | None = None) -> Plan:
+    """Decide per contact; group what must be sent into requests of ``batch``.
+    ``missing``: the adapter's check of a contact against its field mapping."""
     upserts: list[Op] = []
     deletes: list[Op] = []
     by_id: dict[str, Claimed] = {}
@@ -62,6 +75,15 @@ def plan_claim(crm: str, items: list[Claimed], batch: int) -> Plan:
             deletes.append(Op("delete", it.contact_id, None, ext))
         else:
             assert it.contact is not None  # create and update send the current row
+            why = missing(it.contact, creating=d.action == "create") if missing else None
+            if why is not None:
+                skipped.append(
+                    LedgerWrite(
+                        it.contact_id, None, it.contact.version, "skipped", MISSING_RULE, 0, why
+                    )
+                )
+                acks.append(it.contact_id)
+                continue
             ext = it.ledger.external_id if it.ledger else None
             maybe = d.action == "create" and maybe_in_crm(it.ledger)
             upserts.append(Op(d.action, it.contact_id, it.contact, ext, maybe))
