@@ -160,17 +160,26 @@ def test_an_unreadable_stored_map_falls_back_to_the_defaults() -> None:
 
 
 # (setting, required, the contact, creating, the reason or None)
+NO_LAST = (
+    "LastName is required by Salesforce and the contact has no last_name; it syncs once it has one"
+)
+UNMAPPED = "LastName is required by Salesforce and field_map sends nothing to it"
+NO_REGION = (
+    "Region__c is required by Salesforce and the contact has no attributes.region; "
+    "it syncs once it has one"
+)
+REGION = {"Region__c": "attributes.region"}
 REQUIRED: list[tuple[Any, list[str], Contact, bool, str | None]] = [
     (None, [], C, True, None),
-    (None, [], contact(last_name=None), True, "LastName is required by Salesforce and the contact has no last_name; it syncs once it has one"),
-    (None, [], contact(last_name="   "), True, "LastName is required by Salesforce and the contact has no last_name; it syncs once it has one"),
-    (None, [], contact(last_name=None), False, "LastName is required by Salesforce and the contact has no last_name; it syncs once it has one"),
+    (None, [], contact(last_name=None), True, NO_LAST),
+    (None, [], contact(last_name="   "), True, NO_LAST),
+    (None, [], contact(last_name=None), False, NO_LAST),
     ({"LastName": "=Unknown"}, [], contact(last_name=None), True, None),
-    ({"last_name": None}, [], C, True, "LastName is required by Salesforce and field_map sends nothing to it"),
+    ({"last_name": None}, [], C, True, UNMAPPED),
     ({"last_name": None}, [], C, False, None),
-    ({"Region__c": "attributes.region"}, ["Region__c"], contact(), True, "Region__c is required by Salesforce and the contact has no attributes.region; it syncs once it has one"),
-    ({"Region__c": "attributes.region"}, ["Region__c"], C, True, None),
-]  # fmt: skip
+    (REGION, ["Region__c"], contact(), True, NO_REGION),
+    (REGION, ["Region__c"], C, True, None),
+]
 
 
 @pytest.mark.parametrize(("setting", "required", "c", "creating", "reason"), REQUIRED)

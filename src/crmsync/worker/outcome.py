@@ -7,10 +7,11 @@ retries, releases, breaker outcomes and counters, gathered per claim in one
 Redis round trip). The rules, as DESIGN.md states them:
 
 - success: ledger ``synced`` (``deleted`` for a delete) with the CRM's id and
-  the version sent; acknowledged. A record the CRM already held, found by email
-  and given our id, counts as ``adopted`` (not ``created``). Only an answer that confirms the record is
-  one (the adapters' parsing sees to it; an answer that is not one result per
-  record here is malformed for every record of the request).
+  the version sent; acknowledged. A record the CRM already held, found by
+  email and given our id, counts as ``adopted`` (not ``created``). Only an
+  answer that confirms the record is one (the adapters' parsing sees to it; an
+  answer that is not one result per record here is malformed for every record
+  of the request).
 - retryable (5xx, timeout, connection error, a malformed answer, a record's
   retryable code, a send that raised): ledger ``retrying`` with the attempt
   count and the error; back to the queue after the retry policy's delay.
