@@ -113,20 +113,23 @@ REFUSED: list[tuple[str, list[str], str]] = [
     (
         SF,
         ["field_map=notjson"],
-        "--settings field_map (CRM fields and the contact values they take) must be a JSON object of CRM field to source such as "
+        "--settings field_map (CRM fields and the contact values they take) must be a JSON "
+        "object of CRM field to source such as "
         '{"Region__c": "attributes.region", "LeadSource": "=crmsync", "Email": "email|lower"}.',
     ),
     (
         SF,
         ['field_map={"compnay": "X__c"}'],
-        "--settings field_map (CRM fields and the contact values they take) names contact field 'compnay', "
+        "--settings field_map (CRM fields and the contact values they take) names contact "
+        "field 'compnay', "
         "which does not exist; did you mean 'company'? (contact fields: email, first_name, "
         "last_name, company, status).",
     ),
     (
         HS,
         ['field_map={"company": "Company Name"}'],
-        "--settings field_map (CRM fields and the contact values they take) maps company to 'Company Name', "
+        "--settings field_map (CRM fields and the contact values they take) maps company to "
+        "'Company Name', "
         "which is not a HubSpot property name (lower-case letters, digits, _; e.g. "
         "crmsync_id).",
     ),
