@@ -199,13 +199,14 @@ class Onboarding:
         props, headers = await self._properties()
         key = self._id_property()
         mapped, required = self._hs_map()
-        return [
+        checks = [
             self._authenticated(),
             _hs_id_property(key, props.get(key)),
             _hs_mapped(mapped, props),
-            _required(required, mapped, props, "HubSpot"),
-            _hs_usage(headers),
         ]
+        if required:  # HubSpot requires nothing itself
+            checks.append(_required(required, mapped, props, "HubSpot"))
+        return [*checks, _hs_usage(headers)]
 
     def _hs_map(self) -> tuple[dict[str, str], tuple[str, ...]]:
         """(CRM property -> source spelling, required properties) of the connection."""
@@ -308,8 +309,6 @@ def _required(
 ) -> Check:
     """Every required field is mapped to a source (and exists): a contact without a
     value for one is skipped, never sent."""
-    if not required:
-        return Check("required fields", True, "none beyond the mapping")
     unmapped = [f for f in required if f not in mapped]
     unknown = [f for f in required if f in mapped and f not in known]
     if unmapped or unknown:
