@@ -251,5 +251,5 @@ async def test_attribute_columns_set_attributes(
     assert await pg.fetchval("SELECT version FROM contacts WHERE id = 'a1'") == 2
     bad = tmp_path / "bad.csv"
     bad.write_text("id,email,attr.1st\na1,a1@x.io,EU\n")
-    with pytest.raises(UserError, match="column 'attr.1st' does not name a valid attribute"):
+    with pytest.raises(UserError, match=r"column 'attr\.1st' does not name a valid attribute"):
         await import_csv(pg, bad)

@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from test_worker import System, _running
 
 from crmsync.report import collect
 from crmsync.settings import Settings
 from crmsync_lab.mock.config import AccountSpec
 from crmsync_lab.mock.limits import Window
 from support import StartMock, to_mock
-from test_worker import System, _running
 
 N = 30
 EXISTING = range(0, N, 3)  # every third contact already in the CRMs
