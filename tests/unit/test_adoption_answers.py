@@ -141,7 +141,9 @@ async def test_salesforce_batch_one_query_then_upsert_and_update() -> None:
         ]
     }
     created = {"id": "003N", "success": True, "errors": [], "created": True}
-    updated = [{"id": i, "success": True, "errors": []} for i in ("003X", "003Y")]
+    updated: list[dict[str, Any]] = [
+        {"id": i, "success": True, "errors": []} for i in ("003X", "003Y")
+    ]
     script: Script = [
         ("GET", "/query?q=", (200, found)),
         ("PATCH", "/sobjects/Contact/CrmSync_Id__c/c2", (201, created)),
