@@ -14,7 +14,7 @@ any version the contact went through is accepted, never anything else.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -122,6 +122,7 @@ class ConnectionCheck:
     unexpected: list[str] = field(default_factory=list)
     wrong: list[Mismatch] = field(default_factory=list)
     duplicates: int = 0  # the larger of ours (same contact id) and the mock's count
+    untouched: int = 0  # records that existed before crmsync and no contact adopted
     violations: int = 0  # requests the mock admitted over the account's limit
 
     @property
@@ -155,13 +156,22 @@ def check_connection(
     book: ContactBook,
     records: Sequence[Mapping[str, Any]],
     mock_stats: Mapping[str, Any] | None = None,
+    preexisting: Collection[str] = (),
 ) -> ConnectionCheck:
-    """Compare one CRM account's records with what the rules say it must hold."""
+    """Compare one CRM account's records with what the rules say it must hold.
+
+    ``preexisting``: the (lower-case) emails of records the CRM held before
+    crmsync. One of them without our id is a record no contact adopted (its
+    contact was never created there, or deleted before its first sync); a second
+    record with its email is a duplicate (the mock's count)."""
     check = ConnectionCheck(connection_id, crm, account, present=len(records))
     seen: dict[str, Fields] = {}
     ids: Counter[str] = Counter()
     for rec in records:
         cid, values = record_view(crm, rec)
+        if cid is None and (values[0] or "").lower() in preexisting:
+            check.untouched += 1
+            continue
         if cid is None:
             id_field = SALESFORCE_ID if crm == "salesforce" else HUBSPOT_ID
             check.unexpected.append(f"record without {id_field}")

@@ -48,3 +48,15 @@ async def tokens(
     new refresh token (see crmsync_lab.mock.auth)."""
     out: dict[str, Any] = await _json(session, "POST", f"{mock_url}/_control/tokens", dict(spec))
     return out
+
+
+async def seed(
+    session: aiohttp.ClientSession,
+    mock_url: str,
+    contacts: list[dict[str, Any]],
+    account: str = "*",
+) -> dict[str, Any]:
+    """``POST /_control/seed``: contacts that exist in the CRM before crmsync."""
+    body = {"account": account, "contacts": contacts}
+    out: dict[str, Any] = await _json(session, "POST", f"{mock_url}/_control/seed", body)
+    return out
