@@ -361,6 +361,12 @@ class FakeAdapter:
         # Why the mapping cannot send a contact (a required field missing), if at all.
         self.missing_reason: Callable[[Contact], str | None] | None = None
 
+    def lookups(self, ops: Sequence[Op]) -> list[Op]:
+        return []
+
+    async def prefetch(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> None:
+        return None
+
     def missing(self, contact: Contact, *, creating: bool) -> str | None:
         return self.missing_reason(contact) if self.missing_reason is not None else None
 

@@ -66,6 +66,17 @@ class CrmAdapter(Protocol):
         further one."""
         ...
 
+    def lookups(self, ops: Sequence[Op]) -> list[Op]:
+        """The ops whose send looks their record up first (Salesforce, ``match=email``:
+        creates, by email); [] when none does."""
+        ...
+
+    async def prefetch(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> None:
+        """One lookup for ``ops`` (of ``lookups``) ahead of their sends, which then
+        skip their own: a claim of many single-record requests makes one request
+        for all of them instead of one each."""
+        ...
+
     def missing(self, contact: Contact, *, creating: bool) -> str | None:
         """Why the connection's field mapping cannot send ``contact`` (a required
         CRM field without a value), or None (``crmsync.crm.mapping``)."""

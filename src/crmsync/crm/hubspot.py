@@ -290,6 +290,12 @@ class HubSpotAdapter(JsonClient):
         self.by_key = f"?idProperty={key}"
         self.lookup_key = f"?idProperty={key}&properties={key}"
 
+    def lookups(self, ops: Sequence[Op]) -> list[Op]:
+        return []  # HubSpot answers a taken email itself (409): nothing to look up first
+
+    async def prefetch(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> None:
+        return None
+
     def missing(self, contact: Contact, *, creating: bool) -> str | None:
         return self.map.missing(contact, creating=creating)
 

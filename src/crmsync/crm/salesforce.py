@@ -61,6 +61,8 @@ GONE_CODES = frozenset({"ENTITY_IS_DELETED", "NOT_FOUND", "INVALID_CROSS_REFEREN
 
 
 DUPLICATES = "DUPLICATES_DETECTED"
+PREFETCH_KEPT = 10_000  # prefetched lookups kept for sends to come
+SOQL_IN_CHARS = 8_000  # emails per lookup query: its URL stays far below Salesforce's 16 KB
 REQUIRED = ("LastName",)  # Salesforce refuses a Contact without it
 _SOQL_ESCAPES = str.maketrans(
     {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
@@ -242,6 +244,8 @@ class SalesforceAdapter(JsonClient):
             crm=CRM,
         )
         self.match_email = settings.get("match") == "email"
+        # contact id -> (email, what a claim's prefetch found by it): its send's lookup
+        self._prefetched: dict[str, tuple[str, tuple[str, bool] | None]] = {}
         super().__init__(token=token, settings=settings, session=session, base_url=base_url)
         root = f"{base_of(base_url)}/services/data/{quote(version, safe='.')}"
         self.sobject = f"{root}/sobjects/Contact"
@@ -249,6 +253,19 @@ class SalesforceAdapter(JsonClient):
         self.collection = f"{root}/composite/sobjects"
         self.collection_upsert = f"{self.collection}/Contact/{quote(self.ext_field, safe='')}"
         self.query = f"{root}/query"
+
+    def lookups(self, ops: Sequence[Op]) -> list[Op]:
+        if not self.match_email:
+            return []
+        return [op for op in ops if op.kind == "create" and op.contact is not None]
+
+    async def prefetch(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> None:
+        found = await self._find_by_email(ops, watch)
+        if len(self._prefetched) > PREFETCH_KEPT:  # sends that never came (released)
+            self._prefetched.clear()
+        for op in ops:
+            assert op.contact is not None
+            self._prefetched[op.contact_id] = (op.contact.email.lower(), found.get(op.contact_id))
 
     def missing(self, contact: Contact, *, creating: bool) -> str | None:
         return self.map.missing(contact, creating=creating)
@@ -265,9 +282,16 @@ class SalesforceAdapter(JsonClient):
         if not self.match_email:
             return await self._upsert(ops, watch)
         found: dict[str, tuple[str, bool]] = {}
-        creates = [op for op in ops if op.kind == "create" and op.contact is not None]
-        if creates:
-            found = await self._find_by_email(creates, watch)
+        unknown: list[Op] = []
+        for op in self.lookups(ops):
+            assert op.contact is not None
+            hit = self._prefetched.pop(op.contact_id, None)
+            if hit is None or hit[0] != op.contact.email.lower():
+                unknown.append(op)
+            elif hit[1] is not None:
+                found[op.contact_id] = hit[1]
+        if unknown:
+            found.update(await self._find_by_email(unknown, watch))
         rest = [op for op in ops if op.contact_id not in found]
         by_contact: dict[str, RecordResult] = {}
         blocks: list[float] = []
@@ -315,21 +339,22 @@ class SalesforceAdapter(JsonClient):
         one per contact, with its email (case-insensitive, as Salesforce compares)
         and no external id (adopted) or ours (our own earlier create). One query."""
         emails = sorted({op.contact.email.lower() for op in ops if op.contact is not None})
-        if not emails:
-            return {}
-        q = (
-            f"SELECT Id, Email, {self.ext_field} FROM Contact WHERE Email IN "
-            f"({', '.join(soql_text(e) for e in emails)}) ORDER BY Id"
-        )
-        status, headers, body = await self._call(
-            "GET", f"{self.query}?q={quote(q, safe='')}", None, watch
-        )
-        if status != 200:
-            raise error_for(status, headers, body, most=self.max_block)
-        b = obj(body)
-        rows = seq(b.get("records")) if b is not None else None
-        if rows is None:
-            raise malformed(CRM, status, "with a query answer without records", body)
+        rows: list[Any] = []
+        for part in _chunks([soql_text(e) for e in emails], SOQL_IN_CHARS):
+            q = (
+                f"SELECT Id, Email, {self.ext_field} FROM Contact WHERE Email IN "
+                f"({', '.join(part)}) ORDER BY Id"
+            )
+            status, headers, body = await self._call(
+                "GET", f"{self.query}?q={quote(q, safe='')}", None, watch
+            )
+            if status != 200:
+                raise error_for(status, headers, body, most=self.max_block)
+            b = obj(body)
+            page = seq(b.get("records")) if b is not None else None
+            if page is None:
+                raise malformed(CRM, status, "with a query answer without records", body)
+            rows += page
         by_email: dict[str, list[tuple[str, str | None]]] = {}
         for raw in rows:
             row = obj(raw) or {}
@@ -424,3 +449,16 @@ class SalesforceAdapter(JsonClient):
 def _merge(res: SendResult, by_contact: dict[str, RecordResult], blocks: list[float]) -> None:
     by_contact.update((r.contact_id, r) for r in res.results)
     blocks.extend(b for b in [res.block_for] if b)
+
+
+def _chunks(items: list[str], most_chars: int) -> list[list[str]]:
+    """``items`` in runs of at most ``most_chars`` characters (one item at least)."""
+    out: list[list[str]] = []
+    size = most_chars + 1
+    for item in items:
+        if size + len(item) > most_chars:
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += len(item) + 2
+    return out

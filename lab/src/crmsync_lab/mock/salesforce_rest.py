@@ -227,8 +227,9 @@ class SalesforceApi:
             return Answer(400, error(exc.code, exc.message))
         candidates = list(org.records)
         for cond in q.where:  # an index narrows the scan, as Salesforce's would
-            if cond.op == "=" and cond.field in (org.ext_field, "Email") and cond.values[0]:
-                candidates = org.matches(cond.field, cond.values[0])
+            if cond.op in ("=", "in") and cond.field in (org.ext_field, "Email"):
+                found = {i for v in cond.values if v for i in org.matches(cond.field, v)}
+                candidates = sorted(found)  # Ids grow with creation: creation order
                 break
         rows = q.run([org.full(i) for i in candidates])
         records = [
