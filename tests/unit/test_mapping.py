@@ -3,13 +3,17 @@ spelling, required fields; and both adapters sending what it says."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from crmsync.crm import hubspot, salesforce
+from crmsync.crm.base import Op
+from crmsync.crm.http import WriteWatch
 from crmsync.crm.mapping import compile_map, entries, parse_source
 from crmsync.model import Contact
+from fakes import FakeAdapter
 
 
 def contact(**kw: Any) -> Contact:
@@ -215,3 +219,36 @@ async def test_a_contact_missing_a_required_field_is_skipped_before_any_request(
     await r.run()
     row = r.row("c1")
     assert row is not None and (row[0], row[2]) == ("synced", 2)
+
+
+class Prefetching(FakeAdapter):
+    """A fake whose creates look their records up first, as Salesforce's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefetched: list[list[str]] = []
+
+    def lookups(self, ops: Sequence[Op]) -> list[Op]:
+        return [op for op in ops if op.kind == "create"]
+
+    async def prefetch(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> None:
+        self.prefetched.append([op.contact_id for op in ops])
+        if watch is not None:
+            watch.calls += 1
+            watch.fire()
+
+
+async def test_a_claims_creates_share_one_lookup_on_a_permit_of_its_own() -> None:
+    from test_claim import Rig, connection
+    from test_claim import contact as claimed
+
+    r = Rig(connection(), adapter=Prefetching())
+    r.given(claimed("c1"), claimed("c2"), claimed("c3"))
+    await r.run()
+    assert r.adapter.prefetched == [["c1", "c2", "c3"]]  # type: ignore[attr-defined]
+    assert r.queue.counters["requests"] == 4  # three creates and the lookup
+    assert r.store.takes == [1], "the lookup took a permit of its own"
+    one = Rig(connection(), adapter=Prefetching())
+    one.given(claimed("c9"))
+    await one.run()
+    assert one.adapter.prefetched == []  # type: ignore[attr-defined]
