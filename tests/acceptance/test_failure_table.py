@@ -317,30 +317,32 @@ async def revoked_401(c: ProxiedCluster) -> None:
 
 
 async def bad_record_400(c: ProxiedCluster) -> None:
-    """Two contacts lack the last name Salesforce requires (batch mode, 10 per request).
-    They have no company either, so HubSpot skips them and only Salesforce is at stake."""
+    """Two contacts have a first name longer than Salesforce's 40 characters (batch
+    mode, 10 per request): the API takes 100, the CRM refuses the record. They have
+    no company either, so HubSpot skips them and only Salesforce is at stake."""
     batch = people(20, "br")
     bad = {batch[3].id, batch[14].id}
-    batch = [replace(p, last_name=None, company=None) if p.id in bad else p for p in batch]
+    long = "Maximiliana-Konstantina-Bartholomea-Wilhelmina"
+    batch = [replace(p, first_name=long, company=None) if p.id in bad else p for p in batch]
     await c.put_contacts(batch)
     await settle(c, 30)
     letters = await dead_letters(c)
     assert {d["contact_id"] for d in letters} == bad
     for d in letters:
         assert d["connection_id"] == "sf-01"
-        assert d["error_code"] == "REQUIRED_FIELD_MISSING"
-        assert "Required fields are missing: [LastName]" in d["error"]
+        assert d["error_code"] == "STRING_TOO_LONG"
+        assert "First Name: data value too large" in d["error"]
         assert d["attempts"] == 1, "a permanent error is not retried"
     sf = await ledger(c, "sf-01")
     good = [p.id for p in batch if p.id not in bad]
     assert all(sf[k]["status"] == "synced" for k in good), "the rest of the batch must sync"
     assert max(h.contact is None for h in c.proxy.hits), "batch requests expected"
     # The fix: a repair that bypasses capture (triggers off), so only the replay syncs it.
-    fixed = [replace(p, last_name="Fixed") for p in batch if p.id in bad]
+    fixed = [replace(p, first_name="Fixed") for p in batch if p.id in bad]
     async with c.pool.acquire() as pg, pg.transaction():
         await pg.execute("SET LOCAL session_replication_role = replica")
         await pg.execute(
-            "UPDATE contacts SET last_name = 'Fixed' WHERE id = ANY($1::text[])", sorted(bad)
+            "UPDATE contacts SET first_name = 'Fixed' WHERE id = ANY($1::text[])", sorted(bad)
         )
     c.book.put(fixed)
     await asyncio.sleep(1.0)
@@ -541,7 +543,7 @@ TABLE: list[Row] = [
         concurrency=20),
     Row("revoked_token_401", "hs-01 token revoked, later fixed",
         "connection paused, queue kept, `connections resume` finishes", revoked_401),
-    Row("bad_record_400", "2 of 20 contacts lack LastName (Salesforce, batches of 10)",
+    Row("bad_record_400", "2 of 20 contacts' first names too long (Salesforce, batches of 10)",
         "those dead-lettered with the CRM message, rest synced, `dlq replay` syncs them",
         bad_record_400, batch_size=10),
     Row("slow_crm_timeouts", "sf-01 answers after 1.5 s, client timeout 1 s",
