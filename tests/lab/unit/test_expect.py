@@ -177,3 +177,14 @@ def test_book_keeps_history_and_deletions() -> None:
     assert book.live() == []
     with pytest.raises(KeyError):
         book.delete(["nope"])
+
+
+def test_records_from_before_crmsync_are_left_alone_only_when_known() -> None:
+    book = book_of([BASE])
+    hand = {"Id": "2", "Email": "Someone@Example.com", "LastName": "Hand"}  # no crmsync id
+    known = check_connection(
+        "sf", "salesforce", "sf-01", book, [sf_record(BASE), hand], None, {"someone@example.com"}
+    )
+    assert known.ok and known.untouched == 1, known.problems()
+    unknown = check_connection("sf", "salesforce", "sf-01", book, [sf_record(BASE), hand], None)
+    assert unknown.unexpected == ["record without CrmSync_Id__c"]
