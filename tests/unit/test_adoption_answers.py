@@ -165,3 +165,30 @@ async def test_salesforce_batch_one_query_then_upsert_and_update() -> None:
         ("003Y", "c1"),
     ]
     assert script == []
+
+
+async def test_hubspot_whole_batch_refused_again_only_without_taken_emails() -> None:
+    conflict = {"status": "error", "message": "Existing ID: 77", "category": "CONFLICT"}
+    read = {
+        "results": [
+            {"id": "77", "properties": {"email": "c1@example.com", "crmsync_id": ""}},
+            {"id": "78", "properties": {"email": "c2@example.com", "crmsync_id": "other"}},
+        ]
+    }
+    script: Script = [
+        ("POST", "/batch/upsert", (409, conflict)),
+        ("POST", "/batch/read", (200, read)),
+        ("POST", "/batch/update", (200, {"results": [{"id": "77", "properties": {}}]})),
+        ("POST", "/batch/upsert", (200, hs_ok(("90", "c3")))),
+    ]
+    a, sent = await scripted("hubspot", script)
+    res = await a.send([Op("create", f"c{i}", contact(i), None) for i in (1, 2, 3)])
+    assert [(r.ok, r.external_id, r.adopted) for r in res.results] == [
+        (True, "77", True),
+        (False, None, False),
+        (True, "90", False),
+    ]
+    err = res.results[1].error
+    assert err is not None and err.code == "CONFLICT" and "another contact" in err.message
+    assert [i["id"] for i in sent[3][2]["inputs"]] == ["c3"]
+    assert script == []

@@ -358,7 +358,13 @@ class HubSpotAdapter(JsonClient):
     async def _adopt_then_upsert(self, ops: Sequence[Op], watch: WriteWatch | None) -> SendResult:
         creates = [op for op in ops if op.kind == "create" and op.contact is not None]
         adopted = await self._adopt(creates, None, watch)
-        by_contact = {r.contact_id: r for r in adopted.results if r.ok}
+        # Adopted, or refused for good (the email is another contact's): the rest
+        # goes again.
+        by_contact = {
+            r.contact_id: r
+            for r in adopted.results
+            if r.ok or (r.error is not None and r.error.code == "CONFLICT")
+        }
         rest = [op for op in ops if op.contact_id not in by_contact]
         blocks = [b for b in [adopted.block_for] if b]
         if rest:
@@ -403,17 +409,20 @@ class HubSpotAdapter(JsonClient):
         blocks = [b for b in [quota_block(*answer, most=self.max_block)] if b]
         found = self._found(answer)
         targets: dict[str, tuple[str, bool]] = {}
+        taken: set[str] = set()  # contacts whose email another contact's record has
         claimed: set[str] = set()
         for op in ops:
             hs_id = hs_ids[op.contact_id] if hs_ids is not None else None
             if hs_id is None and op.contact is not None:
                 hs_id = found.by_email.get(op.contact.email.lower())
-            if hs_id is None or hs_id not in found.owner or hs_id in claimed:
+            if hs_id is None or hs_id not in found.owner:
                 continue
             owner = found.owner[hs_id]
-            if owner in (None, op.contact_id):  # another contact's record stays theirs
+            if owner in (None, op.contact_id) and hs_id not in claimed:
                 targets[op.contact_id] = (hs_id, owner is None)
                 claimed.add(hs_id)
+            else:  # another contact's record stays theirs
+                taken.add(op.contact_id)
         done: set[str | None] = set()
         chosen = [op for op in ops if op.contact_id in targets]
         if chosen:
@@ -435,7 +444,8 @@ class HubSpotAdapter(JsonClient):
             if target is not None and target[0] in done:
                 out.append(RecordResult(op.contact_id, True, target[0], False, adopted=target[1]))
             else:
-                out.append(RecordResult(op.contact_id, False, error=_not_adopted()))
+                err = _not_adopted(op.contact_id in taken)
+                out.append(RecordResult(op.contact_id, False, error=err))
         return SendResult(out, max(blocks, default=None))
 
     def _found(self, answer: tuple[int, Headers, Any]) -> _Found:
@@ -564,10 +574,12 @@ class _Found:
     by_email: dict[str, str]  # lower-case email -> HubSpot id
 
 
-def _not_adopted() -> Permanent:
-    return Permanent(
-        "HubSpot holds a contact with this email that crmsync could not adopt (it carries "
-        "another contact's crmsync_id, or it was not found)",
-        status=409,
-        code="CONFLICT",
-    )
+def _not_adopted(taken: bool) -> Permanent:
+    if taken:
+        return Permanent(
+            "Contact already exists with this email and carries another contact's "
+            "crmsync_id: it is not adopted",
+            status=409,
+            code="CONFLICT",
+        )
+    return Permanent("HubSpot has no free contact with this email", code="NOT_FOUND")
