@@ -337,7 +337,8 @@ class SalesforceAdapter(JsonClient):
     ) -> dict[str, tuple[str, bool]]:
         """contact id -> (Salesforce Id, adopted) of the records ``ops`` may take:
         one per contact, with its email (case-insensitive, as Salesforce compares)
-        and no external id (adopted) or ours (our own earlier create). One query."""
+        and no external id (adopted) or ours (our own earlier create). One query (one
+        more per SOQL_IN_CHARS of emails)."""
         emails = sorted({op.contact.email.lower() for op in ops if op.contact is not None})
         rows: list[Any] = []
         for part in _chunks([soql_text(e) for e in emails], SOQL_IN_CHARS):
