@@ -47,6 +47,9 @@ def hs_record(c: Contact, hs_id: str = "1000000001") -> dict[str, Any]:
     }
 
 
+NO_LAST = replace(BASE, last_name=None)
+
+
 @pytest.mark.parametrize(
     ("crm", "history", "deleted", "presence", "allowed"),
     [
@@ -57,6 +60,10 @@ def hs_record(c: Contact, hs_id: str = "1000000001") -> dict[str, Any]:
         ("salesforce", [BASE, INACTIVE], False, "yes", [BASE, INACTIVE]),
         ("salesforce", [INACTIVE, BASE], False, "yes", [BASE]),
         ("salesforce", [BASE], True, "no", []),
+        # Salesforce requires LastName: a version without one is never sent.
+        ("salesforce", [NO_LAST], False, "no", []),
+        ("salesforce", [NO_LAST, BASE], False, "yes", [BASE]),
+        ("salesforce", [BASE, NO_LAST], False, "maybe", [BASE]),
         # HubSpot: CREATE with a company only, UPDATE always.
         ("hubspot", [BASE], False, "yes", [BASE]),
         ("hubspot", [NO_CO], False, "no", []),
