@@ -14,6 +14,7 @@ from crmsync.crm import make_adapter
 from crmsync.crm.base import CrmAdapter, Op
 from crmsync.crm.http import Headers
 from crmsync.crm.salesforce import soql_text
+from crmsync.errors import Retryable
 from crmsync.model import Contact
 
 Script = list[tuple[str, str, tuple[int, Any]]]  # (method, url part, answer)
@@ -192,3 +193,16 @@ async def test_hubspot_whole_batch_refused_again_only_without_taken_emails() -> 
     assert err is not None and err.code == "CONFLICT" and "another contact" in err.message
     assert [i["id"] for i in sent[3][2]["inputs"]] == ["c3"]
     assert script == []
+
+
+async def test_salesforce_a_record_deleted_before_its_adoption_is_retried() -> None:
+    found = {"records": [{"Id": "003A", "Email": "c1@example.com", "CrmSync_Id__c": None}]}
+    gone = [{"errorCode": "ENTITY_IS_DELETED", "message": "entity is deleted"}]
+    script: Script = [
+        ("GET", "/query?q=", (200, found)),
+        ("PATCH", "/sobjects/Contact/003A", (404, gone)),
+    ]
+    a, _ = await scripted("salesforce", script)
+    (res,) = (await a.send([Op("create", "c1", contact(1), None)])).results
+    assert not res.ok and isinstance(res.error, Retryable)
+    assert res.error.code == "ENTITY_IS_DELETED"

@@ -389,6 +389,8 @@ class SalesforceAdapter(JsonClient):
                 err = error_for(status, headers, body, most=self.max_block)
                 if isinstance(err, RateLimited | AuthFailed):
                     raise err
+                if status == 404 or _first_error(body)[0] in GONE_CODES:
+                    err = _gone_meanwhile()
                 return SendResult([RecordResult(op.contact_id, False, error=err)])
             ok = RecordResult(op.contact_id, True, sf_id, False, adopted=adopted)
             return SendResult([ok], quota_block(status, headers, body, most=self.max_block))
@@ -405,17 +407,16 @@ class SalesforceAdapter(JsonClient):
             "PATCH", self.collection, {"allOrNone": False, "records": records}, watch
         )
         res = parse_collection(ops, *answer, deleting=False, most=self.max_block)
-        return SendResult(
-            [
-                RecordResult(
-                    r.contact_id, True, r.external_id, False, adopted=found[r.contact_id][1]
-                )
-                if r.ok
-                else r
-                for r in res.results
-            ],
-            res.block_for,
-        )
+        out: list[RecordResult] = []
+        for r in res.results:
+            if r.ok:
+                adopted = found[r.contact_id][1]
+                out.append(RecordResult(r.contact_id, True, r.external_id, False, adopted=adopted))
+            elif r.error is not None and r.error.code in GONE_CODES:
+                out.append(RecordResult(r.contact_id, False, error=_gone_meanwhile()))
+            else:
+                out.append(r)
+        return SendResult(out, res.block_for)
 
     async def _delete_one(self, op: Op, watch: WriteWatch | None) -> SendResult:
         if op.external_id:
@@ -445,6 +446,15 @@ class SalesforceAdapter(JsonClient):
             unknown = known + unknown
         await send_singles(unknown, partial(self._delete_one, watch=watch), by_contact, blocks)
         return SendResult([by_contact[op.contact_id] for op in ops], max(blocks, default=None))
+
+
+def _gone_meanwhile() -> Retryable:
+    """The record found by email was deleted before the update: the retry looks
+    again (and creates one when there is none)."""
+    return Retryable(
+        "the Salesforce record found by email was deleted before crmsync adopted it",
+        code="ENTITY_IS_DELETED",
+    )
 
 
 def _merge(res: SendResult, by_contact: dict[str, RecordResult], blocks: list[float]) -> None:
