@@ -95,6 +95,6 @@ async def test_settings_refused_now_still_load_with_a_warning(
     assert problems == [
         "--settings 'batch' is not a setting crmsync knows; did you mean 'batch_size'? "
         "(known: api_version, batch_size, external_id_field, field_map, id_property, "
-        "max_in_flight, timeout_seconds, token_max_age_seconds).",
+        "match, max_in_flight, required, timeout_seconds, token_max_age_seconds).",
         "--settings batch_size (records per CRM request) must be a whole number from 1 to 100.",
     ]
