@@ -157,6 +157,13 @@ def _notes(report: Mapping[str, Any]) -> list[RenderableType]:
     ]
     if adopted:  # records the CRM already held (same email) that now carry our id
         parts.append(Text("adopted records: " + ", ".join(adopted), style="dim"))
+    healed = [
+        f"{c['id']} {n} (last {c.get('healed_at') or '?'})"
+        for c in report["connections"]
+        if (n := int(c.get("redis_heals") or 0))
+    ]
+    if healed:  # Redis lost the connection's state; the workers rebuilt it
+        parts.append(Text("Redis heals: " + ", ".join(healed), style="yellow"))
     totals = report["totals"]
     parts.append(
         Text(

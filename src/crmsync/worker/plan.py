@@ -7,18 +7,19 @@ the latest state. What needs no request is settled here: a contact already in
 sync (noop) is acknowledged; one a rule skips is recorded as ``skipped`` with
 the rule's name and acknowledged; so is one the connection's field mapping
 cannot send (a CRM-required field without a value: rule ``mapping.required``,
-the reason as its last error), before any request. The rest become requests of up to ``batch``
-records, upserts (creates and updates) first, deletes apart: one request
-carries one kind, as the adapters' batch endpoints do.
+the reason as its last error), before any request. The rest become requests of
+up to ``batch`` records, upserts (creates and updates) first, deletes apart:
+one request carries one kind, as the adapters' batch endpoints do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from crmsync.crm.base import Op
-from crmsync.model import Claimed, Contact, LedgerWrite
+from crmsync.model import Claimed, Contact, LedgerRow, LedgerWrite
 from crmsync.rules import decide, maybe_in_crm
 
 
@@ -51,15 +52,44 @@ class Missing(Protocol):
     def __call__(self, contact: Contact, *, creating: bool) -> str | None: ...
 
 
-def plan_claim(crm: str, items: list[Claimed], batch: int, missing: Missing | None = None) -> Plan:
+def outcome_unknown(it: Claimed) -> LedgerRow | None:
+    """The ledger row to decide on for a contact whose last send's outcome was
+    never recorded (its lease expired): unless the ledger knows the record's id
+    or is up to date, the CRM may hold a record of it that only our id finds,
+    as after a create whose answer was lost."""
+    row = it.ledger
+    if row is not None and row.external_id is not None:
+        return row
+    if (
+        row is not None
+        and it.contact is not None
+        and row.status in ("synced", "skipped")
+        and row.synced_version is not None
+        and row.synced_version >= it.contact.version
+    ):
+        return row
+    version = row.synced_version if row is not None else None
+    return LedgerRow(None, version, "retrying", row.attempts if row is not None else 0)
+
+
+def plan_claim(
+    crm: str,
+    items: list[Claimed],
+    batch: int,
+    unknown: Collection[str] = (),
+    missing: Missing | None = None,
+) -> Plan:
     """Decide per contact; group what must be sent into requests of ``batch``.
-    ``missing``: the adapter's check of a contact against its field mapping."""
+    ``unknown``: ids whose last send's outcome was never recorded; ``missing``:
+    the adapter's check of a contact against its field mapping."""
     upserts: list[Op] = []
     deletes: list[Op] = []
     by_id: dict[str, Claimed] = {}
     acks: list[str] = []
     skipped: list[LedgerWrite] = []
     for it in items:
+        if it.contact_id in unknown:
+            it = replace(it, ledger=outcome_unknown(it))
         d = decide(crm, it.contact, it.ledger)
         by_id[it.contact_id] = it
         if d.action == "noop":

@@ -6,10 +6,14 @@ ALTER TABLE contacts ADD COLUMN attributes jsonb NOT NULL DEFAULT '{}';
 ALTER TABLE contacts ADD CONSTRAINT contacts_attributes_object
     CHECK (jsonb_typeof(attributes) = 'object');
 
+-- The version trigger of 0012 (a re-insert continues after its tombstone), with
+-- the attributes among the fields whose change is a change.
 CREATE OR REPLACE FUNCTION crmsync_contacts_version() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        NEW.version := 1;
+        NEW.version := COALESCE(
+            (SELECT t.version FROM contact_tombstones t WHERE t.tenant = NEW.tenant AND t.id = NEW.id),
+            0) + 1;
         NEW.updated_at := now();
         RETURN NEW;
     END IF;
