@@ -116,7 +116,7 @@ class FakeStore:
             connection_id, token, ids, [0] * len(ids), permits, now, nxt, probe, refused, now
         )
 
-    async def readmit(self, claim: Claim, wanted: int) -> Claim:
+    async def readmit(self, claim: Claim, wanted: int, lineage: str = "") -> Claim:
         now = self._call("readmit")
         q = self.queue(claim.connection_id)
         if q.room is not None:
@@ -125,13 +125,15 @@ class FakeStore:
         self.readmits.append((claim.permits, granted))
         return replace(claim, permits=granted, admitted_ms=now)
 
-    async def take(self, connection_id: str, wanted: int = 1) -> tuple[int, int]:
+    async def take(self, connection_id: str, wanted: int = 1, lineage: str = "") -> tuple[int, int]:
         now = self._call("take")
         granted = self._grant(self.queue(connection_id), wanted)
         self.takes.append(granted)
         return granted, now
 
-    async def retake(self, connection_id: str, admitted_ms: int, n: int = 1) -> tuple[int, int]:
+    async def retake(
+        self, connection_id: str, admitted_ms: int, n: int = 1, lineage: str = ""
+    ) -> tuple[int, int]:
         now = self._call("retake")
         q = self.queue(connection_id)
         if q.room is not None:

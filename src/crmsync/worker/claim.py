@@ -232,7 +232,10 @@ class Claims:
         sent = plan.requests[: claim.permits]
         out.release_requests(plan.requests[claim.permits :])
         if sent:
-            # Re-admitted at the time of sending when the read took long.
+            # The prefetch first: its time counts toward the re-admission below.
+            await self._prefetch(conn, adapter, sent, out)
+            # Re-admitted at the time of sending when the read (or the prefetch)
+            # took long.
             claim = await self.permits.readmit_if_late(claim, len(sent))
             out.release_requests(sent[claim.permits :])
             sent = sent[: claim.permits]
@@ -244,7 +247,6 @@ class Claims:
         gate = self.inflight.gate(conn)
         # No windows: no permits to move or take.
         permits = ClaimPermits(conn.id, claim.admitted_ms, len(sent)) if conn.windows else None
-        await self._prefetch(conn, adapter, sent, out)
         results = await asyncio.gather(*(self._send(adapter, r.ops, permits, gate) for r in sent))
         acked_ms = self.clock.now_ms()
         for req, (res, ms, waited, calls) in zip(sent, results, strict=True):
@@ -262,8 +264,8 @@ class Claims:
         """One lookup for the records several requests of the claim would each look
         up first (Salesforce's creates by email, ``match=email``), on a permit of
         its own: in single-record mode a claim's creates cost one query, not one
-        each. Without it (no permit in time, the CRM failed) each send looks up
-        for itself, as it would have."""
+        each. Without it (no room for its permit at once, the CRM failed) each
+        send looks up for itself, as it would have."""
         if len(sent) < 2:
             return
         wanted = [op for r in sent for op in adapter.lookups(r.ops)]
@@ -271,7 +273,8 @@ class Claims:
             return
         watch = WriteWatch(_nothing)
         if conn.windows:
-            admitted = await self.permits.take_one(conn.id)
+            # No waiting for room: without a permit now, each send looks up itself.
+            admitted = await self.permits.try_take(conn.id)
             if admitted is None:
                 return
             watch = self.permits.watch(conn.id, admitted)
