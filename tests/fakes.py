@@ -117,7 +117,7 @@ class FakeStore:
             connection_id, token, ids, [0] * len(ids), permits, now, nxt, probe, refused, now
         )
 
-    async def readmit(self, claim: Claim, wanted: int) -> Claim:
+    async def readmit(self, claim: Claim, wanted: int, lineage: str = "") -> Claim:
         now = self._call("readmit")
         q = self.queue(claim.connection_id)
         if q.room is not None:
@@ -126,13 +126,15 @@ class FakeStore:
         self.readmits.append((claim.permits, granted))
         return replace(claim, permits=granted, admitted_ms=now)
 
-    async def take(self, connection_id: str, wanted: int = 1) -> tuple[int, int]:
+    async def take(self, connection_id: str, wanted: int = 1, lineage: str = "") -> tuple[int, int]:
         now = self._call("take")
         granted = self._grant(self.queue(connection_id), wanted)
         self.takes.append(granted)
         return granted, now
 
-    async def retake(self, connection_id: str, admitted_ms: int, n: int = 1) -> tuple[int, int]:
+    async def retake(
+        self, connection_id: str, admitted_ms: int, n: int = 1, lineage: str = ""
+    ) -> tuple[int, int]:
         now = self._call("retake")
         q = self.queue(connection_id)
         if q.room is not None:
@@ -365,6 +367,17 @@ class FakeAdapter:
         self.before_write: Callable[[], Awaitable[None] | None] | None = None
         self.sent: list[list[Op]] = []
         self.token_wait = 0.0  # seconds ready() waits, as for a token being refreshed
+        # Why the mapping cannot send a contact (a required field missing), if at all.
+        self.missing_reason: Callable[[Contact], str | None] | None = None
+
+    def lookups(self, ops: Sequence[Op]) -> list[Op]:
+        return []
+
+    async def prefetch(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> None:
+        return None
+
+    def missing(self, contact: Contact, *, creating: bool) -> str | None:
+        return self.missing_reason(contact) if self.missing_reason is not None else None
 
     async def ready(self) -> bool:
         if self.token_wait:

@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from crmsync import crm_limits
-from crmsync.crm import ADAPTERS
+from crmsync.crm import ADAPTERS, mapping
 from crmsync.errors import UserError
 from crmsync.model import CONTACT_ATTRS
 
 CRMS = ("salesforce", "hubspot")
+MATCHES = ("email", "none")
+# A connection added from now on matches existing CRM records by email; one
+# stored before the setting existed keeps creating (``match`` absent = none).
+NEW_CONNECTION_DEFAULTS: dict[str, Any] = {"match": "email"}
 _API_VERSION = re.compile(r"^v?(\d{2,3})\.0$")
 _SF_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")  # a Salesforce field's API name
 _HS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")  # a HubSpot property's internal name
@@ -76,23 +80,42 @@ def _field_name(value: Any, crm: str) -> str:
 
 
 def _field_map(value: Any, crm: str) -> dict[str, str | None]:
+    """CRM field -> source (crmsync.crm.mapping), or the older column -> CRM field."""
     if not isinstance(value, Mapping):
-        raise ValueError('must be a JSON object such as {"company": "Account_Name__c"}')
-    out: dict[str, str | None] = {}
-    for attr, target in value.items():
-        if attr not in CONTACT_ATTRS:
-            near = _close(str(attr), CONTACT_ATTRS)
-            raise ValueError(
-                f"names contact field {attr!r}, which does not exist{near}"
-                f" (contact fields: {', '.join(CONTACT_ATTRS)})"
-            )
-        if target in (None, ""):
-            out[attr] = None  # not sent at all
-            continue
-        if not isinstance(target, str) or not NAMES[crm].match(target):
-            raise ValueError(f"maps {attr} to {target!r}, which is not {NAME_RULES[crm]}")
-        out[attr] = target
-    return out
+        raise ValueError(
+            'must be a JSON object of CRM field to source such as {"Region__c": '
+            '"attributes.region", "LeadSource": "=crmsync", "Email": "email|lower"}'
+        )
+    for key, target in value.items():
+        key = str(key)
+        if key not in CONTACT_ATTRS and target not in (None, "") and not mapping.is_source(target):
+            near = _close(key, CONTACT_ATTRS)
+            if near:  # most likely a typo of the older spelling's contact column
+                raise ValueError(
+                    f"names contact field {key!r}, which does not exist{near}"
+                    f" (contact fields: {', '.join(CONTACT_ATTRS)})"
+                )
+    mapping.entries({}, value, lambda name: NAMES[crm].match(name) is not None, NAME_RULES[crm])
+    return {str(k): (None if v in (None, "") else str(v)) for k, v in value.items()}
+
+
+def _match(value: Any, crm: str) -> str:
+    if value not in MATCHES:
+        raise ValueError(
+            "must be email (adopt a CRM record that has the contact's email) or none "
+            "(always create)"
+        )
+    return str(value)
+
+
+def _required(value: Any, crm: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and NAMES[crm].match(v) for v in value
+    ):
+        raise ValueError(f"must be a list of CRM field names, each {NAME_RULES[crm]}")
+    return list(dict.fromkeys(value))
 
 
 def _limit_model(value: Any, crm: str) -> str:
@@ -127,7 +150,9 @@ for _key in (
     Key("api_version", "the Salesforce REST API version", _api_version, ("salesforce",)),
     Key("external_id_field", "the Contact external id field", _field_name, ("salesforce",)),
     Key("id_property", "the unique contact property", _field_name, ("hubspot",)),
-    Key("field_map", "contact fields to CRM fields", _field_map),
+    Key("field_map", "CRM fields and the contact values they take", _field_map),
+    Key("match", "how a new contact finds a record the CRM already holds", _match),
+    Key("required", "CRM fields a contact must have a value for", _required),
     Key("limit_model", "which limits the connection holds", _limit_model),
     Key(
         "daily_limit",
@@ -150,7 +175,9 @@ for _key in (
 
 
 def _close(name: str, known: Any) -> str:
-    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    # A key the name begins ("batch" -> batch_size) before one merely alike ("match").
+    near = [k for k in known if len(name) >= 3 and k.startswith(name)]
+    near = near or difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f"; did you mean {near[0]!r}?" if near else ""
 
 

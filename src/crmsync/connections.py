@@ -81,7 +81,7 @@ def describe_limits(conn: Connection) -> str:
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` adapter settings; JSON numbers, booleans and objects
+    """``KEY=VALUE`` adapter settings; JSON numbers, booleans, lists and objects
     (e.g. ``field_map={"company": "Account_Name__c"}``) keep their type."""
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -92,7 +92,7 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
         value: Any = raw
         try:
             parsed = orjson.loads(raw)
-            if isinstance(parsed, bool | int | float | dict):
+            if isinstance(parsed, bool | int | float | dict | list):
                 value = parsed
         except orjson.JSONDecodeError:
             pass
@@ -264,7 +264,8 @@ def parse_connection(
         or tuple(
             RateWindow(w["limit"], w["window_ms"]) for w in rate_limits_json(rate_limits, crm)
         ),
-        settings=checked,
+        # A new connection's defaults (``connections update`` keeps the stored settings).
+        settings={**connection_settings.NEW_CONNECTION_DEFAULTS, **checked},
         auth=Auth(
             kind=kind,
             client_id=given.get("--client-id", ""),

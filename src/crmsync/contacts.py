@@ -42,6 +42,17 @@ _EMAIL_RE = re.compile(
 
 ContactId = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=ID_MAX)]
 FIELDS: tuple[str, ...] = ("tenant", "email", "first_name", "last_name", "company", "status")
+# Custom attributes: a flat object of scalars with keys a field_map can name
+# ("attributes.<key>"), bounded so one contact stays a small row and one request.
+ATTRIBUTE_KEY = re.compile(r"[a-z][a-z0-9_]{0,62}")
+ATTRIBUTES_MAX = 50
+ATTRIBUTE_VALUE_MAX = 1000
+ATTRIBUTES_RULE = (
+    f"at most {ATTRIBUTES_MAX} keys of lower-case letters, digits and _ (a letter first, "
+    f"up to 63 characters), each a string of at most {ATTRIBUTE_VALUE_MAX} characters, "
+    "a number, true/false or null"
+)
+Scalar = str | int | float | bool | None
 # PostgreSQL text holds neither, nor does a CRM: NUL and unpaired surrogates.
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
@@ -58,6 +69,28 @@ def email_problem(value: str) -> str | None:
     local, _, _ = value.partition("@")
     if len(local) > 64 or not _EMAIL_RE.fullmatch(value):
         return "not a valid email address"
+    return None
+
+
+def attributes_problem(value: Any) -> tuple[str, str] | None:
+    """(the key at fault, why) when ``value`` is not a valid attributes object, or None."""
+    if not isinstance(value, Mapping):
+        return "", f"must be a JSON object: {ATTRIBUTES_RULE}"
+    if len(value) > ATTRIBUTES_MAX:
+        return "", f"has {len(value)} keys; at most {ATTRIBUTES_MAX}"
+    for key, v in value.items():
+        if not isinstance(key, str) or ATTRIBUTE_KEY.fullmatch(key) is None:
+            return str(key)[:80], f"is not a valid key: {ATTRIBUTES_RULE}"
+        if isinstance(v, str):
+            if len(v) > ATTRIBUTE_VALUE_MAX:
+                return key, f"must be at most {ATTRIBUTE_VALUE_MAX} characters"
+            problem = text_problem(v)
+            if problem:
+                return key, problem
+        elif isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            return key, "must be a finite number"
+        elif not isinstance(v, int | float | bool) and v is not None:
+            return key, "must be a string, a number, true/false or null (not a list or object)"
     return None
 
 
@@ -80,6 +113,7 @@ class ContactIn(BaseModel):
     last_name: str | None = Field(default=None, max_length=NAME_MAX)
     company: str | None = Field(default=None, max_length=COMPANY_MAX)
     status: Status = "active"
+    attributes: dict[str, Scalar] = Field(default_factory=dict)
     # None: the tenant the write acts on (the API key's, the path's, --tenant);
     # naming another one is refused, never a move.
     tenant: str | None = Field(default=None, pattern=ID_PATTERN, max_length=ID_MAX)
@@ -90,6 +124,17 @@ class ContactIn(BaseModel):
         problem = text_problem(v) if isinstance(v, str) else None
         if problem:
             raise PydanticCustomError("text", problem)
+        return v
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _attributes(cls, v: Any) -> Any:
+        problem = attributes_problem(v)
+        if problem:
+            key, why = problem
+            raise PydanticCustomError(
+                "attributes", "attributes{key} {why}", {"key": f".{key}" if key else "", "why": why}
+            )
         return v
 
     @field_validator("email")
@@ -116,7 +161,9 @@ class ContactWithId(ContactIn):
     def tenant_or_default(self) -> str:
         return self.tenant or DEFAULT_TENANT
 
-    def row(self) -> tuple[str, str, str, str | None, str | None, str | None, str]:
+    def row(
+        self,
+    ) -> tuple[str, str, str, str | None, str | None, str | None, str, dict[str, Scalar]]:
         return (
             self.id,
             self.tenant_or_default,
@@ -125,6 +172,7 @@ class ContactWithId(ContactIn):
             self.last_name,
             self.company,
             self.status,
+            self.attributes,
         )
 
 
@@ -135,7 +183,14 @@ class BatchIn(BaseModel):
 
 
 Columns = tuple[
-    list[str], list[str], list[str], list[str | None], list[str | None], list[str | None], list[str]
+    list[str],
+    list[str],
+    list[str],
+    list[str | None],
+    list[str | None],
+    list[str | None],
+    list[str],
+    list[dict[str, Scalar]],
 ]
 
 
@@ -150,6 +205,7 @@ def columns(items: Sequence[ContactWithId], tenants: Sequence[str] | None = None
         [c.last_name for c in items],
         [c.company for c in items],
         [c.status for c in items],
+        [c.attributes for c in items],
     )
 
 

@@ -30,6 +30,8 @@ SYNC_LAG_SUM = "synclag_sum_ms"
 
 # Counter names a worker writes (the claim script writes its own, e.g. breaker_trips).
 CREATED, UPDATED, DELETED, SKIPPED = "created", "updated", "deleted", "skipped"
+# Records the CRM already held (matched by email) that now carry our id; not in CREATED.
+ADOPTED = "adopted"
 RETRIED, DEAD, RATE_LIMITED, REQUESTS = "retried", "dead_lettered", "crm_rate_limited", "requests"
 HELD = "held_in_flight"  # requests that waited for the connection's in-flight limit
 # Credentials: requests sent again after their token was replaced; pauses for a

@@ -9,11 +9,14 @@ nothing here is a request or response body.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 # A contact's attributes a CRM receives, in the order adapters map them.
 CONTACT_ATTRS = ("email", "first_name", "last_name", "company", "status")
+_NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +32,15 @@ class Contact:
     status: str
     version: int
     deleted: bool = False  # soft-deleted (``deleted_at`` set)
+    # Custom attributes (``contacts.attributes``): scalars by key, read-only.
+    attributes: Mapping[str, Any] = field(default_factory=lambda: _NO_ATTRIBUTES)
 
     def fields(self) -> dict[str, Any]:
-        """What a CRM receives of it (the dead-letter payload of an upsert)."""
-        return {a: getattr(self, a) for a in CONTACT_ATTRS}
+        """The contact's columns (the dead-letter payload of an upsert)."""
+        out = {a: getattr(self, a) for a in CONTACT_ATTRS}
+        if self.attributes:
+            out["attributes"] = dict(self.attributes)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

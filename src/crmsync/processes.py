@@ -63,13 +63,14 @@ def build_worker(
         # The probe's request may take the whole HTTP timeout before it reports.
         probe_ms=int(settings.http_timeout_seconds * 1000) + 2000,
     )
+    healer = Healer(pool, store, margin=settings.limit_margin)
     permits = Permits(
         store,
         clock,
         margin=settings.limit_margin,
         http_timeout_seconds=settings.http_timeout_seconds,
+        lineage=healer.lineage,
     )
-    healer = Healer(pool, store, margin=settings.limit_margin)
     claims = Claims(
         settings,
         clock=clock,

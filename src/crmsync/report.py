@@ -121,6 +121,7 @@ async def collect(
 # counters: crmsync_connection_<name>_total{connection, crm, tenant}.
 EXPORTED_COUNTERS = (
     "created",
+    "adopted",
     "updated",
     "deleted",
     "skipped",

@@ -150,6 +150,13 @@ def _notes(report: Mapping[str, Any]) -> list[RenderableType]:
     ]
     if refreshed:  # OAuth access tokens renewed (by whichever worker won each refresh)
         parts.append(Text("token refreshes: " + ", ".join(refreshed), style="dim"))
+    adopted = [
+        f"{c['id']} {n}"
+        for c in report["connections"]
+        if (n := int((c.get("counters") or {}).get("adopted", 0)))
+    ]
+    if adopted:  # records the CRM already held (same email) that now carry our id
+        parts.append(Text("adopted records: " + ", ".join(adopted), style="dim"))
     healed = [
         f"{c['id']} {n} (last {c.get('healed_at') or '?'})"
         for c in report["connections"]

@@ -60,7 +60,7 @@ class Point:
 
 
 FIELDS = tuple(Point.__dataclass_fields__)
-RECORDS = (counters.CREATED, counters.UPDATED, counters.DELETED)
+RECORDS = (counters.CREATED, counters.ADOPTED, counters.UPDATED, counters.DELETED)
 
 
 SHORT_WINDOW_MS = 60_000  # windows up to a minute bound the per-second chart

@@ -155,6 +155,16 @@ class FaultProxy:
                 return rest[-1]
             if method == "DELETE" and rest and "sobjects" in rest:
                 return self._ids.get((account, rest[-1]))
+            if method == "PATCH" and len(rest) >= 2 and rest[-2] == "Contact":
+                # An update by Salesforce Id (a record found by email) names its
+                # contact by the external id it sets, else by the id learnt.
+                try:
+                    data = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    data = None
+                if isinstance(data, dict) and data.get(SF_EXT):
+                    return str(data[SF_EXT])
+                return self._ids.get((account, rest[-1]))
             return None
         if rest and rest[-1] == "contacts" and method == "POST":
             try:

@@ -416,3 +416,39 @@ async def test_an_admin_batch_may_hold_the_same_id_in_two_tenants(
         ("beta", "b@x.io"),
         ("default", "d@x.io"),
     ]
+
+
+async def test_attributes_are_written_versioned_and_validated(
+    api: httpx.AsyncClient, pg: asyncpg.Connection[Any]
+) -> None:
+    body = {"email": "ann@x.io", "last_name": "Lee", "attributes": {"region": "EU", "score": 3}}
+    first = await api.put("/v1/contacts/ann", json=body, headers=AUTH)
+    assert first.status_code == 200, first.text
+    assert first.json()["attributes"] == {"region": "EU", "score": 3}
+    same = await api.put("/v1/contacts/ann", json=body, headers=AUTH)
+    assert (same.json()["version"], same.json()["changed"]) == (1, False)
+    moved = {**body, "attributes": {"region": "APAC", "score": 3}}
+    changed = await api.put("/v1/contacts/ann", json=moved, headers=AUTH)
+    assert (changed.json()["version"], changed.json()["changed"]) == (2, True)
+    got = await api.get("/v1/contacts/ann", headers=AUTH)
+    assert got.json()["attributes"] == {"region": "APAC", "score": 3}
+    assert await _outbox(pg) == [("ann", "insert", 1), ("ann", "update", 2)]
+    batch = await api.post(
+        "/v1/contacts:batch",
+        json={"contacts": [{"id": "b1", "email": "b@x.io", "attributes": {"vip": True}}]},
+        headers=AUTH,
+    )
+    assert batch.status_code == 200, batch.text
+    assert await pg.fetchval("SELECT attributes FROM contacts WHERE id = 'b1'") == {"vip": True}
+    bad = await api.put(
+        "/v1/contacts/ann", json={**body, "attributes": {"Region": "EU"}}, headers=AUTH
+    )
+    assert _locs(bad) == [["body", "attributes"]]
+    assert "attributes.Region is not a valid key" in bad.text
+    nested = await api.post(
+        "/v1/contacts:batch",
+        json={"contacts": [{"id": "b2", "email": "c@x.io", "attributes": {"tags": ["a"]}}]},
+        headers=AUTH,
+    )
+    assert _locs(nested) == [["body", "contacts", 0, "attributes"]]
+    assert "attributes.tags must be a string, a number, true/false or null" in nested.text

@@ -83,7 +83,12 @@ def test_add_list_pause_resume_remove(database_url: str) -> None:
         {"limit": 1000, "window_ms": 10_000},
         {"limit": 100000, "window_ms": 86_400_000},
     ]
-    assert orjson.loads(row["settings"]) == {"api_version": "v61.0", "batch_size": 50}
+    # A new connection adopts existing records by email unless told otherwise.
+    assert orjson.loads(row["settings"]) == {
+        "api_version": "v61.0",
+        "batch_size": 50,
+        "match": "email",
+    }
     (hs_row,) = fetch_now(database_url, "SELECT crm, rate_limits FROM connections WHERE id = 'hs1'")
     assert hs_row["crm"] == "hubspot"
     assert orjson.loads(hs_row["rate_limits"]) == [{"limit": 100, "window_ms": 10_000}]

@@ -225,3 +225,31 @@ def test_cli_reports_rejections_and_exit_codes(database_url: str, tmp_path: Path
             await conn.close()
 
     assert asyncio.run(count()) == 2
+
+
+async def test_attribute_columns_set_attributes(
+    pg: asyncpg.Connection[Any], tmp_path: Path
+) -> None:
+    f = tmp_path / "a.csv"
+    f.write_text(
+        "id,email,last_name,attr.region,attr.plan\n"
+        "a1,a1@x.io,Lee,EU,gold\n"
+        "a2,a2@x.io,Kim,,silver\n"
+        "a3,a3@x.io,Ray,,\n"
+    )
+    result = await import_csv(pg, f)
+    assert (result.inserted, result.rejected) == (3, [])
+    rows = await pg.fetch("SELECT id, attributes, version FROM contacts ORDER BY id")
+    assert [(r["id"], r["attributes"]) for r in rows] == [
+        ("a1", {"region": "EU", "plan": "gold"}),
+        ("a2", {"plan": "silver"}),
+        ("a3", {}),
+    ]
+    f.write_text("id,email,last_name,attr.region\na1,a1@x.io,Lee,EU\na3,a3@x.io,Ray,\n")
+    again = await import_csv(pg, f)
+    assert (again.updated, again.unchanged) == (1, 1)  # a1 lost its plan: a change
+    assert await pg.fetchval("SELECT version FROM contacts WHERE id = 'a1'") == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,email,attr.1st\na1,a1@x.io,EU\n")
+    with pytest.raises(UserError, match=r"column 'attr\.1st' does not name a valid attribute"):
+        await import_csv(pg, bad)

@@ -178,7 +178,9 @@ def test_add_checks_first_and_refuses_a_bad_token_or_a_missing_field(
 
     good = add(database_url, redis_url, mock, crm, "good", "--rate-limit", "50/s")
     assert good.exit_code == 0, good.output
-    assert all(ln.startswith("✓") for ln in lines(good)) and len(lines(good)) == 4
+    # Salesforce also checks its required LastName is mapped.
+    checks = 5 if crm == "salesforce" else 4
+    assert all(ln.startswith("✓") for ln in lines(good)) and len(lines(good)) == checks
     assert "added connection good" in good.output
     assert [r["id"] for r in fetch_now(database_url, "SELECT id FROM connections")] == ["good"]
 
@@ -295,7 +297,8 @@ def test_update_keeps_the_ledger_and_remove_asks_first(
         "--settings batch_size (records per CRM request) must be a whole number from 1 to 100."
     )
     (row,) = fetch_now(database_url, "SELECT rate_limits, settings FROM connections")
-    assert row["settings"] == '{"batch_size": 50}'
+    # A new connection matches existing records by email unless told otherwise.
+    assert row["settings"] == '{"match": "email", "batch_size": 50}'
     assert fetch_now(database_url, "SELECT contact_id FROM sync_state") != []
     assert fetch_now(database_url, "SELECT contact_id FROM dead_letters") != []
 
@@ -348,3 +351,48 @@ def test_jwt_connection_added_from_a_key_file_and_no_secret_listed(
     for out in (res.output, listed.output, table.output):
         assert body not in out and "PRIVATE KEY" not in out
     assert '"auth": "jwt"' in listed.output and "jwt" in table.output
+
+
+@pytest.mark.parametrize(
+    ("crm", "settings", "expected"),
+    [
+        (
+            "salesforce",
+            ['field_map={"Region__c": "attributes.region", "Title": "=Customer"}'],
+            ["✗ mapped fields: missing: Region__c"],
+        ),
+        (
+            "salesforce",
+            ['field_map={"last_name": null}'],
+            ["✗ required fields: not mapped: LastName"],
+        ),
+        (
+            "salesforce",
+            ['field_map={"Title": "attributes.title|trim"}', 'required=["LastName","Title"]'],
+            ["✓ mapped fields: Email, FirstName, LastName, Company__c, Status__c, Title exist "
+             "and are writable",
+             "✓ required fields: LastName <- last_name, Title <- attributes.title|trim: contacts "
+             "without a value are skipped"],
+        ),
+        (
+            "hubspot",
+            ['field_map={"region": "attributes.region"}', "required=region,jobtitle"],
+            ["✗ mapped properties: missing: region",
+             "✗ required fields: not mapped: jobtitle; not in HubSpot: region"],
+        ),
+    ],
+)  # fmt: skip
+def test_mapped_targets_and_required_fields_are_checked(
+    database_url: str,
+    redis_url: str,
+    threaded_mock: StartThreaded,
+    crm: str,
+    settings: list[str],
+    expected: list[str],
+) -> None:
+    mock = threaded_mock(AccountSpec(crm, "acct", limits=UNLIMITED))
+    flags = [f for s in settings for f in ("--settings", s)]
+    res = add(database_url, redis_url, mock, crm, "acct", *flags)
+    for line in expected:
+        assert line in lines(res), res.output
+    assert res.exit_code == (0 if all(e.startswith("✓") for e in expected) else 1)

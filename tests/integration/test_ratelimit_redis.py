@@ -262,3 +262,21 @@ async def test_a_crm_429_lowers_the_rate_for_a_while(
     await store.block(cid, 0.0)
     again = await store.claim(cid, max_requests=8, batch_size=1, lease_ms=30_000)
     assert again.permits == 8
+
+
+async def test_permits_outside_a_claim_need_the_lineage_a_claim_needs(
+    any_redis: RedisClient,
+) -> None:
+    """Without its lineage marker a connection's windows were lost (a flush): a
+    follow-up take, a retake or a re-admission grants nothing until the heal, as a
+    claim would be refused; with the marker, or unchecked (''), they are granted."""
+    store, cid = await queued(any_redis, [RateWindow(1000, 1000)], 5)
+    c = await store.claim(cid, max_requests=1, batch_size=1, lease_ms=30_000)
+    assert (await store.take(cid, 1, "*"))[0] == 0  # no marker at all
+    assert (await store.retake(cid, c.admitted_ms, 1, "*"))[0] == 0
+    assert (await store.readmit(c, 1, "*")).permits == 0
+    assert (await store.take(cid, 1, ""))[0] == 1  # unchecked
+    await any_redis.hset(keys.connection(cid).state, "lineage", "run-1")
+    assert (await store.take(cid, 1, "*"))[0] == 1
+    assert (await store.take(cid, 1, "run-1"))[0] == 1
+    assert (await store.take(cid, 1, "run-2"))[0] == 0  # healed by another lineage

@@ -94,7 +94,8 @@ async def test_settings_refused_now_still_load_with_a_warning(
     problems = [e["problem"] for e in logs if e["event"] == "connections.setting_problem"]
     assert problems == [
         "--settings 'batch' is not a setting crmsync knows; did you mean 'batch_size'? "
-        "(known: api_version, batch_size, external_id_field, field_map, id_property, "
-        "max_in_flight, timeout_seconds, token_max_age_seconds).",
+        "(known: api_version, batch_size, concurrency, daily_limit, day_seconds, "
+        "external_id_field, field_map, id_property, limit_model, match, max_in_flight, "
+        "required, tier, time_zone, timeout_seconds, token_max_age_seconds).",
         "--settings batch_size (records per CRM request) must be a whole number from 1 to 100.",
     ]

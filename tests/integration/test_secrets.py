@@ -253,9 +253,13 @@ async def test_migrations_keep_existing_data(pg: asyncpg.Connection[Any]) -> Non
         "INSERT INTO sync_state (connection_id, contact_id, external_id, synced_version, status)"
         " VALUES ('sf', 'a', '003A', 1, 'synced')"
     )
-    contacts = await pg.fetch("SELECT * FROM contacts ORDER BY id")
+    columns = "id, tenant, email, first_name, last_name, company, status, version, updated_at, "
+    columns += "deleted_at"
+    contacts = await pg.fetch(f"SELECT {columns} FROM contacts ORDER BY id")
     await db.migrate(pg)
-    assert await pg.fetch("SELECT * FROM contacts ORDER BY id") == contacts
+    assert await pg.fetch(f"SELECT {columns} FROM contacts ORDER BY id") == contacts
+    # Columns added since (0016) start empty.
+    assert await pg.fetchval("SELECT array_agg(attributes) FROM contacts") == [{}, {}]
     pkey = await pg.fetchval(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'contacts_pkey'"
     )

@@ -259,8 +259,8 @@ async def test_bad_record_dead_lettered_with_crm_message_rest_synced(system: Sys
     await _insert(system.pool, [(f"g{i}", f"g{i}@example.com", "Co", "active") for i in range(5)])
     await system.pool.execute(
         "INSERT INTO contacts (id, email, first_name, last_name, company) "
-        "VALUES ('bad', 'bad@example.com', 'No', NULL, 'Co')"
-    )
+        "VALUES ('bad', 'bad-at-example.com', 'No', 'Mail', 'Co')"
+    )  # plain SQL skips the API's email check; Salesforce refuses it
 
     async def settled() -> bool:
         n = await system.pool.fetchval(
@@ -272,10 +272,10 @@ async def test_bad_record_dead_lettered_with_crm_message_rest_synced(system: Sys
     dl = await system.pool.fetchrow("SELECT * FROM dead_letters WHERE connection_id = 'sf'")
     assert dl is not None
     assert dl["contact_id"] == "bad"
-    assert dl["error_code"] == "REQUIRED_FIELD_MISSING"
-    assert "LastName" in dl["error"]
+    assert dl["error_code"] == "INVALID_EMAIL_ADDRESS"
+    assert "bad-at-example.com" in dl["error"]
     payload = dl["payload"] if isinstance(dl["payload"], dict) else orjson.loads(dl["payload"])
-    assert payload["email"] == "bad@example.com"
+    assert payload["email"] == "bad-at-example.com"
     assert (await system.ledger("sf"))["bad"]["status"] == "dead"
 
 

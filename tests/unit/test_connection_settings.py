@@ -32,13 +32,31 @@ ACCEPTED: list[tuple[str, list[str], dict[str, Any]]] = [
     ),
     (HS, ['field_map={"company": ""}'], {"field_map": {"company": None}}),
     (SF, ["token_max_age_seconds=3600"], {"token_max_age_seconds": 3600}),
+    (
+        SF,
+        ['field_map={"Region__c": "attributes.region", "Email": "email|lower", '
+         '"LeadSource": "=crmsync"}'],
+        {
+            "field_map": {
+                "Region__c": "attributes.region",
+                "Email": "email|lower",
+                "LeadSource": "=crmsync",
+            }
+        },
+    ),
+    (HS, ['field_map={"region": "attributes.region|trim|upper"}'],
+     {"field_map": {"region": "attributes.region|trim|upper"}}),
+    (SF, ["match=email"], {"match": "email"}),
+    (HS, ["match=none"], {"match": "none"}),
+    (SF, ['required=["LastName", "Email"]'], {"required": ["LastName", "Email"]}),
+    (HS, ["required=email,lastname"], {"required": ["email", "lastname"]}),
     (HS, [], {}),
-]
+]  # fmt: skip
 
 KNOWN = (
     "api_version, batch_size, concurrency, daily_limit, day_seconds, external_id_field, "
-    "field_map, id_property, limit_model, max_in_flight, tier, time_zone, timeout_seconds, "
-    "token_max_age_seconds"
+    "field_map, id_property, limit_model, match, max_in_flight, required, tier, time_zone, "
+    "timeout_seconds, token_max_age_seconds"
 )
 
 # (crm, the --settings flags, the one sentence refusing them)
@@ -101,20 +119,23 @@ REFUSED: list[tuple[str, list[str], str]] = [
     (
         SF,
         ["field_map=notjson"],
-        "--settings field_map (contact fields to CRM fields) must be a JSON object such as "
-        '{"company": "Account_Name__c"}.',
+        "--settings field_map (CRM fields and the contact values they take) must be a JSON "
+        "object of CRM field to source such as "
+        '{"Region__c": "attributes.region", "LeadSource": "=crmsync", "Email": "email|lower"}.',
     ),
     (
         SF,
         ['field_map={"compnay": "X__c"}'],
-        "--settings field_map (contact fields to CRM fields) names contact field 'compnay', "
+        "--settings field_map (CRM fields and the contact values they take) names contact "
+        "field 'compnay', "
         "which does not exist; did you mean 'company'? (contact fields: email, first_name, "
         "last_name, company, status).",
     ),
     (
         HS,
         ['field_map={"company": "Company Name"}'],
-        "--settings field_map (contact fields to CRM fields) maps company to 'Company Name', "
+        "--settings field_map (CRM fields and the contact values they take) maps company to "
+        "'Company Name', "
         "which is not a HubSpot property name (lower-case letters, digits, _; e.g. "
         "crmsync_id).",
     ),
@@ -169,6 +190,47 @@ REFUSED: list[tuple[str, list[str], str]] = [
         SF,
         ["colour=blue"],
         f"--settings 'colour' is not a setting crmsync knows (known: {KNOWN}).",
+    ),
+    (
+        SF,
+        ["match=fuzzy"],
+        "--settings match (how a new contact finds a record the CRM already holds) must be "
+        "email (adopt a CRM record that has the contact's email) or none (always create).",
+    ),
+    (
+        HS,
+        ['required=["LastName"]'],
+        "--settings required (CRM fields a contact must have a value for) must be a list of "
+        "CRM field names, each a HubSpot property name (lower-case letters, digits, _; e.g. "
+        "crmsync_id).",
+    ),
+    (
+        SF,
+        ['field_map={"Region__c": "attributes.Region"}'],
+        "--settings field_map (CRM fields and the contact values they take) maps Region__c to "
+        "'attributes.Region', which names attribute 'Region', which is not a valid attribute "
+        "key (lower-case letters, digits and _, a letter first).",
+    ),
+    (
+        SF,
+        ['field_map={"Email": "email|title"}'],
+        "--settings field_map (CRM fields and the contact values they take) maps Email to "
+        "'email|title', which uses transform 'title', which does not exist (transforms: "
+        "lower, upper, trim).",
+    ),
+    (
+        SF,
+        ['field_map={"Region__c": "region"}'],
+        "--settings field_map (CRM fields and the contact values they take) maps Region__c to "
+        "'region', which reads 'region', which is not a contact column (email, first_name, "
+        "last_name, company, status), attributes.<key>, =<constant>, optionally followed by "
+        "|lower, |upper or |trim.",
+    ),
+    (
+        HS,
+        ['field_map={"Region": "attributes.region"}'],
+        "--settings field_map (CRM fields and the contact values they take) has key 'Region', "
+        "which is not a HubSpot property name (lower-case letters, digits, _; e.g. crmsync_id).",
     ),
     (
         SF,

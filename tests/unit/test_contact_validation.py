@@ -136,6 +136,42 @@ def test_columns_and_duplicates() -> None:
         [None, None],
         ["A", None],
         ["active", "lead"],
+        [{}, {}],
     )
     assert duplicate_ids(["a", "b", "a", "c", "b", "a"]) == [(2, "a", 0), (4, "b", 1), (5, "a", 0)]
     assert duplicate_ids(["a", "b"]) == []
+
+
+@pytest.mark.parametrize(
+    ("attributes", "loc_key", "words"),
+    [
+        ({"Region": "EU"}, "Region", "not a valid key"),
+        ({"1region": "EU"}, "1region", "not a valid key"),
+        ({"re-gion": "EU"}, "re-gion", "not a valid key"),
+        ({"a" * 64: 1}, "a" * 64, "not a valid key"),
+        ({"tags": ["a", "b"]}, "tags", "not a list or object"),
+        ({"nested": {"a": 1}}, "nested", "not a list or object"),
+        ({"note": "x" * 1001}, "note", "at most 1000 characters"),
+        ({"note": "a\x00b"}, "note", "NUL"),
+        ({f"k{i}": i for i in range(51)}, "", "at most 50"),
+        ("region=EU", "", "must be a JSON object"),
+    ],
+)
+def test_bad_attributes_name_the_key(attributes: object, loc_key: str, words: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        ContactIn.model_validate({"email": "a@x.io", "attributes": attributes})
+    errors = exc.value.errors()
+    assert [e["loc"] for e in errors] == [("attributes",)]
+    msg = errors[0]["msg"]
+    assert msg.startswith(f"attributes.{loc_key} " if loc_key else "attributes ")
+    assert words in msg
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [{}, {"region": "EU", "score": 3, "ratio": 0.5, "vip": True, "gone": None}, {"a" * 63: ""}],
+)
+def test_good_attributes_are_kept(attributes: dict[str, object]) -> None:
+    assert ContactIn.model_validate({"email": "a@x.io", "attributes": attributes}).attributes == (
+        attributes
+    )

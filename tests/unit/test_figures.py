@@ -235,3 +235,19 @@ def test_status_lists_the_token_refreshes_of_oauth_connections() -> None:
     assert "token refreshes: acme-sf 12" in _lines(report, 80)
     report["connections"][0]["counters"] = {}
     assert not any("token refreshes" in line for line in _lines(report, 80))
+
+
+def test_status_counts_the_adopted_records() -> None:
+    base = {"tenant": "t", "paused": False, "sync": {}, "dead_letters": 0, "breaker": "closed"}
+    queue = {"ready": 0, "leased": 0, "delayed": 0, "requeue": 0}
+    report: dict[str, Any] = {
+        "connections": [
+            {**base, "id": "acme-sf", "crm": "salesforce", "queue": queue,
+             "counters": {"adopted": 40, "created": 60}},
+            {**base, "id": "acme-hs", "crm": "hubspot", "queue": queue, "counters": {}},
+        ],
+        "totals": {"contacts": 100, "outbox": 0, "dead_letters": 0},
+    }  # fmt: skip
+    assert "adopted records: acme-sf 40" in _lines(report, 80)
+    report["connections"][0]["counters"] = {"created": 100}
+    assert not any("adopted" in line for line in _lines(report, 80))

@@ -4,8 +4,10 @@ Starts mock CRMs, the API, the relay and the workers (``crmsync_lab.harness``),
 adds a connection per mock account, sends realistic contacts through the
 HTTP API in two waves (creates, then edits and deletes), shows live progress,
 and ends with a summary per connection and a check of every CRM record
-against the sync rules. ``--faults`` adds a CRM outage and a 429 storm so the
-circuit breaker and the rate limiter visibly do their work.
+against the sync rules. A share of the contacts already exist in every mock
+CRM (same emails, entered before crmsync): the connections adopt them.
+``--faults`` adds a CRM outage and a 429 storm so the circuit breaker and the
+rate limiter visibly do their work.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from crmsync.settings import Settings
 from crmsync_lab.harness import contacts, progress
 from crmsync_lab.harness.cluster import Cluster, ClusterConfig, ConnectionInfo, database_named
 from crmsync_lab.harness.expect import Report
+from crmsync_lab.mock import seeding
 
 TENANT = "demo"
+# The share of contacts the CRMs already hold before crmsync (chosen by email).
+EXISTING_SHARE = 0.2
 OUTAGE_SECONDS = 8.0
 STORM_SECONDS = 5.0
 # The connections use OAuth (refresh-token flow) and the mock issues access tokens
@@ -134,6 +139,9 @@ class Demo:
         people = contacts.generate(o.contacts, seed=o.seed, tenant=TENANT, id_prefix="demo")
         no_company = sum(1 for c in people if not c.company)
         inactive = sum(1 for c in people if c.status == "inactive")
+        existing = [c for c in people if seeding.chosen(c.email, EXISTING_SHARE)]
+        self.phase = f"seeding {len(existing)} contacts the CRMs already hold (same emails)"
+        await cluster.seed([_entered_by_hand(c) for c in existing])
         self.phase = (
             f"wave 1: {len(people)} new contacts ({no_company} without company, "
             f"{inactive} inactive) via POST /v1/contacts:batch"
@@ -212,10 +220,13 @@ class Demo:
 
     def _line(self) -> str:
         snap = self.snapshot or {"connections": []}
-        t = progress.totals(snap, ("created", "updated", "deleted", "skipped", "requests"))
+        t = progress.totals(
+            snap, ("created", "adopted", "updated", "deleted", "skipped", "requests")
+        )
         queued = sum(progress.queued(c) for c in snap["connections"])
         return (
             f"[{self._elapsed()}] {self.phase} | queued {queued}, created {t['created']}, "
+            f"adopted {t['adopted']}, "
             f"updated {t['updated']}, deleted {t['deleted']}, skipped {t['skipped']}, "
             f"requests {t['requests']}"
         )
@@ -248,7 +259,17 @@ class Demo:
             f"busiest second {totals['max_in_any_1s']} requests; {grants} access tokens "
             f"issued, {expired} requests met an expired one (sent again with the new one)"
         )
-        counts = progress.totals(snapshot, ("token_refreshes", "auth_pauses"))
+        counts = progress.totals(snapshot, ("token_refreshes", "auth_pauses", "adopted"))
+        by_email = sum(
+            int((a.get("duplicates_by") or {}).get("email", 0)) for a in mock["accounts"].values()
+        )
+        untouched = sum(c.untouched for c in report.connections)
+        self.console.print(
+            f"existing records: {len(cluster.preexisting)} contacts were in every CRM before "
+            f"crmsync; {counts['adopted']} records adopted (matched by email, given our id), "
+            f"{untouched} left alone (their contact is not synced there), {by_email} duplicates "
+            "by email"
+        )
         problems = report.problems()
         if counts["auth_pauses"]:
             problems.append(f"{counts['auth_pauses']} pause(s) for refused credentials")
@@ -268,6 +289,7 @@ class Demo:
         self.console.print(
             f"[bold green]OK[/bold green] in {elapsed:.1f}s: every contact is in its expected "
             f"state in every CRM, 0 duplicates, 0 limit violations, "
+            f"{counts['adopted']} existing records adopted, "
             f"{counts['token_refreshes']} token refreshes, 0 pauses."
         )
         return 0
@@ -331,3 +353,14 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _entered_by_hand(c: contacts.Contact) -> dict[str, Any]:
+    """A contact as someone typed it into the CRM before crmsync: same email (in
+    other letters' case), an older last name, a phone number crmsync never sends."""
+    return {
+        "email": c.email.capitalize(),
+        "first_name": c.first_name,
+        "last_name": f"{c.last_name} (old)",
+        "phone": "+1 555 0100",
+    }

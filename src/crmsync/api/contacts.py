@@ -42,6 +42,7 @@ CONTACT_KEYS = (
     "last_name",
     "company",
     "status",
+    "attributes",
     "version",
     "updated_at",
     "deleted_at",

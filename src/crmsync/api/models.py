@@ -26,6 +26,7 @@ class Contact(BaseModel):
     last_name: str | None
     company: str | None
     status: Status
+    attributes: dict[str, str | int | float | bool | None]
     version: int
     updated_at: datetime
     deleted_at: datetime | None

@@ -8,6 +8,10 @@ transaction. Bad rows are reported with their line number and skipped; the
 good ones are kept. When an id appears on several lines the last line wins
 (as if the rows had been written one after another).
 
+Custom attributes come in columns named ``attr.<key>`` (``attr.region``): a
+non-empty cell sets the key to the cell's text, an empty one leaves it out. As
+with a PUT, an imported contact's attributes are those of its row.
+
 An import writes one tenant's contacts (``--tenant``, default ``default``): a
 row whose ``tenant`` column names another tenant is a bad row (a contact never
 moves between tenants, and an import is not the place to write two tenants).
@@ -22,13 +26,22 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
 from crmsync import db
-from crmsync.contacts import ID_RULE, ContactWithId, check_row, is_id
+from crmsync.contacts import (
+    ATTRIBUTE_KEY,
+    ATTRIBUTES_RULE,
+    ID_RULE,
+    ContactWithId,
+    check_row,
+    is_id,
+)
 from crmsync.errors import UserError
 
 COLUMNS: tuple[str, ...] = ("id", "email", "first_name", "last_name", "company", "status", "tenant")
 REQUIRED: tuple[str, ...] = ("id", "email")
+ATTR_PREFIX = "attr."
 _STAGING_COLUMNS = (
     "line_no",
     "id",
@@ -38,6 +51,7 @@ _STAGING_COLUMNS = (
     "last_name",
     "company",
     "status",
+    "attributes",
 )
 
 
@@ -82,10 +96,16 @@ class ImportResult:
 
 def _header(raw: list[str], path: Path) -> list[str]:
     names = [h.strip().lower() for h in raw]
-    unknown = [h for h in names if h not in COLUMNS]
+    unknown = [h for h in names if h not in COLUMNS and not h.startswith(ATTR_PREFIX)]
     if unknown:
         raise UserError(
-            f"{path}: unknown column {unknown[0]!r} in the header; columns are {', '.join(COLUMNS)}"
+            f"{path}: unknown column {unknown[0]!r} in the header; columns are "
+            f"{', '.join(COLUMNS)} and attr.<key> for custom attributes"
+        )
+    bad = [h for h in names if h.startswith(ATTR_PREFIX) and not ATTRIBUTE_KEY.fullmatch(h[5:])]
+    if bad:
+        raise UserError(
+            f"{path}: column {bad[0]!r} does not name a valid attribute: {ATTRIBUTES_RULE}"
         )
     missing = [c for c in REQUIRED if c not in names]
     if missing:
@@ -96,14 +116,20 @@ def _header(raw: list[str], path: Path) -> list[str]:
     return names
 
 
-def _record(names: list[str], values: list[str], tenant: str) -> dict[str, str | None]:
-    rec: dict[str, str | None] = {}
+def _record(names: list[str], values: list[str], tenant: str) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    attributes: dict[str, str] = {}
     for name, value in zip(names, values, strict=True):
         v = value.strip()
+        if name.startswith(ATTR_PREFIX):
+            if v:
+                attributes[name[len(ATTR_PREFIX) :]] = v
+            continue
         if name in ("status", "tenant") and not v:
             continue  # the column's default applies
         rec[name] = v if v or name in REQUIRED else None
     rec.setdefault("tenant", tenant)
+    rec["attributes"] = attributes
     return rec
 
 
@@ -157,7 +183,8 @@ def _staging_rows(path: Path, tenant: str, result: ImportResult) -> Iterator[tup
                         )
                     elif isinstance(checked, ContactWithId):
                         result.accepted += 1
-                        yield (start, *checked.row())
+                        *row, attributes = checked.row()
+                        yield (start, *row, orjson.dumps(attributes).decode())
                     else:
                         result.rejected.extend(Rejected(start, f, why) for f, why in checked)
             except csv.Error as exc:

@@ -10,13 +10,13 @@ documented example answers without a server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from crmsync.crm.http import WriteWatch
 from crmsync.errors import AuthFailed, CrmError, RateLimited
-from crmsync.model import CONTACT_ATTRS, Contact
+from crmsync.model import Contact
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,9 @@ class RecordResult:
     external_id: str | None = None  # CRM's record id on success
     created: bool | None = None
     error: CrmError | None = None  # Permanent / Retryable for this record only
+    # The CRM already held this contact's record (found by email, without our id):
+    # it now carries our id. Counted as ``adopted``.
+    adopted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,18 +67,21 @@ class CrmAdapter(Protocol):
         further one."""
         ...
 
+    def lookups(self, ops: Sequence[Op]) -> list[Op]:
+        """The ops whose send looks their record up first (Salesforce, ``match=email``:
+        creates, by email); [] when none does."""
+        ...
 
-def field_map(defaults: Mapping[str, str], override: Any) -> dict[str, str]:
-    """The connection's ``field_map`` setting merged over the CRM's defaults.
+    async def prefetch(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> None:
+        """One lookup for ``ops`` (of ``lookups``) ahead of their sends, which then
+        skip their own: a claim of many single-record requests makes one request
+        for all of them instead of one each."""
+        ...
 
-    Mapping an attribute to ``""`` or ``None`` stops sending it.
-    """
-    merged: dict[str, str | None] = dict(defaults)
-    if isinstance(override, Mapping):
-        for k, v in override.items():
-            if k in CONTACT_ATTRS:
-                merged[k] = str(v) if v else None
-    return {k: v for k, v in merged.items() if v}
+    def missing(self, contact: Contact, *, creating: bool) -> str | None:
+        """Why the connection's field mapping cannot send ``contact`` (a required
+        CRM field without a value), or None (``crmsync.crm.mapping``)."""
+        ...
 
 
 async def send_singles(

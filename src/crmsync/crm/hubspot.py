@@ -8,11 +8,22 @@ Batch: ``POST /crm/v3/objects/contacts/batch/upsert`` (<= 100 inputs, 200 or
 lost response hits the unique ``crmsync_id`` (409 CONFLICT): the adapter then
 updates the contact by ``crmsync_id``, so the retry neither duplicates nor
 loses the latest fields.
+
+Existing records (``match=email``): HubSpot keeps one contact per email, so a
+create of a contact whose email it holds is refused, ``409 Contact already
+exists. Existing ID: <id>`` (single create, a batch upsert's per-record error,
+or the whole batch). The adapter then reads those records (``batch/read``, by
+id or by email, with our ``crmsync_id``) and adopts the ones that carry no
+crmsync_id (or ours) with one ``batch/update`` by HubSpot id setting crmsync_id
+and the fields; a whole batch refused is sent again without them. Each request
+goes through the send's write watch (a permit each).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from urllib.parse import quote
@@ -21,9 +32,10 @@ import aiohttp
 
 from crmsync import clock
 from crmsync.crm.answer import flag, malformed, message, obj, record_id, seq
-from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.base import Op, RecordResult, SendResult, send_singles
 from crmsync.crm.credentials import TokenSource
 from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
+from crmsync.crm.mapping import compile_map
 from crmsync.crm.quota import (
     DEFAULT_LIMITED_SECONDS,
     MAX_BLOCK_SECONDS,
@@ -35,7 +47,7 @@ from crmsync.crm.quota import (
     seconds_to_midnight_utc,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
-from crmsync.model import CONTACT_ATTRS
+from crmsync.model import Contact
 
 DEFAULT_PROPERTIES = {
     "email": "email",
@@ -47,6 +59,7 @@ DEFAULT_PROPERTIES = {
 MAX_BATCH = 100
 CRM = "HubSpot"
 ID_PROPERTY = "crmsync_id"
+_EXISTING = re.compile(r"Existing ID:\s*(\d+)")
 RETRYABLE_CATEGORIES = frozenset(
     {"RATE_LIMITS", "INTERNAL_ERROR", "TIMEOUT", "SERVICE_UNAVAILABLE"}
 )
@@ -279,21 +292,35 @@ class HubSpotAdapter(JsonClient):
         session: aiohttp.ClientSession,
     ) -> None:
         self.id_property = str(settings.get("id_property") or ID_PROPERTY)
-        self.props = field_map(DEFAULT_PROPERTIES, settings.get("field_map"))
+        self.map = compile_map(
+            DEFAULT_PROPERTIES,
+            settings.get("field_map"),
+            required=settings.get("required") or (),
+            crm=CRM,
+        )
+        self.email_property = self.map.field_for("email")
+        self.match_email = settings.get("match") == "email"
         super().__init__(token=token, settings=settings, session=session, base_url=base_url)
         self.contacts = f"{base_of(base_url)}/crm/v3/objects/contacts"
         key = quote(self.id_property, safe="")
         self.by_key = f"?idProperty={key}"
         self.lookup_key = f"?idProperty={key}&properties={key}"
 
+    def lookups(self, ops: Sequence[Op]) -> list[Op]:
+        return []  # HubSpot answers a taken email itself (409): nothing to look up first
+
+    async def prefetch(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> None:
+        return None
+
+    def missing(self, contact: Contact, *, creating: bool) -> str | None:
+        return self.map.missing(contact, creating=creating)
+
     def read_usage(self, headers: Headers) -> Usage | None:
         return usage_of(headers)
 
     def _properties(self, op: Op) -> dict[str, str]:
         assert op.contact is not None, "upserts carry the contact"
-        c = op.contact
-        # HubSpot clears a property with "", not null.
-        props = {self.props[a]: getattr(c, a) or "" for a in CONTACT_ATTRS if a in self.props}
+        props = {k: _text(v) for k, v in self.map.values(op.contact).items()}
         props[self.id_property] = op.contact_id
         return props
 
@@ -318,13 +345,145 @@ class HubSpotAdapter(JsonClient):
         answer = await self._call(
             "POST", f"{self.contacts}/batch/upsert", {"inputs": inputs}, watch
         )
-        return parse_batch_upsert(
-            ops,
-            *answer,
-            id_property=self.id_property,
-            email_property=self.props.get("email"),
-            most=self.max_block,
-        )
+        try:
+            res = parse_batch_upsert(
+                ops,
+                *answer,
+                id_property=self.id_property,
+                email_property=self.email_property,
+                most=self.max_block,
+            )
+        except Permanent as exc:
+            if not (self.match_email and _existing(exc.message)):
+                raise
+            # The whole batch refused for a taken email: adopt what has one, then
+            # send the rest again.
+            return await self._adopt_then_upsert(ops, watch)
+        if not self.match_email:
+            return res
+        taken = {
+            r.contact_id: n
+            for op, r in zip(ops, res.results, strict=True)
+            if op.kind == "create" and r.error is not None and (n := _existing(r.error.message))
+        }
+        if not taken:
+            return res
+        adopted = await self._adopt([op for op in ops if op.contact_id in taken], taken, watch)
+        by_contact = {r.contact_id: r for r in res.results}
+        by_contact.update((r.contact_id, r) for r in adopted.results if r.ok)
+        blocks = [b for b in (res.block_for, adopted.block_for) if b]
+        return SendResult([by_contact[op.contact_id] for op in ops], max(blocks, default=None))
+
+    async def _adopt_then_upsert(self, ops: Sequence[Op], watch: WriteWatch | None) -> SendResult:
+        creates = [op for op in ops if op.kind == "create" and op.contact is not None]
+        adopted = await self._adopt(creates, None, watch)
+        # Adopted, or refused for good (the email is another contact's): the rest
+        # goes again.
+        by_contact = {
+            r.contact_id: r
+            for r in adopted.results
+            if r.ok or (r.error is not None and r.error.code == "CONFLICT")
+        }
+        rest = [op for op in ops if op.contact_id not in by_contact]
+        blocks = [b for b in [adopted.block_for] if b]
+        if rest:
+            inputs = [
+                {
+                    "id": op.contact_id,
+                    "idProperty": self.id_property,
+                    "properties": self._properties(op),
+                }
+                for op in rest
+            ]
+            answer = await self._call(
+                "POST", f"{self.contacts}/batch/upsert", {"inputs": inputs}, watch
+            )
+            res = parse_batch_upsert(
+                rest,
+                *answer,
+                id_property=self.id_property,
+                email_property=self.email_property,
+                most=self.max_block,
+            )
+            by_contact.update((r.contact_id, r) for r in res.results)
+            blocks.extend(b for b in [res.block_for] if b)
+        return SendResult([by_contact[op.contact_id] for op in ops], max(blocks, default=None))
+
+    async def _adopt(
+        self, ops: Sequence[Op], hs_ids: Mapping[str, str] | None, watch: WriteWatch | None
+    ) -> SendResult:
+        """Adopt the HubSpot records of ``ops``: found by their ids (``hs_ids``,
+        contact id -> HubSpot id, from a 409) or else by email; each one that
+        carries no crmsync_id (or ours) is updated with ours and the fields, in
+        one ``batch/update``. A contact without such a record fails (CONFLICT)."""
+        key = self.id_property
+        read: dict[str, Any]
+        if hs_ids is not None:
+            read = {"inputs": [{"id": hs_ids[op.contact_id]} for op in ops]}
+        else:
+            emails = sorted({op.contact.email for op in ops if op.contact is not None})
+            read = {"inputs": [{"id": e} for e in emails], "idProperty": "email"}
+        read["properties"] = [key, "email"]
+        answer = await self._call("POST", f"{self.contacts}/batch/read", read, watch)
+        blocks = [b for b in [quota_block(*answer, most=self.max_block)] if b]
+        found = self._found(answer)
+        targets: dict[str, tuple[str, bool]] = {}
+        taken: set[str] = set()  # contacts whose email another contact's record has
+        claimed: set[str] = set()
+        for op in ops:
+            hs_id = hs_ids[op.contact_id] if hs_ids is not None else None
+            if hs_id is None and op.contact is not None:
+                hs_id = found.by_email.get(op.contact.email.lower())
+            if hs_id is None or hs_id not in found.owner:
+                continue
+            owner = found.owner[hs_id]
+            if owner in (None, op.contact_id) and hs_id not in claimed:
+                targets[op.contact_id] = (hs_id, owner is None)
+                claimed.add(hs_id)
+            else:  # another contact's record stays theirs
+                taken.add(op.contact_id)
+        done: set[str | None] = set()
+        chosen = [op for op in ops if op.contact_id in targets]
+        if chosen:
+            inputs = [
+                {"id": targets[op.contact_id][0], "properties": self._properties(op)}
+                for op in chosen
+            ]
+            status, headers, body = await self._call(
+                "POST", f"{self.contacts}/batch/update", {"inputs": inputs}, watch
+            )
+            if status not in (200, 207):
+                raise error_for(status, headers, body, most=self.max_block)
+            blocks.extend(b for b in [quota_block(status, headers, body, most=self.max_block)] if b)
+            b = obj(body) or {}
+            done = {record_id((obj(raw) or {}).get("id")) for raw in seq(b.get("results")) or []}
+        out: list[RecordResult] = []
+        for op in ops:
+            target = targets.get(op.contact_id)
+            if target is not None and target[0] in done:
+                out.append(RecordResult(op.contact_id, True, target[0], False, adopted=target[1]))
+            else:
+                err = _not_adopted(op.contact_id in taken)
+                out.append(RecordResult(op.contact_id, False, error=err))
+        return SendResult(out, max(blocks, default=None))
+
+    def _found(self, answer: tuple[int, Headers, Any]) -> _Found:
+        """What a ``batch/read`` answered: each record's crmsync_id and email."""
+        status, headers, body = answer
+        if status not in (200, 207):
+            raise error_for(status, headers, body, most=self.max_block)
+        found = _Found({}, {})
+        b = obj(body) or {}
+        for raw in seq(b.get("results")) or []:
+            item = obj(raw) or {}
+            hs_id = record_id(item.get("id"))
+            props = obj(item.get("properties")) or {}
+            if hs_id is not None:
+                found.owner[hs_id] = message(props.get(self.id_property))
+                email = message(props.get("email"))
+                if email:
+                    found.by_email[email.lower()] = hs_id
+        return found
 
     def _single(self, op: Op, answer: tuple[int, Headers, Any]) -> SendResult:
         return parse_single(op, *answer, id_property=self.id_property, most=self.max_block)
@@ -350,6 +509,11 @@ class HubSpotAdapter(JsonClient):
         status, headers, body = await self._call("POST", self.contacts, payload, watch)
         if not self._is_conflict(status, body):
             return self._single(op, (status, headers, body))
+        existing = _existing(_message(body)[1])
+        if self.match_email and existing is not None:
+            adopted = await self._adopt([op], {op.contact_id: existing}, watch)
+            if adopted.results[0].ok:
+                return adopted
         # 409: a contact with this crmsync_id (our earlier create whose answer
         # was lost) or with this email exists. Update ours by crmsync_id; if
         # there is none, the email belongs to someone else: a real conflict.
@@ -410,3 +574,37 @@ def _updated(res: SendResult) -> SendResult:
     """An answer to the update that stood in for a create: not a new record."""
     r = res.results[0]
     return SendResult([RecordResult(r.contact_id, True, r.external_id, False)], res.block_for)
+
+
+def _existing(text: str | None) -> str | None:
+    """The HubSpot id a 409 names: ``Contact already exists. Existing ID: 12345``."""
+    m = _EXISTING.search(text or "")
+    return m.group(1) if m else None
+
+
+def _text(value: Any) -> str:
+    """A property value as HubSpot takes it: text; "" clears; true/false."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    owner: dict[str, str | None]  # HubSpot id -> the crmsync_id it carries
+    by_email: dict[str, str]  # lower-case email -> HubSpot id
+
+
+def _not_adopted(taken: bool) -> Permanent:
+    if taken:
+        return Permanent(
+            "Contact already exists with this email and carries another contact's "
+            "crmsync_id: it is not adopted",
+            status=409,
+            code="CONFLICT",
+        )
+    return Permanent("HubSpot has no free contact with this email", code="NOT_FOUND")

@@ -15,13 +15,13 @@ limiter), so onboarding never pushes a connection over its limit.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crmsync.crm import hubspot, salesforce
-from crmsync.crm.base import field_map
 from crmsync.crm.http import Headers, JsonClient, auth_error
+from crmsync.crm.mapping import compile_map
 from crmsync.crm.quota import header_int
 from crmsync.errors import AuthFailed, CrmError, TokenRefused, TokenReplaced
 
@@ -178,8 +178,15 @@ class Onboarding:
         fields = {str(f.get("name")): f for f in body.get("fields") or [] if isinstance(f, Mapping)}
         ext = str(settings.get("external_id_field") or "CrmSync_Id__c")
         checks.append(_sf_external_id(ext, fields.get(ext)))
-        mapped = field_map(salesforce.DEFAULT_FIELDS, settings.get("field_map"))
+        fm = compile_map(
+            salesforce.DEFAULT_FIELDS,
+            settings.get("field_map"),
+            required=settings.get("required") or (),
+            always_required=salesforce.REQUIRED,
+        )
+        mapped = {f: src.spec for f, src in fm.sources.items()}
         checks.append(_sf_mapped(mapped, fields))
+        checks.append(_required(fm.required, mapped, fields, "Salesforce"))
         status, _, body = await self._ask("GET", f"{root}/limits")
         checks.append(_sf_usage(status, body))
         return checks
@@ -201,23 +208,34 @@ class Onboarding:
     async def _hubspot(self) -> list[Check]:
         props, headers = await self._properties()
         key = self._id_property()
-        mapped = field_map(hubspot.DEFAULT_PROPERTIES, self.conn.settings.get("field_map"))
-        return [
+        mapped, required = self._hs_map()
+        checks = [
             self._authenticated(),
             _hs_id_property(key, props.get(key)),
             _hs_mapped(mapped, props),
-            _hs_usage(headers),
         ]
+        if required:  # HubSpot requires nothing itself
+            checks.append(_required(required, mapped, props, "HubSpot"))
+        return [*checks, _hs_usage(headers)]
+
+    def _hs_map(self) -> tuple[dict[str, str], tuple[str, ...]]:
+        """(CRM property -> source spelling, required properties) of the connection."""
+        settings = self.conn.settings
+        fm = compile_map(
+            hubspot.DEFAULT_PROPERTIES,
+            settings.get("field_map"),
+            required=settings.get("required") or (),
+        )
+        return {f: src.spec for f, src in fm.sources.items()}, fm.required
 
     async def _hubspot_setup(self, checks: list[Check]) -> list[Check]:
         props, _ = await self._properties()
         key = self._id_property()
-        mapped = field_map(hubspot.DEFAULT_PROPERTIES, self.conn.settings.get("field_map"))
+        mapped, _ = self._hs_map()
         out = [checks[0]]
         wanted = {key: ("crmsync ID", True)}
-        status_prop = mapped.get("status")
-        if status_prop == "crmsync_status":
-            wanted[status_prop] = ("crmsync status", False)
+        if mapped.get("crmsync_status") == "status":
+            wanted["crmsync_status"] = ("crmsync status", False)
         for name, (label, unique) in wanted.items():
             if name in props:
                 continue
@@ -293,14 +311,37 @@ def _sf_external_id(name: str, f: Mapping[str, Any] | None) -> Check:
     return Check(check, True, f"{name}: External ID, unique")
 
 
+def _required(
+    required: Sequence[str],
+    mapped: Mapping[str, str],
+    known: Mapping[str, Mapping[str, Any]],
+    crm: str,
+) -> Check:
+    """Every required field is mapped to a source (and exists): a contact without a
+    value for one is skipped, never sent."""
+    unmapped = [f for f in required if f not in mapped]
+    unknown = [f for f in required if f in mapped and f not in known]
+    if unmapped or unknown:
+        problems = [f"not mapped: {', '.join(unmapped)}"] if unmapped else []
+        if unknown:
+            problems.append(f"not in {crm}: {', '.join(unknown)}")
+        fix = (
+            "map each required field to a contact value, e.g. --settings "
+            '\'field_map={"LastName": "last_name"}\', or drop it from --settings required'
+        )
+        return Check("required fields", False, "; ".join(problems), fix)
+    how = ", ".join(f"{f} <- {mapped[f]}" for f in required)
+    return Check("required fields", True, f"{how}: contacts without a value are skipped")
+
+
 def _sf_mapped(mapped: Mapping[str, str], fields: Mapping[str, Mapping[str, Any]]) -> Check:
-    missing = [n for n in mapped.values() if n not in fields]
+    missing = [n for n in mapped if n not in fields]
     locked = [
         n
-        for n in mapped.values()
+        for n in mapped
         if n in fields and not (fields[n].get("createable") and fields[n].get("updateable"))
     ]
-    names = ", ".join(mapped.values())
+    names = ", ".join(mapped)
     if not missing and not locked:
         return Check("mapped fields", True, f"{names} exist and are writable")
     problems = []
@@ -310,7 +351,7 @@ def _sf_mapped(mapped: Mapping[str, str], fields: Mapping[str, Mapping[str, Any]
         custom = [n for n in missing if n.endswith("__c")]
         if custom:
             fixes.append(_sf_new_field(custom[0]) + ", the same for each missing one")
-        fixes.append("or map the contact field elsewhere: --settings 'field_map={\"company\": …}'")
+        fixes.append('or map the value elsewhere: --settings \'field_map={"Other__c": "company"}\'')
     if locked:
         problems.append(f"not writable: {', '.join(locked)}")
         fixes.append(f"give the integration user edit access ({SF_FIELDS} → Field-Level Security)")
@@ -344,13 +385,13 @@ def _hs_id_property(name: str, p: Mapping[str, Any] | None) -> Check:
 
 
 def _hs_mapped(mapped: Mapping[str, str], props: Mapping[str, Mapping[str, Any]]) -> Check:
-    missing = [n for n in mapped.values() if n not in props]
+    missing = [n for n in mapped if n not in props]
     locked = [
         n
-        for n in mapped.values()
+        for n in mapped
         if n in props and (props[n].get("modificationMetadata") or {}).get("readOnlyValue")
     ]
-    names = ", ".join(mapped.values())
+    names = ", ".join(mapped)
     if not missing and not locked:
         return Check("mapped properties", True, f"{names} exist and are writable")
     problems = [f"missing: {', '.join(missing)}"] if missing else []

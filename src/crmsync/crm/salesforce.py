@@ -8,6 +8,14 @@ Batch: ``PATCH .../composite/sobjects/Contact/<ExtIdField>`` (<= 200 records,
 ``DELETE .../composite/sobjects?ids=...&allOrNone=false``.
 Upserting by our id makes every retry idempotent: a lost response retried
 updates the record it created instead of creating a second one.
+
+Existing records (``match=email``): before creating contacts the ledger does not
+know, one SOQL query (``SELECT Id, <ExtIdField> FROM Contact WHERE Email IN
+(...)``) finds records that have their email and no external id (or ours); those
+are adopted, updated by Id with our external id set (``PATCH .../sobjects/Contact/
+<Id>``, or an sObject Collections update), the rest upserted. A create the org's
+duplicate rule refuses (``DUPLICATES_DETECTED``) is looked up the same way.
+Every request goes through the send's write watch (a permit each).
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ from urllib.parse import quote
 import aiohttp
 
 from crmsync.crm.answer import flag, malformed, message, obj, record_id, seq
-from crmsync.crm.base import Op, RecordResult, SendResult, field_map, send_singles
+from crmsync.crm.base import Op, RecordResult, SendResult, send_singles
 from crmsync.crm.credentials import TokenSource
 from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
+from crmsync.crm.mapping import compile_map
 from crmsync.crm.quota import (
     DEFAULT_LIMITED_SECONDS,
     MAX_BLOCK_SECONDS,
@@ -33,7 +42,7 @@ from crmsync.crm.quota import (
     retry_after_seconds,
 )
 from crmsync.errors import AuthFailed, CrmError, Permanent, RateLimited, Retryable
-from crmsync.model import CONTACT_ATTRS
+from crmsync.model import Contact
 
 DEFAULT_FIELDS = {
     "email": "Email",
@@ -50,6 +59,21 @@ RETRYABLE_CODES = frozenset(
 )
 # A delete answered with these means the record is already gone: success.
 GONE_CODES = frozenset({"ENTITY_IS_DELETED", "NOT_FOUND", "INVALID_CROSS_REFERENCE_KEY"})
+
+
+DUPLICATES = "DUPLICATES_DETECTED"
+PREFETCH_KEPT = 10_000  # prefetched lookups kept for sends to come
+SOQL_IN_CHARS = 8_000  # emails per lookup query: its URL stays far below Salesforce's 16 KB
+REQUIRED = ("LastName",)  # Salesforce refuses a Contact without it
+_SOQL_ESCAPES = str.maketrans(
+    {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
+     "\b": "\\b", "\f": "\\f"}
+)  # fmt: skip
+
+
+def soql_text(value: str) -> str:
+    """``value`` as a SOQL string literal, quotes and backslashes escaped."""
+    return "'" + value.translate(_SOQL_ESCAPES) + "'"
 
 
 SALESFORCE_EXHAUSTED_SECONDS = 300.0  # org quota used up: look again in 5 min
@@ -233,14 +257,40 @@ class SalesforceAdapter(JsonClient):
         version = str(settings.get("api_version") or "v60.0")
         version = version if version.startswith("v") else f"v{version}"
         self.ext_field = str(settings.get("external_id_field") or "CrmSync_Id__c")
-        self.fields = field_map(DEFAULT_FIELDS, settings.get("field_map"))
+        self.map = compile_map(
+            DEFAULT_FIELDS,
+            settings.get("field_map"),
+            required=settings.get("required") or (),
+            always_required=REQUIRED,
+            crm=CRM,
+        )
+        self.match_email = settings.get("match") == "email"
+        # contact id -> (email, what a claim's prefetch found by it): its send's lookup
+        self._prefetched: dict[str, tuple[str, tuple[str, bool] | None]] = {}
         super().__init__(token=token, settings=settings, session=session, base_url=base_url)
         root = f"{base_of(base_url)}/services/data/{quote(version, safe='.')}"
         self.sobject = f"{root}/sobjects/Contact"
         self.by_ext = f"{self.sobject}/{quote(self.ext_field, safe='')}"
         self.collection = f"{root}/composite/sobjects"
         self.collection_upsert = f"{self.collection}/Contact/{quote(self.ext_field, safe='')}"
+        self.query = f"{root}/query"
         self.limits_url = f"{root}/limits"
+
+    def lookups(self, ops: Sequence[Op]) -> list[Op]:
+        if not self.match_email:
+            return []
+        return [op for op in ops if op.kind == "create" and op.contact is not None]
+
+    async def prefetch(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> None:
+        found = await self._find_by_email(ops, watch)
+        if len(self._prefetched) > PREFETCH_KEPT:  # sends that never came (released)
+            self._prefetched.clear()
+        for op in ops:
+            assert op.contact is not None
+            self._prefetched[op.contact_id] = (op.contact.email.lower(), found.get(op.contact_id))
+
+    def missing(self, contact: Contact, *, creating: bool) -> str | None:
+        return self.map.missing(contact, creating=creating)
 
     def read_usage(self, headers: Headers) -> Usage | None:
         return usage_of(headers)
@@ -252,19 +302,58 @@ class SalesforceAdapter(JsonClient):
 
     def _values(self, op: Op) -> dict[str, Any]:
         assert op.contact is not None, "upserts carry the contact"
-        c = op.contact
-        return {self.fields[a]: getattr(c, a) for a in CONTACT_ATTRS if a in self.fields}
+        return self.map.values(op.contact)
 
     async def send(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> SendResult:
         if not ops:
             return SendResult([])
         if ops[0].kind == "delete":
             return await self._delete(ops, watch)
+        if not self.match_email:
+            return await self._upsert(ops, watch)
+        found: dict[str, tuple[str, bool]] = {}
+        unknown: list[Op] = []
+        for op in self.lookups(ops):
+            assert op.contact is not None
+            hit = self._prefetched.pop(op.contact_id, None)
+            if hit is None or hit[0] != op.contact.email.lower():
+                unknown.append(op)
+            elif hit[1] is not None:
+                found[op.contact_id] = hit[1]
+        if unknown:
+            found.update(await self._find_by_email(unknown, watch))
+        rest = [op for op in ops if op.contact_id not in found]
+        by_contact: dict[str, RecordResult] = {}
+        blocks: list[float] = []
+        if rest:
+            res = await self._upsert(rest, watch)
+            _merge(res, by_contact, blocks)
+            refused = [
+                op
+                for op in rest
+                if op.kind == "create"
+                and (e := by_contact[op.contact_id].error) is not None
+                and e.code == DUPLICATES
+            ]
+            if refused:  # the org's duplicate rule knows a record we did not find
+                found.update(await self._find_by_email(refused, watch))
+        adopt = [op for op in ops if op.contact_id in found]
+        if adopt:
+            _merge(await self._adopt(adopt, found, watch), by_contact, blocks)
+        return SendResult([by_contact[op.contact_id] for op in ops], max(blocks, default=None))
+
+    async def _upsert(self, ops: Sequence[Op], watch: WriteWatch | None) -> SendResult:
+        """Upsert by our external id: one PATCH, or one sObject Collections call."""
         if len(ops) == 1:
             op = ops[0]
             url = f"{self.by_ext}/{quote(op.contact_id, safe='')}"
             answer = await self._call("PATCH", url, self._values(op), watch)
-            return parse_upsert(op, *answer, most=self.max_block)
+            try:
+                return parse_upsert(op, *answer, most=self.max_block)
+            except Permanent as exc:
+                if exc.code != DUPLICATES or not self.match_email:
+                    raise
+                return SendResult([RecordResult(op.contact_id, False, error=exc)])
         records = [
             {"attributes": {"type": "Contact"}, self.ext_field: op.contact_id, **self._values(op)}
             for op in ops
@@ -272,6 +361,92 @@ class SalesforceAdapter(JsonClient):
         payload = {"allOrNone": False, "records": records}
         answer = await self._call("PATCH", self.collection_upsert, payload, watch)
         return parse_collection(ops, *answer, deleting=False, most=self.max_block)
+
+    async def _find_by_email(
+        self, ops: Sequence[Op], watch: WriteWatch | None
+    ) -> dict[str, tuple[str, bool]]:
+        """contact id -> (Salesforce Id, adopted) of the records ``ops`` may take:
+        one per contact, with its email (case-insensitive, as Salesforce compares)
+        and no external id (adopted) or ours (our own earlier create). One query (one
+        more per SOQL_IN_CHARS of emails)."""
+        emails = sorted({op.contact.email.lower() for op in ops if op.contact is not None})
+        rows: list[Any] = []
+        for part in _chunks([soql_text(e) for e in emails], SOQL_IN_CHARS):
+            q = (
+                f"SELECT Id, Email, {self.ext_field} FROM Contact WHERE Email IN "
+                f"({', '.join(part)}) ORDER BY Id"
+            )
+            status, headers, body = await self._call(
+                "GET", f"{self.query}?q={quote(q, safe='')}", None, watch
+            )
+            if status != 200:
+                raise error_for(status, headers, body, most=self.max_block)
+            b = obj(body)
+            page = seq(b.get("records")) if b is not None else None
+            if page is None:
+                raise malformed(CRM, status, "with a query answer without records", body)
+            rows += page
+        by_email: dict[str, list[tuple[str, str | None]]] = {}
+        for raw in rows:
+            row = obj(raw) or {}
+            sf_id, email = record_id(row.get("Id")), message(row.get("Email"))
+            if sf_id is not None and email is not None:
+                ext = message(row.get(self.ext_field))
+                by_email.setdefault(email.lower(), []).append((sf_id, ext))
+        found: dict[str, tuple[str, bool]] = {}
+        taken: set[str] = set()
+        for op in ops:
+            assert op.contact is not None
+            for sf_id, ext in by_email.get(op.contact.email.lower(), []):
+                # A record carrying another contact's id is that contact's.
+                if sf_id not in taken and ext in (None, op.contact_id):
+                    found[op.contact_id] = (sf_id, ext is None)
+                    taken.add(sf_id)
+                    break
+        return found
+
+    async def _adopt(
+        self, ops: Sequence[Op], found: dict[str, tuple[str, bool]], watch: WriteWatch | None
+    ) -> SendResult:
+        """Update the found records by Id, setting our external id and the fields."""
+        if len(ops) == 1:
+            op = ops[0]
+            sf_id, adopted = found[op.contact_id]
+            values = {**self._values(op), self.ext_field: op.contact_id}
+            url = f"{self.sobject}/{quote(sf_id, safe='')}"
+            status, headers, body = await self._call("PATCH", url, values, watch)
+            if status not in (200, 204):
+                err = error_for(status, headers, body, most=self.max_block)
+                if isinstance(err, RateLimited | AuthFailed):
+                    raise err
+                if status == 404 or _first_error(body)[0] in GONE_CODES:
+                    err = _gone_meanwhile()
+                return SendResult([RecordResult(op.contact_id, False, error=err)])
+            ok = RecordResult(op.contact_id, True, sf_id, False, adopted=adopted)
+            return SendResult([ok], quota_block(status, headers, body, most=self.max_block))
+        records = [
+            {
+                "attributes": {"type": "Contact"},
+                "Id": found[op.contact_id][0],
+                self.ext_field: op.contact_id,
+                **self._values(op),
+            }
+            for op in ops
+        ]
+        answer = await self._call(
+            "PATCH", self.collection, {"allOrNone": False, "records": records}, watch
+        )
+        res = parse_collection(ops, *answer, deleting=False, most=self.max_block)
+        out: list[RecordResult] = []
+        for r in res.results:
+            if r.ok:
+                adopted = found[r.contact_id][1]
+                out.append(RecordResult(r.contact_id, True, r.external_id, False, adopted=adopted))
+            elif r.error is not None and r.error.code in GONE_CODES:
+                out.append(RecordResult(r.contact_id, False, error=_gone_meanwhile()))
+            else:
+                out.append(r)
+        return SendResult(out, res.block_for)
 
     async def _delete_one(self, op: Op, watch: WriteWatch | None) -> SendResult:
         if op.external_id:
@@ -301,3 +476,30 @@ class SalesforceAdapter(JsonClient):
             unknown = known + unknown
         await send_singles(unknown, partial(self._delete_one, watch=watch), by_contact, blocks)
         return SendResult([by_contact[op.contact_id] for op in ops], max(blocks, default=None))
+
+
+def _gone_meanwhile() -> Retryable:
+    """The record found by email was deleted before the update: the retry looks
+    again (and creates one when there is none)."""
+    return Retryable(
+        "the Salesforce record found by email was deleted before crmsync adopted it",
+        code="ENTITY_IS_DELETED",
+    )
+
+
+def _merge(res: SendResult, by_contact: dict[str, RecordResult], blocks: list[float]) -> None:
+    by_contact.update((r.contact_id, r) for r in res.results)
+    blocks.extend(b for b in [res.block_for] if b)
+
+
+def _chunks(items: list[str], most_chars: int) -> list[list[str]]:
+    """``items`` in runs of at most ``most_chars`` characters (one item at least)."""
+    out: list[list[str]] = []
+    size = most_chars + 1
+    for item in items:
+        if size + len(item) > most_chars:
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += len(item) + 2
+    return out

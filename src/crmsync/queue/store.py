@@ -347,7 +347,7 @@ class QueueStore:
         """Finish leased ids; give back ``refund`` permits that were never sent."""
         await self.finish(claim, ack=ids, refund=refund)
 
-    async def readmit(self, claim: Claim, wanted: int) -> Claim:
+    async def readmit(self, claim: Claim, wanted: int, lineage: str = "") -> Claim:
         """Give back the claim's permits and take up to ``wanted`` at Redis time now.
 
         For a claim whose sends were delayed after admission (a slow database
@@ -355,30 +355,34 @@ class QueueStore:
         ``admitted_ms`` describe the new admission; send at most ``permits``.
         """
         granted, at = await self._swap(
-            claim.connection_id, claim.permits, claim.admitted_ms, wanted
+            claim.connection_id, claim.permits, claim.admitted_ms, wanted, lineage
         )
         return replace(claim, permits=granted, admitted_ms=at)
 
-    async def take(self, connection_id: str, wanted: int = 1) -> tuple[int, int]:
+    async def take(self, connection_id: str, wanted: int = 1, lineage: str = "") -> tuple[int, int]:
         """Take up to ``wanted`` permits at Redis time now, outside any claim (a
         follow-up request of a send); (granted, Redis time ms)."""
-        return await self._swap(connection_id, 0, 0, wanted)
+        return await self._swap(connection_id, 0, 0, wanted, lineage)
 
-    async def retake(self, connection_id: str, admitted_ms: int, n: int = 1) -> tuple[int, int]:
+    async def retake(
+        self, connection_id: str, admitted_ms: int, n: int = 1, lineage: str = ""
+    ) -> tuple[int, int]:
         """Give back ``n`` permits taken at ``admitted_ms`` and take up to ``n`` at
         Redis time now, with room (requests held back after their claim, so their
         permits must stand for when they go out); (granted, Redis time ms)."""
-        return await self._swap(connection_id, n, admitted_ms, n)
+        return await self._swap(connection_id, n, admitted_ms, n, lineage)
 
     async def _swap(
-        self, connection_id: str, give: int, admitted_ms: int, wanted: int
+        self, connection_id: str, give: int, admitted_ms: int, wanted: int, lineage: str = ""
     ) -> tuple[int, int]:
         """``readmit.lua``: give ``give`` permits back to their bucket at
-        ``admitted_ms``, take up to ``wanted`` now; (granted, Redis time ms)."""
+        ``admitted_ms``, take up to ``wanted`` now; (granted, Redis time ms).
+        ``lineage`` as for a claim: a state without it grants nothing."""
         cfg = await self._config_for(connection_id)
         args: list[Arg] = [give, admitted_ms, max(0, wanted), self._crm_arg(cfg)]
         for w in cfg.enforced:
             args += [w.limit, w.window_ms, span_ms(w, self.margin)]
+        args.append(lineage)
         raw = await self.scripts.call("readmit", self._window_keys(connection_id, cfg), args)
         return int(raw[0]), int(raw[1])
 

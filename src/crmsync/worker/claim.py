@@ -8,7 +8,9 @@
 3. Plan: the rules decide per contact; sends are grouped into requests. More
    requests than permits: the rest are released (no attempt).
 4. Send: every request at once, each through its connection's in-flight gate,
-   on its permit (``permits.py``), the adapter reporting the write.
+   on its permit (``permits.py``), the adapter reporting the write. Where
+   several requests would each look their records up first (Salesforce's
+   creates by email), one prefetch on a permit of its own does it for all.
 5. Sort each result (``outcome.py``); pause the connection on a 401 (once),
    block it for everyone on a CRM's 429 (once, and slowed for a while).
 6. Record: ledger rows and dead letters first, in PostgreSQL; then one Redis
@@ -55,13 +57,14 @@ from crmsync.worker.heal import HEAL_RETRY_MS, LOSS_REFUSALS, Healer
 from crmsync.worker.inflight import Gate, InFlight
 from crmsync.worker.outcome import Outcome, sort_result, unhandled
 from crmsync.worker.permits import ClaimPermits, NoPermit, Permits
-from crmsync.worker.plan import Plan, plan_claim
+from crmsync.worker.plan import Plan, Request, plan_claim
 from crmsync.worker.ports import Ledger, LedgerUnavailable, Store
 from crmsync.worker.slots import Slots
 
 log = get_logger(__name__)
 
 CLAIM_RETRY_MS = 1000  # a claim that failed (Redis down or flushed) is tried again this soon
+PREFETCH_MAX = 200  # records one prefetch looks up (a Salesforce query's IN list)
 
 
 def _nothing() -> None:
@@ -202,7 +205,9 @@ class Claims:
                 done = True
                 return [], False
             try:
-                plan: Plan | None = plan_claim(conn.crm, items, batch, claim.unknown)
+                plan: Plan | None = plan_claim(
+                    conn.crm, items, batch, claim.unknown, adapter.missing
+                )
             except Exception as exc:  # a bug met a contact: each id gets its attempt
                 log.exception("worker.plan_failed", connection=conn.id)
                 plan = None
@@ -263,7 +268,10 @@ class Claims:
         sent = plan.requests[: claim.permits]
         out.release_requests(plan.requests[claim.permits :])
         if sent:
-            # Re-admitted at the time of sending when the read took long.
+            # The prefetch first: its time counts toward the re-admission below.
+            await self._prefetch(conn, adapter, sent, out)
+            # Re-admitted at the time of sending when the read (or the prefetch)
+            # took long.
             claim = await self.permits.readmit_if_late(claim, len(sent))
             out.release_requests(sent[claim.permits :])
             sent = sent[: claim.permits]
@@ -287,6 +295,34 @@ class Claims:
             # after a conflict): the CRM counts each.
             out.counts[counters.REQUESTS] += max(0, calls - (0 if isinstance(res, NoPermit) else 1))
         return out, claim
+
+    async def _prefetch(
+        self, conn: Connection, adapter: CrmAdapter, sent: Sequence[Request], out: Outcome
+    ) -> None:
+        """One lookup for the records several requests of the claim would each look
+        up first (Salesforce's creates by email, ``match=email``), on a permit of
+        its own: in single-record mode a claim's creates cost one query, not one
+        each. Without it (no room for its permit at once, the CRM failed) each
+        send looks up for itself, as it would have."""
+        if len(sent) < 2:
+            return
+        wanted = [op for r in sent for op in adapter.lookups(r.ops)]
+        if len({op.contact_id for op in wanted}) < 2 or len(wanted) > PREFETCH_MAX:
+            return
+        watch = WriteWatch(_nothing)
+        if conn.windows:
+            # No waiting for room: without a permit now, each send looks up itself.
+            admitted = await self.permits.try_take(conn.id)
+            if admitted is None:
+                return
+            watch = self.permits.watch(conn.id, admitted)
+        try:
+            await adapter.prefetch(wanted, watch)
+        except CrmError:
+            pass  # each send looks up for itself (and meets the CRM's error there)
+        except Exception:
+            log.exception("worker.prefetch_failed", connection=conn.id)
+        out.counts[counters.REQUESTS] += watch.calls
 
     async def _send(
         self,

@@ -42,6 +42,7 @@ def claimed_from_row(row: asyncpg.Record, tenant: str) -> Claimed:
             status=row["status"],
             version=row["version"],
             deleted=row["deleted"],
+            attributes=row["attributes"] or {},
         )
     ledger: LedgerRow | None = None
     if row["sync_status"] is not None:

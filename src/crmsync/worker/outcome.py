@@ -7,9 +7,11 @@ retries, releases, breaker outcomes and counters, gathered per claim in one
 Redis round trip). The rules, as DESIGN.md states them:
 
 - success: ledger ``synced`` (``deleted`` for a delete) with the CRM's id and
-  the version sent; acknowledged. Only an answer that confirms the record is
-  one (the adapters' parsing sees to it; an answer that is not one result per
-  record here is malformed for every record of the request).
+  the version sent; acknowledged. A record the CRM already held, found by
+  email and given our id, counts as ``adopted`` (not ``created``). Only an
+  answer that confirms the record is one (the adapters' parsing sees to it; an
+  answer that is not one result per record here is malformed for every record
+  of the request).
 - retryable (5xx, timeout, connection error, a malformed answer, a record's
   retryable code, a send that raised): ledger ``retrying`` with the attempt
   count and the error; back to the queue after the retry policy's delay.
@@ -203,7 +205,7 @@ def _sort(
                 LedgerWrite(op.contact_id, r.external_id, version, status, None, 0, None)
             )
             out.ack.append(op.contact_id)
-            out.counts[DONE[op.kind]] += 1
+            out.counts[counters.ADOPTED if r.adopted else DONE[op.kind]] += 1
             if acked_ms is not None and it.committed_ms is not None:
                 counters.record_sync_lag(out.counts, it.committed_ms, acked_ms)
         else:

@@ -26,6 +26,7 @@ window). What this module does when a request goes out later than that:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -41,6 +42,10 @@ from crmsync.worker.ports import Store
 log = structlog.get_logger(__name__)
 
 TAKE_POLL_S = 0.02  # how often a request waiting for its own permit asks again
+
+
+def _no_check(connection_id: str) -> str:
+    return ""
 
 
 class NoPermit(RateLimited):
@@ -67,9 +72,19 @@ class Permits:
     """The permit operations of one worker process."""
 
     def __init__(
-        self, store: Store, clock: Clock, *, margin: float, http_timeout_seconds: float
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        margin: float,
+        http_timeout_seconds: float,
+        lineage: Callable[[str], str] | None = None,
     ) -> None:
         self.store = store
+        # The lineage marker a connection's Redis state must carry (the healer's):
+        # permits taken outside a claim are refused, like a claim, where Redis lost
+        # the windows they would come from.
+        self.lineage = lineage or _no_check
         self.clock = clock
         self.http_timeout_seconds = http_timeout_seconds
         # Admission-to-send (and to-write) delay above which permits are re-taken
@@ -89,7 +104,7 @@ class Permits:
         """The claim, re-admitted for ``wanted`` requests at Redis time now when
         its database read delayed the sends past the lag the margin absorbs."""
         if wanted and self.clock.now_ms() - claim.admitted_ms > self.max_lag_ms:
-            return await self.store.readmit(claim, wanted)
+            return await self.store.readmit(claim, wanted, self.lineage(claim.connection_id))
         return claim
 
     async def admission(self, permits: ClaimPermits, held: bool) -> int | None:
@@ -107,7 +122,10 @@ class Permits:
             late = self.clock.now_ms() - permits.at > self.max_lag_ms
             if held and late and permits.left > 0:
                 granted, at = await self.store.retake(
-                    permits.connection_id, permits.at, permits.left
+                    permits.connection_id,
+                    permits.at,
+                    permits.left,
+                    self.lineage(permits.connection_id),
                 )
                 permits.at, permits.left = at, granted
             if permits.left > 0:
@@ -115,12 +133,18 @@ class Permits:
                 return permits.at
         return await self.take_one(permits.connection_id)
 
+    async def try_take(self, connection_id: str) -> int | None:
+        """One permit at Redis time now if there is room this moment (no waiting);
+        its admission time, or None."""
+        granted, at = await self.store.take(connection_id, 1, self.lineage(connection_id))
+        return at if granted else None
+
     async def take_one(self, connection_id: str) -> int | None:
         """One permit at Redis time now, waiting for room up to the HTTP timeout;
         its admission time, or None when none came."""
         deadline = self.clock.monotonic() + self.http_timeout_seconds
         while True:
-            granted, at = await self.store.take(connection_id, 1)
+            granted, at = await self.store.take(connection_id, 1, self.lineage(connection_id))
             if granted:
                 return at
             if self.clock.monotonic() > deadline:

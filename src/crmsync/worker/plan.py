@@ -5,18 +5,21 @@ its current row and its ledger row, so the order in which changes were captured
 never matters and a burst of edits coalesced into one queued id is one sync of
 the latest state. What needs no request is settled here: a contact already in
 sync (noop) is acknowledged; one a rule skips is recorded as ``skipped`` with
-the rule's name and acknowledged. The rest become requests of up to ``batch``
-records, upserts (creates and updates) first, deletes apart: one request
-carries one kind, as the adapters' batch endpoints do.
+the rule's name and acknowledged; so is one the connection's field mapping
+cannot send (a CRM-required field without a value: rule ``mapping.required``,
+the reason as its last error), before any request. The rest become requests of
+up to ``batch`` records, upserts (creates and updates) first, deletes apart:
+one request carries one kind, as the adapters' batch endpoints do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from crmsync.crm.base import Op
-from crmsync.model import Claimed, LedgerRow, LedgerWrite
+from crmsync.model import Claimed, Contact, LedgerRow, LedgerWrite
 from crmsync.rules import decide, maybe_in_crm
 
 
@@ -40,6 +43,15 @@ class Plan:
     skipped: list[LedgerWrite] = field(default_factory=list)  # their ledger rows
 
 
+MISSING_RULE = "mapping.required"
+
+
+class Missing(Protocol):
+    """Why a contact cannot be sent by the connection's mapping, or None."""
+
+    def __call__(self, contact: Contact, *, creating: bool) -> str | None: ...
+
+
 def outcome_unknown(it: Claimed) -> LedgerRow | None:
     """The ledger row to decide on for a contact whose last send's outcome was
     never recorded (its lease expired): unless the ledger knows the record's id
@@ -60,9 +72,16 @@ def outcome_unknown(it: Claimed) -> LedgerRow | None:
     return LedgerRow(None, version, "retrying", row.attempts if row is not None else 0)
 
 
-def plan_claim(crm: str, items: list[Claimed], batch: int, unknown: Collection[str] = ()) -> Plan:
+def plan_claim(
+    crm: str,
+    items: list[Claimed],
+    batch: int,
+    unknown: Collection[str] = (),
+    missing: Missing | None = None,
+) -> Plan:
     """Decide per contact; group what must be sent into requests of ``batch``.
-    ``unknown``: ids whose last send's outcome was never recorded."""
+    ``unknown``: ids whose last send's outcome was never recorded; ``missing``:
+    the adapter's check of a contact against its field mapping."""
     upserts: list[Op] = []
     deletes: list[Op] = []
     by_id: dict[str, Claimed] = {}
@@ -86,6 +105,15 @@ def plan_claim(crm: str, items: list[Claimed], batch: int, unknown: Collection[s
             deletes.append(Op("delete", it.contact_id, None, ext))
         else:
             assert it.contact is not None  # create and update send the current row
+            why = missing(it.contact, creating=d.action == "create") if missing else None
+            if why is not None:
+                skipped.append(
+                    LedgerWrite(
+                        it.contact_id, None, it.contact.version, "skipped", MISSING_RULE, 0, why
+                    )
+                )
+                acks.append(it.contact_id)
+                continue
             ext = it.ledger.external_id if it.ledger else None
             maybe = d.action == "create" and maybe_in_crm(it.ledger)
             upserts.append(Op(d.action, it.contact_id, it.contact, ext, maybe))

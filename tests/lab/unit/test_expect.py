@@ -47,6 +47,9 @@ def hs_record(c: Contact, hs_id: str = "1000000001") -> dict[str, Any]:
     }
 
 
+NO_LAST = replace(BASE, last_name=None)
+
+
 @pytest.mark.parametrize(
     ("crm", "history", "deleted", "presence", "allowed"),
     [
@@ -57,6 +60,10 @@ def hs_record(c: Contact, hs_id: str = "1000000001") -> dict[str, Any]:
         ("salesforce", [BASE, INACTIVE], False, "yes", [BASE, INACTIVE]),
         ("salesforce", [INACTIVE, BASE], False, "yes", [BASE]),
         ("salesforce", [BASE], True, "no", []),
+        # Salesforce requires LastName: a version without one is never sent.
+        ("salesforce", [NO_LAST], False, "no", []),
+        ("salesforce", [NO_LAST, BASE], False, "yes", [BASE]),
+        ("salesforce", [BASE, NO_LAST], False, "maybe", [BASE]),
         # HubSpot: CREATE with a company only, UPDATE always.
         ("hubspot", [BASE], False, "yes", [BASE]),
         ("hubspot", [NO_CO], False, "no", []),
@@ -177,3 +184,14 @@ def test_book_keeps_history_and_deletions() -> None:
     assert book.live() == []
     with pytest.raises(KeyError):
         book.delete(["nope"])
+
+
+def test_records_from_before_crmsync_are_left_alone_only_when_known() -> None:
+    book = book_of([BASE])
+    hand = {"Id": "2", "Email": "Someone@Example.com", "LastName": "Hand"}  # no crmsync id
+    known = check_connection(
+        "sf", "salesforce", "sf-01", book, [sf_record(BASE), hand], None, {"someone@example.com"}
+    )
+    assert known.ok and known.untouched == 1, known.problems()
+    unknown = check_connection("sf", "salesforce", "sf-01", book, [sf_record(BASE), hand], None)
+    assert unknown.unexpected == ["record without CrmSync_Id__c"]

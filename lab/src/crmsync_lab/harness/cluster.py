@@ -114,6 +114,7 @@ class Cluster:
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.mock_url = f"http://127.0.0.1:{self.mock_port}"
         self.book = ContactBook()
+        self.preexisting: set[str] = set()  # emails of records seeded before crmsync
         self.connections: list[ConnectionInfo] = []
         self.mock: Proc | None = None
         self.server: Proc | None = None  # `up`, or `api` in split mode
@@ -441,6 +442,12 @@ class Cluster:
         """Inject faults at the mock (see crmsync_lab.mock.faults for the settings)."""
         await mock_client.faults(self.http, self.mock_url, {"account": account, "crm": crm, **spec})
 
+    async def seed(self, contacts: list[dict[str, Any]]) -> None:
+        """Load contacts into every mock account as records that existed before
+        crmsync (same emails, no crmsync id); ``verify`` then knows them."""
+        await mock_client.seed(self.http, self.mock_url, contacts)
+        self.preexisting.update(str(c["email"]).lower() for c in contacts)
+
     async def verify(self) -> Report:
         """Every connection's CRM records against the rules applied to ``self.book``."""
         stats = (await self.mock_stats())["accounts"]
@@ -449,7 +456,13 @@ class Cluster:
             records = await self.crm_records(c)
             checks.append(
                 check_connection(
-                    c.id, c.crm, c.account, self.book, records, stats.get(f"{c.crm}/{c.account}")
+                    c.id,
+                    c.crm,
+                    c.account,
+                    self.book,
+                    records,
+                    stats.get(f"{c.crm}/{c.account}"),
+                    self.preexisting,
                 )
             )
         return Report(checks)

@@ -53,6 +53,18 @@ async def tokens(
     return out
 
 
+async def seed(
+    session: aiohttp.ClientSession,
+    mock_url: str,
+    contacts: list[dict[str, Any]],
+    account: str = "*",
+) -> dict[str, Any]:
+    """``POST /_control/seed``: contacts that exist in the CRM before crmsync."""
+    body = {"account": account, "contacts": contacts}
+    out: dict[str, Any] = await _json(session, "POST", f"{mock_url}/_control/seed", body)
+    return out
+
+
 async def usage(
     session: aiohttp.ClientSession, mock_url: str, crm: str, account: str, requests: int
 ) -> dict[str, Any]:

@@ -112,8 +112,8 @@ def summary_table(
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     t.add_column("connection", no_wrap=True)
     cols = (
-        "created", "updated", "deleted", "skipped", "retried", "dead", "limit waits", "429s",
-        "breaker trips", "tokens", "p50/p99 ms", "CRM records", "over limit", "dups",
+        "created", "adopted", "updated", "deleted", "skipped", "retried", "dead", "limit waits",
+        "429s", "breaker trips", "tokens", "p50/p99 ms", "CRM records", "over limit", "dups",
     )  # fmt: skip
     for col in cols:
         t.add_column(col, justify="right", overflow="fold")
@@ -128,6 +128,7 @@ def summary_table(
         t.add_row(
             c["id"],
             str(cnt.get("created", 0)),
+            str(cnt.get("adopted", 0)),
             str(cnt.get("updated", 0)),
             str(cnt.get("deleted", 0)),
             str(cnt.get("skipped", 0)),

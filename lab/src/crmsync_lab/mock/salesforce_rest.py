@@ -7,8 +7,8 @@ update -> 204, DELETE -> 204), ``/{field}/{value}`` (GET, PATCH upsert -> 201
 created / 200 updated / 300 several matches, DELETE); ``query`` and
 ``queryAll`` (``?q=`` SOQL subset, soql.py; pages of ``Sforce-Query-Options:
 batchSize`` records, 2,000 by default, then ``nextRecordsUrl``); sObject
-Collections upsert (<= 200, per-record results in input order, ``allOrNone``)
-and delete. Errors are Salesforce's ``[{"message","errorCode","fields"}]``.
+Collections upsert (<= 200, per-record results in input order, ``allOrNone``),
+update by Id and delete. Errors are Salesforce's ``[{"message","errorCode","fields"}]``.
 A trailing slash is ignored, as Salesforce does (simple-salesforce sends one).
 """
 
@@ -103,6 +103,8 @@ class SalesforceApi:
         if what == "composite" and len(rest) >= 2 and rest[1] == "sobjects":
             if len(rest) == 2 and method == "DELETE":
                 return self._collection_delete(query)
+            if len(rest) == 2 and method == "PATCH":
+                return self._collection_update(body)
             if len(rest) == 4 and rest[2] == "Contact" and method == "PATCH":
                 return self._collection_upsert(rest[3], body)
         return Answer(404, NOT_FOUND)
@@ -225,8 +227,9 @@ class SalesforceApi:
             return Answer(400, error(exc.code, exc.message))
         candidates = list(org.records)
         for cond in q.where:  # an index narrows the scan, as Salesforce's would
-            if cond.op == "=" and cond.field in (org.ext_field, "Email") and cond.values[0]:
-                candidates = org.matches(cond.field, cond.values[0])
+            if cond.op in ("=", "in") and cond.field in (org.ext_field, "Email"):
+                found = {i for v in cond.values if v for i in org.matches(cond.field, v)}
+                candidates = sorted(found)  # Ids grow with creation: creation order
                 break
         rows = q.run([org.full(i) for i in candidates])
         records = [
@@ -326,6 +329,51 @@ class SalesforceApi:
             wrote = True
             results.append({"id": sf_id, "success": True, "errors": [], "created": created})
         return Answer(200, results, wrote=wrote)
+
+    def _collection_update(self, body: Any) -> Answer:
+        """``PATCH /composite/sobjects``: update records by their ``id`` (<= 200)."""
+        org = self.org
+        records = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(records, list) or not records:
+            return Answer(400, error("JSON_PARSER_ERROR", "records must be a non-empty list"))
+        if len(records) > MAX_COLLECTION:
+            msg = "record limit reached. cannot submit more than 200 records into this call"
+            return Answer(400, error("EXCEEDED_ID_LIMIT", msg))
+        problems: list[Problem | Rich | None] = []
+        for rec in records:
+            attrs = rec.get("attributes") if isinstance(rec, dict) else None
+            if not isinstance(attrs, dict) or attrs.get("type") != "Contact":
+                msg = "Each record needs attributes with type Contact"
+                return Answer(400, error("INVALID_TYPE", msg))
+            sf_id = str(rec.get("id") or rec.get("Id") or "")
+            if sf_id not in org.records:
+                problems.append(
+                    (
+                        "ENTITY_IS_DELETED"
+                        if sf_id in org.deleted
+                        else "INVALID_CROSS_REFERENCE_KEY",
+                        "invalid cross reference id",
+                        [],
+                    )
+                )
+                continue
+            fields = {k: v for k, v in rec.items() if k not in ("id", "Id")}
+            problems.append(org.problem(fields, sf_id=sf_id))
+        if body.get("allOrNone") and any(problems):
+            out = [
+                record_error(p) if p else {"success": False, "errors": [ROLLED_BACK]}
+                for p in problems
+            ]
+            return Answer(200, out)
+        results: list[dict[str, Any]] = []
+        for rec, problem in zip(records, problems, strict=True):
+            if problem:
+                results.append(record_error(problem))
+                continue
+            sf_id = str(rec.get("id") or rec.get("Id"))
+            org.write(sf_id, {k: v for k, v in rec.items() if k not in ("id", "Id")})
+            results.append({"id": sf_id, "success": True, "errors": []})
+        return Answer(200, results, wrote=any(p is None for p in problems))
 
     def _collection_delete(self, query: Mapping[str, str]) -> Answer:
         ids = [i for i in query.get("ids", "").split(",") if i]

@@ -11,13 +11,21 @@ ARGV[2] admitted_ms of the claim (their bucket)
 ARGV[3] permits wanted now
 ARGV[4] the CRM model's spec ('' = none; _lib.lua): its budget admits too
 ARGV[5..] per window: limit, window_ms, span_ms
-Returns {granted, admitted_ms}.
+ARGV[last] lineage the state hash must carry ('' = no check, '*' = any marker),
+           as claim.lua checks it: without it Redis lost the windows, and
+           taking from them before the heal fills them would exceed the limit.
+Returns {granted, admitted_ms}; {0, now} when the lineage does not match.
 ]]
 local now = now_ms()
 local give = tonumber(ARGV[1])
 local admitted = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local n = #KEYS - 8
+local lineage = ARGV[5 + n * 3] or ''
+if lineage ~= '' then
+  local marker = redis.call('HGET', KEYS[7], 'lineage')
+  if not marker or (lineage ~= '*' and marker ~= lineage) then return {0, now} end
+end
 for i = 1, n do
   local a = 5 + (i - 1) * 3
   win_refund(KEYS[8 + i], tonumber(ARGV[a + 1]), admitted, give)

@@ -8,20 +8,21 @@
 -- not touch them.
 WITH up AS (
     SELECT * FROM crmsync_upsert_contacts(
-        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+        $8::jsonb[])
 )
 SELECT up.id, up.tenant, up.email, up.first_name, up.last_name, up.company, up.status,
-       up.version, up.updated_at, up.deleted_at, true AS changed
+       up.attributes, up.version, up.updated_at, up.deleted_at, true AS changed
 FROM up
 UNION ALL
 SELECT c.id, c.tenant, c.email, c.first_name, c.last_name, c.company, c.status,
-       c.version, c.updated_at, c.deleted_at, false AS changed
+       c.attributes, c.version, c.updated_at, c.deleted_at, false AS changed
 FROM unnest($1::text[], $2::text[]) AS i (id, tenant)
 JOIN contacts c ON c.tenant = i.tenant AND c.id = i.id
 WHERE NOT EXISTS (SELECT 1 FROM up WHERE up.tenant = c.tenant AND up.id = c.id)
 
 -- name: api_get_contact
-SELECT id, tenant, email, first_name, last_name, company, status, version, updated_at, deleted_at
+SELECT id, tenant, email, first_name, last_name, company, status, attributes, version, updated_at, deleted_at
 FROM contacts WHERE tenant = $1 AND id = $2
 
 -- name: api_contact_sync_state
@@ -39,11 +40,13 @@ ORDER BY s.connection_id
 WITH d AS (
     UPDATE contacts SET deleted_at = now()
     WHERE tenant = $1 AND id = $2 AND deleted_at IS NULL
-    RETURNING id, tenant, email, first_name, last_name, company, status, version, updated_at, deleted_at
+    RETURNING id, tenant, email, first_name, last_name, company, status, attributes, version,
+              updated_at, deleted_at
 )
 SELECT d.*, true AS changed FROM d
 UNION ALL
-SELECT id, tenant, email, first_name, last_name, company, status, version, updated_at, deleted_at,
+SELECT id, tenant, email, first_name, last_name, company, status, attributes, version,
+       updated_at, deleted_at,
        false AS changed
 FROM contacts WHERE tenant = $1 AND id = $2 AND NOT EXISTS (SELECT 1 FROM d)
 

@@ -9,7 +9,8 @@ CREATE TEMP TABLE crmsync_csv_staging (
     first_name text,
     last_name  text,
     company    text,
-    status     text NOT NULL
+    status     text NOT NULL,
+    attributes text NOT NULL DEFAULT '{}'  -- JSON text: COPY has no binary jsonb encoder
 ) ON COMMIT DROP
 
 -- name: csv_merge_staging
@@ -17,7 +18,8 @@ CREATE TEMP TABLE crmsync_csv_staging (
 -- upsert (crmsync_upsert_contacts, migration 0007): unchanged contacts are not
 -- updated, soft-deleted contacts in the file are revived, as a PUT would.
 WITH latest AS (
-    SELECT DISTINCT ON (tenant, id) id, tenant, email, first_name, last_name, company, status
+    SELECT DISTINCT ON (tenant, id)
+           id, tenant, email, first_name, last_name, company, status, attributes
     FROM crmsync_csv_staging
     ORDER BY tenant, id, line_no DESC
 ),
@@ -30,7 +32,8 @@ up AS (
         (SELECT array_agg(first_name ORDER BY id) FROM latest),
         (SELECT array_agg(last_name ORDER BY id) FROM latest),
         (SELECT array_agg(company ORDER BY id) FROM latest),
-        (SELECT array_agg(status ORDER BY id) FROM latest)
+        (SELECT array_agg(status ORDER BY id) FROM latest),
+        (SELECT array_agg(attributes::jsonb ORDER BY id) FROM latest)
     ) AS u
 )
 SELECT count(*) FILTER (WHERE inserted) AS inserted,

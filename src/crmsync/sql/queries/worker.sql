@@ -12,14 +12,14 @@ ORDER BY id;
 -- hash joins over whole tables, once per claim.
 -- A contact is (tenant, id): ids are looked up in the connection's tenant only.
 SELECT i.id,
-       c.tenant, c.email, c.first_name, c.last_name, c.company, c.status, c.version,
-       c.deleted_at IS NOT NULL AS deleted,
+       c.tenant, c.email, c.first_name, c.last_name, c.company, c.status, c.attributes,
+       c.version, c.deleted_at IS NOT NULL AS deleted,
        extract(epoch FROM c.updated_at)::float8 * 1000 AS committed_ms,
        s.external_id, s.synced_version, s.status AS sync_status, s.attempts
 FROM unnest($2::text[]) AS i(id)
 LEFT JOIN LATERAL (
-    SELECT tenant, email, first_name, last_name, company, status, version, deleted_at,
-           updated_at
+    SELECT tenant, email, first_name, last_name, company, status, attributes, version,
+           deleted_at, updated_at
     FROM contacts
     WHERE tenant = (SELECT k.tenant FROM connections k WHERE k.id = $1) AND id = i.id
     LIMIT 1
