@@ -9,7 +9,7 @@ tag (``queue/keys.py``), so its scripts and transactions stay in one slot.
 
 from __future__ import annotations
 
-from typing import TypeAlias, overload
+from typing import Any, TypeAlias, overload
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from crmsync.errors import UserError
-from crmsync.settings import REDIS_MODES, RedisMode
+from crmsync.settings import REDIS_MODES, RedisMode, Settings
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 # What a Redis call may raise when the server or the cluster is unwell: the
@@ -58,6 +58,20 @@ async def _is_cluster_node(client: aioredis.Redis, url: str, what: str) -> bool:
 
 def _without_db(url: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=""))
+
+
+def lazy_redis(url: str, mode: RedisMode, **kwargs: Any) -> RedisClient:
+    """A client that connects on its first command (no round trip now): for the
+    API's short-lived and long-lived clients, whose callers handle Redis being down.
+    ``kwargs``: socket options both clients take (``socket_connect_timeout``...)."""
+    if mode == "cluster":
+        return RedisCluster.from_url(_without_db(url), **kwargs)
+    return aioredis.from_url(url, **kwargs)
+
+
+async def redis_of(settings: Settings) -> RedisClient:
+    """``open_redis`` with the URL and mode of ``settings`` (what every process uses)."""
+    return await open_redis(settings.redis_url, settings.redis_mode)
 
 
 @overload

@@ -35,8 +35,6 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from redis.exceptions import RedisError
-
 from crmsync import counters
 from crmsync.clock import Clock
 from crmsync.connections import Connection
@@ -45,6 +43,7 @@ from crmsync.crm.http import WriteWatch
 from crmsync.errors import CrmError, Retryable
 from crmsync.logs import get_logger
 from crmsync.queue.store import Claim
+from crmsync.redis_client import REDIS_ERRORS
 from crmsync.retry import RetryPolicy
 from crmsync.settings import Settings
 from crmsync.worker import events
@@ -55,6 +54,9 @@ from crmsync.worker.permits import ClaimPermits, NoPermit, Permits
 from crmsync.worker.plan import Plan, plan_claim
 from crmsync.worker.ports import Ledger, LedgerUnavailable, Store
 from crmsync.worker.slots import Slots
+
+# A claim's work is released (or its lease expires) when one of these stops it.
+_ABORTS: tuple[type[Exception], ...] = (*REDIS_ERRORS, LedgerUnavailable)
 
 log = get_logger(__name__)
 
@@ -140,14 +142,14 @@ class Claims:
                 return
             try:
                 outcomes, tripped = await self._process(conn, adapter, claim, batch)
-            except (RedisError, OSError, LedgerUnavailable) as exc:
+            except _ABORTS as exc:
                 # The work was released (or its lease will expire): nothing lost.
                 log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
                 return
             await self.crm_gate.report(
                 conn.crm, outcomes, probe=verdict.probe, tripped=tripped, connection=conn.id
             )
-        except (RedisError, OSError) as exc:  # the CRM-wide breaker's Redis
+        except REDIS_ERRORS as exc:  # the CRM-wide breaker's Redis
             log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
         except Exception:
             # What _process could not turn into outcomes (a bug in recording them):
@@ -305,5 +307,5 @@ class Claims:
         interval = self.lease_ms / 3000.0
         while True:
             await self.clock.sleep(interval)
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self.store.renew(claim, claim.ids, self.lease_ms)
