@@ -625,7 +625,8 @@ async def test_failure_table_on_redis_cluster(
         mock_args=tuple(row.mock_args),
         env={**BASE_ENV, **row.env},
     )
-    async with ProxiedCluster(config) as cluster:
+    cluster = ProxiedCluster(config)
+    async with cluster:
         try:
             await row.run(cluster)
             await assert_final(cluster)

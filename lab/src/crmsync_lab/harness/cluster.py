@@ -198,9 +198,11 @@ class Cluster:
         env.update(self.config.env)
         return env
 
-    async def _spawn(self, name: str, *args: str) -> Proc:
+    async def _spawn(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Proc:
         nice = 0 if name == "mock-crm" else self.config.crmsync_nice
-        proc = Proc(name, crmsync_argv(*args), self.env(), self.run_dir, nice=nice)
+        proc = Proc(
+            name, crmsync_argv(*args), {**self.env(), **(env or {})}, self.run_dir, nice=nice
+        )
         await proc.start()
         return proc
 
@@ -283,12 +285,19 @@ class Cluster:
                 await self.start_worker()
         await self._ready(self.server, f"{self.api_url}/healthz")
 
-    async def start_worker(self) -> Proc:
-        """One more `crmsync worker` process (split mode)."""
+    async def start_worker(
+        self, *, processes: int = 1, env: Mapping[str, str] | None = None
+    ) -> Proc:
+        """One more `crmsync worker` (split mode) of ``processes`` processes, with
+        ``env`` added to the children's environment (e.g. another host's clock)."""
         if self.config.mode != "split":
             raise RuntimeError("start_worker needs ClusterConfig(mode='split')")
         flags = f"--concurrency {self.config.concurrency} --batch-size {self.config.batch_size}"
-        proc = await self._spawn(f"worker-{len(self.workers) + 1}", "worker", *flags.split())
+        if processes > 1:
+            flags += f" --processes {processes}"
+        proc = await self._spawn(
+            f"worker-{len(self.workers) + 1}", "worker", *flags.split(), env=env
+        )
         self.workers.append(proc)
         return proc
 
