@@ -44,6 +44,8 @@ class BenchConfig:
     database_url: str
     redis_url: str
     redis_mode: RedisMode = "standalone"
+    # A Redis Cluster seed URL: seed, seed-load and batch run on it too (suite.run).
+    cluster_url: str | None = None
     fresh_database: bool = True  # drop and recreate database_url's database first
     duration: float = 0.0  # measured window, seconds (0: the scenario's default)
     warmup: float = 5.0  # seconds of sending before the window opens

@@ -35,13 +35,36 @@ ALL = ("single", "seed", "seed-load", "batch", "fair", "many")
 DURATIONS = {"raw": 10.0, "single": 20.0, "seed": 60.0, "seed-load": 20.0, "batch": 20.0}
 
 
+# Run on the Redis Cluster too when BenchConfig.cluster_url is given, and the
+# throughput figures whose ratio cluster/standalone is reported.
+ON_CLUSTER = ("seed", "seed-load", "batch")
+THROUGHPUT = ("req_per_s", "records_per_s")
+
+
 async def run(names: list[str], cfg: BenchConfig) -> list[ScenarioResult]:
     out: list[ScenarioResult] = []
     for name in names:
         cfg.say(f"scenario {name}")
         own = cfg if cfg.duration else replace(cfg, duration=DURATIONS.get(name, 20.0))
-        out.extend(await SCENARIOS[name](own))
+        results = await SCENARIOS[name](own)
+        out.extend(results)
+        if cfg.cluster_url and name in ON_CLUSTER:
+            cfg.say(f"scenario {name} on the Redis Cluster at {cfg.cluster_url}")
+            clustered = replace(own, redis_url=cfg.cluster_url, redis_mode="cluster")
+            out.extend(beside(results, await SCENARIOS[name](clustered)))
     return out
+
+
+def beside(standalone: list[ScenarioResult], cluster: list[ScenarioResult]) -> list[ScenarioResult]:
+    """The cluster's results, named ``<scenario>@cluster``, each with the ratio
+    cluster/standalone of its throughput figures."""
+    for alone, on in zip(standalone, cluster, strict=True):
+        on.scenario = f"{on.scenario}@cluster"
+        for key in THROUGHPUT:
+            a, b = alone.metrics.get(key), on.metrics.get(key)
+            if isinstance(a, int | float) and isinstance(b, int | float) and a > 0:
+                on.metrics[f"{key}_cluster_to_standalone"] = round(b / a, 3)
+    return cluster
 
 
 def resolve(name: str) -> list[str]:

@@ -75,6 +75,13 @@ def bench(
     run_dir: Path | None = typer.Option(
         None, "--run-dir", envvar="CRMSYNC_BENCH_RUN_DIR", help="Where process logs go."
     ),
+    cluster_url: str | None = typer.Option(
+        None,
+        "--cluster-url",
+        envvar="CRMSYNC_BENCH_CLUSTER_URL",
+        help="A Redis Cluster node: seed, seed-load and batch run on it too, after the "
+        "run on --redis-url, with the ratio cluster/standalone (`make cluster` prints one).",
+    ),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
     redis_mode: str | None = REDIS_MODE_OPT,
@@ -96,6 +103,7 @@ def bench(
         database_url=database_named(s.database_url, database),
         redis_url=s.redis_url,
         redis_mode=s.redis_mode,
+        cluster_url=cluster_url,
         duration=duration or 0.0,
         warmup=warmup,
         processes=processes,
