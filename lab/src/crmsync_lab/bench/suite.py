@@ -11,6 +11,7 @@ from crmsync_lab.bench.report import ScenarioResult
 from crmsync_lab.bench.scale import run_fair, run_many
 from crmsync_lab.bench.scenarios import run_seed, run_single
 from crmsync_lab.bench.stage import BenchConfig
+from crmsync_lab.bench.sustained import run_sustained
 
 Runner = Callable[[BenchConfig], Awaitable[list[ScenarioResult]]]
 
@@ -27,12 +28,20 @@ SCENARIOS: dict[str, Runner] = {
     "batch": run_batch,
     "fair": run_fair,
     "many": run_many,
+    "sustained": run_sustained,  # not in "all": ten minutes or more
 }
 ALL = ("single", "seed", "seed-load", "batch", "fair", "many")
 
 
 # Measured seconds when --duration is not given (seed: the 60 s).
-DURATIONS = {"raw": 10.0, "single": 20.0, "seed": 60.0, "seed-load": 20.0, "batch": 20.0}
+DURATIONS = {
+    "sustained": 600.0,
+    "raw": 10.0,
+    "single": 20.0,
+    "seed": 60.0,
+    "seed-load": 20.0,
+    "batch": 20.0,
+}
 
 
 # Run on the Redis Cluster too when BenchConfig.cluster_url is given, and the
