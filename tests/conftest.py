@@ -26,18 +26,21 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
+import aiohttp
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from crmsync import db, vault
+from crmsync.api.app import create_app
 from crmsync.redis_client import RedisClient, open_redis
 from crmsync.settings import REDIS_MODES, RedisMode, Settings
 from crmsync_lab.harness.cluster import ClusterConfig
 from crmsync_lab.harness.processes import Proc, crmsync_argv, stop_all
 from crmsync_lab.mock.config import AccountSpec, MockConfig
 from crmsync_lab.mock.server import MockHandle, start_mock
-from support import RedisMonitor, StartCrmsync, StartMock
+from support import OpenApi, RedisMonitor, StartCrmsync, StartMock, asgi_client
 
 # Where tests find the servers: the URLs `make setup` wrote, or the defaults.
 BASE_DSN = os.environ.get("CRMSYNC_DATABASE_URL", "postgresql://127.0.0.1:5432/crmsync")
@@ -186,6 +189,31 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
         yield p
     finally:
         await p.close()
+
+
+@pytest.fixture
+async def api_client(pool: asyncpg.Pool[Any], settings: Settings) -> AsyncIterator[OpenApi]:
+    """Opens the HTTP API in this process on this test's pool and Redis (the
+    ``settings`` fixture's key ``test-key``, unless the call changes it)."""
+    opened: list[httpx.AsyncClient] = []
+
+    async def open_api(**changes: Any) -> httpx.AsyncClient:
+        app = create_app(settings.model_copy(update=changes), pool=pool)
+        opened.append(await asgi_client(app).__aenter__())
+        return opened[-1]
+
+    try:
+        yield open_api
+    finally:
+        for client in opened:
+            await client.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session (to talk to mock CRMs directly), closed after the test."""
+    async with aiohttp.ClientSession() as s:
+        yield s
 
 
 @pytest.fixture

@@ -53,15 +53,18 @@ def _sf_limited(retry_after: str) -> Answer:
     return Answer(429, body, {"Retry-After": retry_after})
 
 
+# HubSpot's answer over its TEN_SECONDLY_ROLLING limit (documented shape).
+HUBSPOT_TEN_SECONDLY = {
+    "status": "error",
+    "message": "You have reached your ten_secondly_rolling limit.",
+    "errorType": "RATE_LIMIT",
+    "category": "RATE_LIMITS",
+    "policyName": "TEN_SECONDLY_ROLLING",
+}
+
+
 def _hs_429(retry_after: str) -> Answer:
-    body = {
-        "status": "error",
-        "message": "You have reached your ten_secondly_rolling limit.",
-        "errorType": "RATE_LIMIT",
-        "category": "RATE_LIMITS",
-        "policyName": "TEN_SECONDLY_ROLLING",
-    }
-    return Answer(429, j(body), {"Retry-After": retry_after})
+    return Answer(429, j(HUBSPOT_TEN_SECONDLY), {"Retry-After": retry_after})
 
 
 # mode -> (what each request of the account is answered, given its token)

@@ -1,11 +1,20 @@
 """What integration and acceptance tests share besides fixtures (those are in
-conftest.py): connection rows, the types of the fixture factories, a MONITOR log."""
+conftest.py): connection rows, an in-process API client, one-call database and HTTP
+helpers, the types of the fixture factories, a MONITOR log."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
+
+import aiohttp
+import asyncpg
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import FastAPI
 
 from crmsync import connections, db, vault
 from crmsync.connections import Connection
@@ -64,6 +73,59 @@ async def add_connections(
     ring = keys or vault.keyring(Settings().secret_key)
     for spec in specs:
         await connections.add(pg, spec, ring)
+
+
+def fetch_now(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """``sql``'s rows, from a test that runs outside an event loop (a CLI test)."""
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+async def call_json(
+    http: aiohttp.ClientSession, method: str, url: str, token: str | None, body: Any = None
+) -> tuple[int, Any, Any]:
+    """(status, JSON body or None, headers) of one request, bearer ``token`` if any."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.request(method, url, json=body, headers=headers) as r:
+        raw = await r.read()
+        return r.status, (json.loads(raw) if raw else None), r.headers
+
+
+def rsa_key_pair(*, traditional: bool = False) -> tuple[str, str]:
+    """(private key PEM, public key PEM) of a new RSA key, as a JWT connection's
+    key file and its connected app's certificate hold them; ``traditional``: the
+    private key as ``BEGIN RSA PRIVATE KEY`` (OpenSSL's default), else PKCS#8."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    fmt = (
+        serialization.PrivateFormat.TraditionalOpenSSL
+        if traditional
+        else serialization.PrivateFormat.PKCS8
+    )
+    private = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private.decode(), public.decode()
+
+
+def asgi_client(app: FastAPI) -> httpx.AsyncClient:
+    """A client of ``app`` in this process (ASGI, no socket), at ``http://api``."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+
+
+class OpenApi(Protocol):
+    """The ``api_client`` fixture: the HTTP API on the test's database and Redis, in
+    this process; keyword arguments change its settings (``api_keys="k"``,
+    ``metrics_public=True``...). Closed after the test."""
+
+    async def __call__(self, **settings: Any) -> httpx.AsyncClient: ...
 
 
 class StartMock(Protocol):

@@ -1,8 +1,9 @@
-"""Circuit breakers: the transition table, and the per-CRM breaker in Redis.
+"""CircuitBreaker: its states, and the per-CRM breaker in Redis (``CrmBreaker``).
 
 closed --N consecutive failures--> open --recovery elapsed, first ask--> half_open
 (exactly one probe, cluster-wide) --probe ok--> closed / --probe failed--> open.
-Only 5xx, timeouts and connection errors are failures; the caller decides.
+Only 5xx, timeouts, connection errors and answers that do not confirm the record
+are failures; the caller (``worker/outcome.py``) decides.
 
 The breaker is implemented once, in Lua (``queue/lua/_lib.lua``): the
 per-connection breaker inside the claim script and ``CrmBreaker`` share it.

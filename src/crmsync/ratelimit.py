@@ -1,4 +1,4 @@
-"""Rate limits: their spelling and the sliding-window arithmetic the scripts use.
+"""RateLimiter: how limits are spelt, and the sliding-window arithmetic its script uses.
 
 The limiter itself runs inside the claim script (``queue/lua/_lib.lua``) so
 every process and host shares one count at Redis ``TIME``; this module only

@@ -36,6 +36,7 @@ from crmsync import db
 from crmsync.queue.store import QueueDepth, QueueStore
 from crmsync_lab.harness.cluster import Cluster, ClusterConfig
 from crmsync_lab.harness.processes import crmsync_argv, free_port
+from hostile_crm import HUBSPOT_TEN_SECONDLY
 
 SF_EXT = "CrmSync_Id__c"
 HS_EXT = "crmsync_id"
@@ -63,14 +64,9 @@ def server_error(crm: str, status: int = 500) -> Fault:
 
 def hubspot_429(retry_after: float) -> Fault:
     """HubSpot's TEN_SECONDLY_ROLLING answer, with a ``Retry-After`` header."""
-    body = {
-        "status": "error",
-        "message": "You have reached your ten_secondly_rolling limit.",
-        "errorType": "RATE_LIMIT",
-        "category": "RATE_LIMITS",
-        "policyName": "TEN_SECONDLY_ROLLING",
-    }
-    return Fault(status=429, body=body, headers={"Retry-After": f"{retry_after:g}"})
+    return Fault(
+        status=429, body=dict(HUBSPOT_TEN_SECONDLY), headers={"Retry-After": f"{retry_after:g}"}
+    )
 
 
 @dataclass

@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-from crmsync import apikeys, connections, db
-from crmsync.api.app import create_app, serve
+from crmsync import apikeys, connections
+from crmsync.api.app import serve
 from crmsync.settings import Settings
-from support import add_connections, connection
+from support import OpenApi, add_connections, connection
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-async def _client(database_url: str, api_keys: str) -> AsyncIterator[httpx.AsyncClient]:
-    pool = await db.create_pool(database_url, min_size=1, max_size=4)
-    app = create_app(Settings(database_url=database_url, api_keys=api_keys), pool=pool)
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api"
-        ) as client:
-            yield client
-    finally:
-        await pool.close()
-
-
 @pytest.fixture
-async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _client(database_url, f"other-key, {KEY}"):
-        yield c
+async def api(api_client: OpenApi) -> httpx.AsyncClient:
+    return await api_client(api_keys=f"other-key, {KEY}")
 
 
 def _locs(resp: httpx.Response) -> list[list[Any]]:
@@ -83,17 +69,17 @@ async def test_protected_routes_need_a_valid_key(
     assert await pg.fetchval("SELECT count(*) FROM outbox") == 1
 
 
-async def test_no_configured_keys_fails_closed(database_url: str) -> None:
-    async for client in _client(database_url, " , "):
-        resp = await client.get("/v1/connections", headers={"Authorization": "Bearer "})
-        assert resp.status_code == 401
-        resp = await client.get("/v1/connections", headers={"Authorization": "Bearer x"})
-        assert resp.status_code == 401
-        assert (await client.get("/healthz")).status_code == 200
+async def test_no_configured_keys_fails_closed(api_client: OpenApi) -> None:
+    client = await api_client(api_keys=" , ")
+    resp = await client.get("/v1/connections", headers={"Authorization": "Bearer "})
+    assert resp.status_code == 401
+    resp = await client.get("/v1/connections", headers={"Authorization": "Bearer x"})
+    assert resp.status_code == 401
+    assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_health_needs_no_key_and_metrics_do_unless_public(
-    api: httpx.AsyncClient, database_url: str
+    api: httpx.AsyncClient, api_client: OpenApi
 ) -> None:
     assert (await api.get("/healthz")).json() == {
         "status": "ok",
@@ -105,18 +91,9 @@ async def test_health_needs_no_key_and_metrics_do_unless_public(
     metrics = await api.get("/metrics", headers=AUTH)
     assert metrics.status_code == 200
     assert 'crmsync_api_contacts_written_total{result="changed"}' in metrics.text
-    pool = await db.create_pool(database_url, min_size=1, max_size=2)
-    app = create_app(
-        Settings(database_url=database_url, api_keys=KEY, metrics_public=True), pool=pool
-    )
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api"
-        ) as public:
-            assert (await public.get("/metrics")).status_code == 200
-            assert (await public.get("/v1/status")).status_code == 401
-    finally:
-        await pool.close()
+    public = await api_client(metrics_public=True)
+    assert (await public.get("/metrics")).status_code == 200
+    assert (await public.get("/v1/status")).status_code == 401
 
 
 async def test_put_creates_then_identical_put_is_a_noop(
@@ -391,7 +368,7 @@ TENANT_CASES = [
 
 @pytest.mark.parametrize(("who", "path", "body_tenant", "status", "lands_in"), TENANT_CASES)
 async def test_the_tenant_a_write_acts_on(
-    database_url: str,
+    api_client: OpenApi,
     pg: asyncpg.Connection[Any],
     who: str,
     path: str,
@@ -402,9 +379,9 @@ async def test_the_tenant_a_write_acts_on(
     _, acme = await apikeys.create(pg, role="writer", tenant="acme")
     key = {"admin": KEY, "acme": acme}[who]
     body: dict[str, Any] = {"email": "t@x.io"} | ({"tenant": body_tenant} if body_tenant else {})
-    async for client in _client(database_url, KEY):
-        resp = await client.put(path, json=body, headers={"Authorization": f"Bearer {key}"})
-        assert resp.status_code == status, resp.text
+    client = await api_client()
+    resp = await client.put(path, json=body, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == status, resp.text
     rows = [tuple(r) for r in await pg.fetch("SELECT tenant, id FROM contacts")]
     if lands_in is None:
         acting = "acme" if who == "acme" or "/tenants/acme/" in path else "default"

@@ -5,37 +5,22 @@ aggregates at most once per cache time however often it is scraped."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
-from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from crmsync import apikeys, db, report
+from crmsync import apikeys, report
 from crmsync.api import views
 from crmsync.api.app import create_app
 from crmsync.cli import app as cli
 from crmsync.clock import FakeClock
 from crmsync.errors import UserError
 from crmsync.settings import Settings
+from support import asgi_client
 
 BOOT = "bootstrap-admin-key"
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    p = await db.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
-def _client(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -110,7 +95,7 @@ async def test_a_revoke_takes_effect_within_the_cache_time(
     clock = FakeClock(100.0)
     app = create_app(settings, pool=pool)
     app.state.key_verifier.now = clock
-    async with _client(app) as client:
+    async with asgi_client(app) as client:
         assert (await client.get("/v1/connections", headers=_bearer(key))).status_code == 200
         assert await pool.fetchval("SELECT last_used_at FROM api_keys") is not None
         await apikeys.revoke(pool, apikeys.key_id_of(key) or "")
@@ -138,7 +123,7 @@ async def test_malformed_and_unknown_keys_are_401(
     row, key = await apikeys.create(pool, role="admin", tenant=None)
     # The same id with another secret is refused too.
     presented = presented.replace("0123456789ab", row["id"])
-    async with _client(create_app(settings, pool=pool)) as client:
+    async with asgi_client(create_app(settings, pool=pool)) as client:
         assert (await client.get("/v1/status", headers=_bearer(key))).status_code == 200
         assert (await client.get("/v1/status", headers=_bearer(BOOT))).status_code == 200
         resp = await client.get("/v1/status", headers=_bearer(presented))
@@ -150,7 +135,7 @@ async def test_openapi_declares_the_bearer_scheme_roles_and_answers(
     database_url: str, pool: asyncpg.Pool[Any]
 ) -> None:
     settings = Settings(database_url=database_url, api_keys=BOOT)
-    async with _client(create_app(settings, pool=pool)) as client:
+    async with asgi_client(create_app(settings, pool=pool)) as client:
         docs = await client.get("/docs")
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
         doc = (await client.get("/openapi.json")).json()
@@ -199,7 +184,7 @@ async def test_metrics_aggregate_at_most_once_per_cache_time(
     clock = FakeClock(0.0)
     app = create_app(settings, pool=pool)
     app.state.report_cache.now = clock
-    async with _client(app) as client:
+    async with asgi_client(app) as client:
         # 200 scrapes, 50 at a time and then one by one, by admin and tenant keys.
         for _ in range(4):
             answers = await asyncio.gather(

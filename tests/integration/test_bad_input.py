@@ -14,28 +14,20 @@ import httpx
 import orjson
 import pytest
 
-from crmsync import connections, db
-from crmsync.api.app import create_app
+from crmsync import connections
 from crmsync.capture.csv_import import import_csv
 from crmsync.contacts import COMPANY_MAX, EMAIL_MAX, ID_MAX, MAX_BATCH, NAME_MAX, is_id
 from crmsync.errors import UserError
 from crmsync.settings import Settings
+from support import OpenApi
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 
 
 @pytest.fixture
-async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    pool = await db.create_pool(database_url, min_size=1, max_size=4)
-    app = create_app(Settings(database_url=database_url, api_keys=KEY), pool=pool)
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api"
-        ) as client:
-            yield client
-    finally:
-        await pool.close()
+async def api(api_client: OpenApi) -> httpx.AsyncClient:
+    return await api_client(api_keys=KEY)
 
 
 def raw(body: str) -> bytes:
@@ -112,31 +104,22 @@ def test_the_id_rule(value: str, ok: bool) -> None:
     assert is_id(value) is ok
 
 
-async def test_a_body_over_the_limit_is_413_before_it_is_parsed(database_url: str) -> None:
-    pool = await db.create_pool(database_url, min_size=1, max_size=2)
+async def test_a_body_over_the_limit_is_413_before_it_is_parsed(api_client: OpenApi) -> None:
     limit = 64 * 1024
-    app = create_app(
-        Settings(database_url=database_url, api_keys=KEY, api_max_body_bytes=limit), pool=pool
-    )
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api"
-        ) as api:
-            big = b"{" + b" " * limit + b"}"  # not even valid JSON: never parsed
-            resp = await api.post("/v1/contacts:batch", content=big, headers=AUTH)
-            assert resp.status_code == 413 and "CRMSYNC_API_MAX_BODY_BYTES" in resp.text
+    api = await api_client(api_keys=KEY, api_max_body_bytes=limit)
+    big = b"{" + b" " * limit + b"}"  # not even valid JSON: never parsed
+    resp = await api.post("/v1/contacts:batch", content=big, headers=AUTH)
+    assert resp.status_code == 413 and "CRMSYNC_API_MAX_BODY_BYTES" in resp.text
 
-            async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted
-                for _ in range(limit // 1024 + 2):
-                    yield b" " * 1024
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted
+        for _ in range(limit // 1024 + 2):
+            yield b" " * 1024
 
-            resp = await api.post("/v1/contacts:batch", content=chunks(), headers=AUTH)
-            assert resp.status_code == 413
-            # Without a key, 401 first: nothing is read.
-            resp = await api.post("/v1/contacts:batch", content=big)
-            assert resp.status_code == 401
-    finally:
-        await pool.close()
+    resp = await api.post("/v1/contacts:batch", content=chunks(), headers=AUTH)
+    assert resp.status_code == 413
+    # Without a key, 401 first: nothing is read.
+    resp = await api.post("/v1/contacts:batch", content=big)
+    assert resp.status_code == 401
 
 
 async def test_the_largest_batch_fits_the_default_limit(

@@ -8,18 +8,15 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-import httpx
 import orjson
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
-from crmsync import db
-from crmsync.api.app import create_app
 from crmsync.cli import app
 from crmsync.queue import keys
 from crmsync.queue.store import QueueStore
 from crmsync.settings import Settings
-from support import add_connections, connection
+from support import OpenApi, add_connections, connection
 
 WHY = "TEN_SECONDLY_ROLLING: You have reached your ten_secondly_rolling limit."
 
@@ -63,24 +60,17 @@ async def test_status_shows_until_when_and_why_and_resume_ends_it(
 
 
 async def test_the_api_resume_ends_a_block_too(
-    pg: Any, settings: Settings, redis_client: aioredis.Redis
+    pg: Any, api_client: OpenApi, redis_client: aioredis.Redis
 ) -> None:
     await add_connections(pg, [connection("acme-sf", "salesforce")])
     store = QueueStore(redis_client)
     await _blocked(store, "acme-sf")
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
-    try:
-        api = create_app(settings, pool=pool)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=api), base_url="http://api"
-        ) as client:
-            auth = {"Authorization": "Bearer test-key"}
-            status = (await client.get("/v1/status", headers=auth)).json()
-            assert status["connections"][0]["blocked_reason"] == WHY
-            resp = await client.post("/v1/connections/acme-sf/resume", headers=auth)
-            assert resp.status_code == 200, resp.text
-            status = (await client.get("/v1/status", headers=auth)).json()
-            c = status["connections"][0]
-            assert (c["blocked_for_s"], c["blocked_until"], c["blocked_reason"]) == (0, None, None)
-    finally:
-        await pool.close()
+    client = await api_client()
+    auth = {"Authorization": "Bearer test-key"}
+    status = (await client.get("/v1/status", headers=auth)).json()
+    assert status["connections"][0]["blocked_reason"] == WHY
+    resp = await client.post("/v1/connections/acme-sf/resume", headers=auth)
+    assert resp.status_code == 200, resp.text
+    status = (await client.get("/v1/status", headers=auth)).json()
+    c = status["connections"][0]
+    assert (c["blocked_for_s"], c["blocked_until"], c["blocked_reason"]) == (0, None, None)

@@ -8,13 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
-from crmsync import db
-from crmsync.api.app import create_app
 from crmsync.capture.csv_import import import_csv
-from crmsync.settings import Settings
+from support import OpenApi
 
 
 async def _outbox(pg: asyncpg.Connection[Any]) -> list[tuple[Any, ...]]:
@@ -23,22 +20,15 @@ async def _outbox(pg: asyncpg.Connection[Any]) -> list[tuple[Any, ...]]:
 
 
 async def test_api_sql_and_csv_writes_are_all_captured(
-    database_url: str, pg: asyncpg.Connection[Any], tmp_path: Path
+    api_client: OpenApi, pg: asyncpg.Connection[Any], tmp_path: Path
 ) -> None:
-    pool = await db.create_pool(database_url, min_size=1, max_size=2)
-    app = create_app(Settings(database_url=database_url, api_keys="k"), pool=pool)
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api"
-        ) as api:
-            resp = await api.put(
-                "/v1/contacts/via-api",
-                json={"email": "api@x.io"},
-                headers={"Authorization": "Bearer k"},
-            )
-            assert resp.status_code == 200
-    finally:
-        await pool.close()
+    api = await api_client()
+    resp = await api.put(
+        "/v1/contacts/via-api",
+        json={"email": "api@x.io"},
+        headers={"Authorization": "Bearer test-key"},
+    )
+    assert resp.status_code == 200
     await pg.execute("INSERT INTO contacts (id, email) VALUES ('via-sql', 'sql@x.io')")
     csv_file = tmp_path / "c.csv"
     csv_file.write_text("id,email,tenant\nvia-csv,csv@x.io,acme\n")

@@ -16,6 +16,7 @@ from crmsync import connections, redact, vault
 from crmsync.cli import app
 from crmsync.errors import UserError
 from crmsync.settings import Settings
+from support import fetch_now
 
 TOKEN = "00Dxx0000001gPL!AQ4AQFaketokenvalue9z8y"
 
@@ -44,17 +45,6 @@ def _add(database_url: str, cid: str, *extra: str) -> Result:
     )
 
 
-def _fetch(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
-
-
 def test_add_list_pause_resume_remove(database_url: str) -> None:
     res = _add(
         database_url,
@@ -80,7 +70,7 @@ def test_add_list_pause_resume_remove(database_url: str) -> None:
     )  # fmt: skip
     assert hs.exit_code == 0, hs.output
 
-    (row,) = _fetch(database_url, "SELECT * FROM connections WHERE id = 'acme-sf'")
+    (row,) = fetch_now(database_url, "SELECT * FROM connections WHERE id = 'acme-sf'")
     assert (row["tenant"], row["crm"], row["base_url"], row["token_hint"]) == (
         "acme", "salesforce", "http://127.0.0.1:9001", "…9z8y"
     )  # fmt: skip
@@ -94,7 +84,7 @@ def test_add_list_pause_resume_remove(database_url: str) -> None:
         {"limit": 100000, "window_ms": 86_400_000},
     ]
     assert orjson.loads(row["settings"]) == {"api_version": "v61.0", "batch_size": 50}
-    (hs_row,) = _fetch(database_url, "SELECT crm, rate_limits FROM connections WHERE id = 'hs1'")
+    (hs_row,) = fetch_now(database_url, "SELECT crm, rate_limits FROM connections WHERE id = 'hs1'")
     assert hs_row["crm"] == "hubspot"
     assert orjson.loads(hs_row["rate_limits"]) == [{"limit": 100, "window_ms": 10_000}]
 
@@ -114,12 +104,12 @@ def test_add_list_pause_resume_remove(database_url: str) -> None:
     assert _cli(database_url, "resume", "acme-sf").exit_code == 0
     reasons = dict(
         (r["id"], r["paused_reason"])
-        for r in _fetch(database_url, "SELECT id, paused_reason FROM connections")
+        for r in fetch_now(database_url, "SELECT id, paused_reason FROM connections")
     )
     assert reasons == {"acme-sf": None, "hs1": "paused by operator"}
 
     assert _cli(database_url, "remove", "hs1", "--yes").exit_code == 0
-    assert [r["id"] for r in _fetch(database_url, "SELECT id FROM connections")] == ["acme-sf"]
+    assert [r["id"] for r in fetch_now(database_url, "SELECT id FROM connections")] == ["acme-sf"]
 
 
 def test_duplicate_and_unknown_ids_are_user_errors(database_url: str) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,7 +23,7 @@ from crmsync.queue import keys
 from crmsync.queue.store import QueueStore
 from crmsync.ratelimit import RateWindow
 from crmsync.settings import Settings
-from support import UNREACHABLE, add_connections
+from support import UNREACHABLE, add_connections, asgi_client
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "crmsync-rules.yml"
@@ -95,10 +94,7 @@ async def _exported(settings: Settings, redis: aioredis.Redis) -> set[str]:
         await relay.relay_once(pool, store, 10)
         await relay.COUNTS.push(redis, force=True)
         await reconcile(pool, store)
-        app = create_app(settings, pool=pool)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api"
-        ) as client:
+        async with asgi_client(create_app(settings, pool=pool)) as client:
             auth = {"Authorization": f"Bearer {settings.api_keys}"}  # an admin key
             text = (await client.get("/metrics", headers=auth)).text
     finally:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -40,7 +39,7 @@ from crmsync_lab.mock.config import AccountSpec
 from crmsync_lab.mock.limits import Window
 from crmsync_lab.mock.server import MockHandle
 from hostile_crm import RATE_LIMIT_MODES, HostileCrm
-from support import StartCrmsync, StartMock, add_connections, connection
+from support import StartCrmsync, StartMock, add_connections, asgi_client, connection
 
 GOOD_RATE = 100  # per second, the good accounts' limit (and their connections')
 GOOD_CONTACTS = 400
@@ -300,9 +299,7 @@ async def api_answers(run: Run) -> str:
     app = create_app(run.settings, pool=run.pool)
     auth = {"Authorization": "Bearer test-key"}
     out: list[str] = []
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
-    ) as client:
+    async with asgi_client(app) as client:
         for path in (
             "/v1/status",
             "/v1/connections",

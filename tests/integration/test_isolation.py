@@ -25,6 +25,7 @@ from crmsync.settings import Settings
 from crmsync_lab.mock.config import AccountSpec, MockConfig
 from crmsync_lab.mock.limits import Window
 from crmsync_lab.mock.server import MockHandle, start_mock
+from support import asgi_client
 
 TENANTS = ("acme", "beta")
 
@@ -100,9 +101,7 @@ async def two(settings: Settings) -> AsyncIterator[Two]:
     _, keys["admin"] = await apikeys.create(pool, role="admin", tenant=None)
     app = create_app(s, pool=pool)
     try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api"
-        ) as api:
+        async with asgi_client(app) as api:
             yield Two(s, pool, QueueStore(redis), mock, api, keys)
     finally:
         await redis.aclose()

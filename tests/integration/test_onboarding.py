@@ -10,12 +10,9 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner, Result
 
 from crmsync.cli import app
@@ -23,6 +20,7 @@ from crmsync_lab.mock.config import AccountSpec, MockConfig, OAuthSpec
 from crmsync_lab.mock.hubspot import HubSpotPortal
 from crmsync_lab.mock.limits import Window
 from crmsync_lab.mock.server import MockHandle, start_mock
+from support import fetch_now, rsa_key_pair
 
 StartThreaded = Callable[..., MockHandle]
 
@@ -74,17 +72,6 @@ def add(
         *(("--token", mock.token(crm, name)) if "--auth" not in extra else ()),
         *extra,
     )
-
-
-def fetch(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def lines(result: Result) -> list[str]:
@@ -187,13 +174,13 @@ def test_add_checks_first_and_refuses_a_bad_token_or_a_missing_field(
     assert "not-the-token-0000" not in bad.output
     bare = add(database_url, redis_url, mock, crm, "bare")
     assert bare.exit_code == 1 and "not added" in str(bare.exception)
-    assert fetch(database_url, "SELECT id FROM connections") == []
+    assert fetch_now(database_url, "SELECT id FROM connections") == []
 
     good = add(database_url, redis_url, mock, crm, "good", "--rate-limit", "50/s")
     assert good.exit_code == 0, good.output
     assert all(ln.startswith("✓") for ln in lines(good)) and len(lines(good)) == 4
     assert "added connection good" in good.output
-    assert [r["id"] for r in fetch(database_url, "SELECT id FROM connections")] == ["good"]
+    assert [r["id"] for r in fetch_now(database_url, "SELECT id FROM connections")] == ["good"]
 
 
 def test_setup_creates_the_hubspot_properties_and_lists_salesforce_steps(
@@ -266,7 +253,7 @@ def test_settings_checked_by_the_crm_field_map_and_oauth_add(
     assert "auth oauth-refresh, client client-sf-oauth, refresh token …auth" in res.output
     for secret in ("secret-sf-oauth", "refresh-sf-oauth"):
         assert secret not in res.output
-    (row,) = fetch(database_url, "SELECT base_url, auth, secrets FROM connections")
+    (row,) = fetch_now(database_url, "SELECT base_url, auth, secrets FROM connections")
     assert row["base_url"] == base
     assert "secret-sf-oauth" not in row["secrets"] and "refresh-sf" not in row["auth"]
 
@@ -307,37 +294,27 @@ def test_update_keeps_the_ledger_and_remove_asks_first(
     assert str(refused.exception) == (
         "--settings batch_size (records per CRM request) must be a whole number from 1 to 100."
     )
-    (row,) = fetch(database_url, "SELECT rate_limits, settings FROM connections")
+    (row,) = fetch_now(database_url, "SELECT rate_limits, settings FROM connections")
     assert row["settings"] == '{"batch_size": 50}'
-    assert fetch(database_url, "SELECT contact_id FROM sync_state") != []
-    assert fetch(database_url, "SELECT contact_id FROM dead_letters") != []
+    assert fetch_now(database_url, "SELECT contact_id FROM sync_state") != []
+    assert fetch_now(database_url, "SELECT contact_id FROM dead_letters") != []
 
     no = CliRunner().invoke(
         app, ["connections", "remove", "hs-1", "--database-url", database_url], input="n\n"
     )
     assert no.exit_code == 1 and "add --yes to confirm" in str(no.exception)  # not a TTY
-    assert len(fetch(database_url, "SELECT id FROM connections")) == 1
+    assert len(fetch_now(database_url, "SELECT id FROM connections")) == 1
     yes = CliRunner().invoke(
         app, ["connections", "remove", "hs-1", "--yes", "--database-url", database_url]
     )
     assert yes.exit_code == 0, yes.output
-    assert fetch(database_url, "SELECT contact_id FROM sync_state") == []
+    assert fetch_now(database_url, "SELECT contact_id FROM sync_state") == []
 
 
 def test_jwt_connection_added_from_a_key_file_and_no_secret_listed(
     database_url: str, redis_url: str, threaded_mock: StartThreaded, tmp_path: Path
 ) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    ).decode()
-    cert = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    pem, cert = rsa_key_pair(traditional=True)
     app_ = OAuthSpec.default("salesforce", "sf-jwt", certificate=cert)
     mock = threaded_mock(
         AccountSpec("salesforce", "sf-jwt", limits=UNLIMITED, static_token=False, oauth=app_)

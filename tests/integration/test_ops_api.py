@@ -25,32 +25,30 @@ from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
 from crmsync.settings import Settings
 from crmsync_lab.harness.processes import free_port
-from support import UNREACHABLE, add_connections
+from support import UNREACHABLE, add_connections, asgi_client
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    p = await db.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        day = 86_400_000
-        limits: list[tuple[str, str, str, tuple[RateWindow, ...]]] = [
-            ("acme-sf", "acme", "salesforce", (RateWindow(100, 1000),)),
-            ("acme-hs", "acme", "hubspot", (RateWindow(100, 10_000), RateWindow(5000, day))),
-            ("beta-sf", "beta", "salesforce", ()),
-        ]
-        await add_connections(
-            p,
-            [
-                Connection(cid, tenant, crm, cid, UNREACHABLE, "secret-token-123456", windows)
-                for cid, tenant, crm, windows in limits
-            ],
-        )
-        yield p
-    finally:
-        await p.close()
+async def pool(pool: asyncpg.Pool[Any]) -> asyncpg.Pool[Any]:
+    """The test's pool, with three connections of two tenants."""
+    p = pool
+    day = 86_400_000
+    limits: list[tuple[str, str, str, tuple[RateWindow, ...]]] = [
+        ("acme-sf", "acme", "salesforce", (RateWindow(100, 1000),)),
+        ("acme-hs", "acme", "hubspot", (RateWindow(100, 10_000), RateWindow(5000, day))),
+        ("beta-sf", "beta", "salesforce", ()),
+    ]
+    await add_connections(
+        p,
+        [
+            Connection(cid, tenant, crm, cid, UNREACHABLE, "secret-token-123456", windows)
+            for cid, tenant, crm, windows in limits
+        ],
+    )
+    return p
 
 
 async def _app_client(
@@ -59,7 +57,7 @@ async def _app_client(
     app = create_app(settings, pool=pool)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
+        asgi_client(app) as c,
     ):
         yield c
 
@@ -254,7 +252,7 @@ async def test_series_samples_the_last_minutes(
     app = create_app(settings, pool=pool)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
+        asgi_client(app) as c,
     ):
         app.state.ops.sampler = sampler
         body = (await c.get("/v1/series", headers=AUTH)).json()
@@ -349,7 +347,7 @@ async def test_a_tenant_caller_sees_and_acts_on_its_tenant_only(
 
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
+        asgi_client(app) as c,
     ):
         beta = {"Authorization": f"Bearer {keys['beta']}"}
         found = (await c.get("/v1/contacts:lookup?q=ann@example.com", headers=beta)).json()

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from structlog.testing import capture_logs
 
 from crmsync import connections, vault
@@ -19,6 +20,17 @@ from crmsync.redis_client import RedisClient
 from crmsync.settings import Settings
 from crmsync.worker.registry import Registry
 from support import add_connections
+
+
+@pytest.fixture
+def registry(
+    pool: asyncpg.Pool[Any],
+    redis_client: RedisClient,
+    settings: Settings,
+    http: aiohttp.ClientSession,
+) -> Registry:
+    """A worker's registry on this test's database and Redis (nothing loaded yet)."""
+    return Registry(pool, QueueStore(redis_client), http, settings)
 
 
 def oauth(cid: str = "o1", refresh_token: str = "refresh-0001") -> connections.Connection:
@@ -35,56 +47,48 @@ def oauth(cid: str = "o1", refresh_token: str = "refresh-0001") -> connections.C
 
 
 async def test_token_sources_follow_the_credentials(
-    pg: asyncpg.Connection[Any],
-    pool: asyncpg.Pool[Any],
-    redis_client: RedisClient,
-    settings: Settings,
+    pg: asyncpg.Connection[Any], pool: asyncpg.Pool[Any], settings: Settings, registry: Registry
 ) -> None:
     keys = vault.keyring(settings.secret_key)
     bearer = connections.parse_connection(
         id="b1", crm="salesforce", account="a", base_url="http://127.0.0.1:1", token="tok-12345678"
     )
     await add_connections(pg, [oauth(), bearer], keys)
-    async with aiohttp.ClientSession() as session:
-        reg = Registry(pool, QueueStore(redis_client), session, settings)
-        assert await reg.refresh() == {"o1", "b1"}
-        source, adapter = reg.tokens["o1"], reg.adapters["o1"]
-        assert isinstance(source, SharedToken) and isinstance(reg.tokens["b1"], StaticToken)
+    reg = registry
+    assert await reg.refresh() == {"o1", "b1"}
+    source, adapter = reg.tokens["o1"], reg.adapters["o1"]
+    assert isinstance(source, SharedToken) and isinstance(reg.tokens["b1"], StaticToken)
 
-        # A worker stored the refresh token the CRM rotated: same source, new secret.
-        rev = reg.connections["o1"].auth.rev
-        assert await connections.store_rotated(pool, "o1", keys, rev, "refresh-0002")
-        assert await reg.refresh() == {"o1"}
-        assert reg.tokens["o1"] is source and reg.adapters["o1"] is adapter
-        assert source.secrets["refresh_token"] == "refresh-0002"
+    # A worker stored the refresh token the CRM rotated: same source, new secret.
+    rev = reg.connections["o1"].auth.rev
+    assert await connections.store_rotated(pool, "o1", keys, rev, "refresh-0002")
+    assert await reg.refresh() == {"o1"}
+    assert reg.tokens["o1"] is source and reg.adapters["o1"] is adapter
+    assert source.secrets["refresh_token"] == "refresh-0002"
 
-        # An operator's new credentials: a new source (and adapter) on a new rev.
-        async with pool.acquire() as conn, conn.transaction():
-            cur = await connections.load(conn, "o1", keys, lock=True)
-            new = connections.apply(cur, connections.Changes(refresh_token="refresh-9999"))
-            await connections.store(conn, new, keys)
-        assert await reg.refresh() == {"o1"}
-        replaced = reg.tokens["o1"]
-        assert replaced is not source and isinstance(replaced, SharedToken)
-        assert replaced.rev == new.auth.rev != rev
-        assert reg.adapters["o1"] is not adapter
+    # An operator's new credentials: a new source (and adapter) on a new rev.
+    async with pool.acquire() as conn, conn.transaction():
+        cur = await connections.load(conn, "o1", keys, lock=True)
+        new = connections.apply(cur, connections.Changes(refresh_token="refresh-9999"))
+        await connections.store(conn, new, keys)
+    assert await reg.refresh() == {"o1"}
+    replaced = reg.tokens["o1"]
+    assert replaced is not source and isinstance(replaced, SharedToken)
+    assert replaced.rev == new.auth.rev != rev
+    assert reg.adapters["o1"] is not adapter
 
 
 async def test_settings_refused_now_still_load_with_a_warning(
-    pg: asyncpg.Connection[Any],
-    pool: asyncpg.Pool[Any],
-    redis_client: RedisClient,
-    settings: Settings,
+    pg: asyncpg.Connection[Any], settings: Settings, registry: Registry
 ) -> None:
     keys = vault.keyring(settings.secret_key)
     await add_connections(pg, [oauth()], keys)
     # Stored by an older crmsync, which took any key and value.
     old = {"batch": True, "batch_size": 500}
     await pg.execute("UPDATE connections SET settings = $1::jsonb", old)
-    async with aiohttp.ClientSession() as session:
-        reg = Registry(pool, QueueStore(redis_client), session, settings)
-        with capture_logs() as logs:
-            assert await reg.refresh() == {"o1"}
+    reg = registry
+    with capture_logs() as logs:
+        assert await reg.refresh() == {"o1"}
     assert reg.connections["o1"].settings == old
     assert reg.adapters["o1"] is not None
     problems = [e["problem"] for e in logs if e["event"] == "connections.setting_problem"]

@@ -8,17 +8,15 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import asyncpg
-import httpx
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from crmsync.api.app import create_app
 from crmsync.capture.relay import relay_once, run_relay
 from crmsync.queue import keys
 from crmsync.queue.store import BAND_SCALE, Band, QueueStore
 from crmsync.settings import Settings
-from support import add_connections, connection
+from support import OpenApi, add_connections, connection
 
 CONNECTIONS = [
     connection("acme-sf", "salesforce", tenant="acme"),
@@ -99,18 +97,16 @@ async def test_one_id_in_two_tenants_goes_to_each_tenants_connections_only(
 
 
 async def test_api_writes_are_relayed(
-    pool: asyncpg.Pool[Any], settings: Settings, redis_client: aioredis.Redis
+    pool: asyncpg.Pool[Any], api_client: OpenApi, redis_client: aioredis.Redis
 ) -> None:
-    app = create_app(settings, pool=pool)
+    client = await api_client()
     auth = {"Authorization": "Bearer test-key"}
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        body = {
-            "contacts": [{"id": f"b{i}", "tenant": "acme", "email": f"b{i}@x.io"} for i in range(3)]
-        }
-        assert (await client.post("/v1/contacts:batch", json=body, headers=auth)).status_code < 300
-        put = {"tenant": "default", "email": "p@x.io", "company": "P"}
-        assert (await client.put("/v1/contacts/p1", json=put, headers=auth)).status_code < 300
+    body = {
+        "contacts": [{"id": f"b{i}", "tenant": "acme", "email": f"b{i}@x.io"} for i in range(3)]
+    }
+    assert (await client.post("/v1/contacts:batch", json=body, headers=auth)).status_code < 300
+    put = {"tenant": "default", "email": "p@x.io", "company": "P"}
+    assert (await client.put("/v1/contacts/p1", json=put, headers=auth)).status_code < 300
     store = QueueStore(redis_client)
     # The same contact several times in one batch keeps its most urgent band.
     await pool.execute("UPDATE contacts SET last_name = 'L' WHERE id = 'b0'")
@@ -120,8 +116,7 @@ async def test_api_writes_are_relayed(
     assert await queued(redis_client, "acme-hs") == bs
     assert await queued(redis_client, "dflt-sf") == {"p1": Band.CREATE}
     # A contact still queued keeps its place and best band when deleted...
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        assert (await client.delete("/v1/contacts/p1", headers=auth)).status_code < 300
+    assert (await client.delete("/v1/contacts/p1", headers=auth)).status_code < 300
     await relay_once(pool, store, 1000)
     assert await queued(redis_client, "dflt-sf") == {"p1": Band.CREATE}
     # ...and once a worker took it, a revive then a delete queue it as an UPDATE.
@@ -130,11 +125,10 @@ async def test_api_writes_are_relayed(
     await pool.execute("UPDATE contacts SET deleted_at = now() WHERE id = 'p1'")
     await relay_once(pool, store, 1000)
     assert await queued(redis_client, "dflt-sf") == {"p1": Band.UPDATE}
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        assert (await client.put("/v1/contacts/p1", json=put, headers=auth)).status_code < 300
-        await relay_once(pool, store, 1000)
-        await redis_client.delete(keys.connection("dflt-sf").ready)  # a worker took it
-        assert (await client.delete("/v1/contacts/p1", headers=auth)).status_code < 300
+    assert (await client.put("/v1/contacts/p1", json=put, headers=auth)).status_code < 300
+    await relay_once(pool, store, 1000)
+    await redis_client.delete(keys.connection("dflt-sf").ready)  # a worker took it
+    assert (await client.delete("/v1/contacts/p1", headers=auth)).status_code < 300
     await relay_once(pool, store, 1000)
     assert await queued(redis_client, "dflt-sf") == {"p1": Band.DELETE}
 

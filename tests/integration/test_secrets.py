@@ -55,15 +55,6 @@ async def mock() -> AsyncIterator[MockHandle]:
         await m.close()
 
 
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    p = await db.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
 async def _add_both(pool: asyncpg.Pool[Any], mock: MockHandle, keys: vault.Keyring) -> None:
     for cid, crm in (("sf", "salesforce"), ("hs", "hubspot")):
         spec = connections.parse_connection(

@@ -28,6 +28,7 @@ from crmsync import apikeys, connections, db, vault
 from crmsync.api import models
 from crmsync.api.app import create_app
 from crmsync.settings import Settings
+from support import asgi_client
 
 TENANTS = ("acme", "beta")
 OWN, OTHER = TENANTS
@@ -283,9 +284,7 @@ async def world(database_url: str, redis_url: str) -> AsyncIterator[World]:
     redis = aioredis.from_url(redis_url)
     app = create_app(settings, pool=pool)
     try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api"
-        ) as client:
+        async with asgi_client(app) as client:
             w = World(client, pool, redis)
             for k in KEYS:
                 if k.role is not None:

@@ -4,7 +4,6 @@ status report each see the connection's own tenant only."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import asyncpg
@@ -29,47 +28,45 @@ TENANTS = ("acme", "beta")
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    p = await db.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        for i, t in enumerate(TENANTS):
+async def pool(pool: asyncpg.Pool[Any]) -> asyncpg.Pool[Any]:
+    """The test's pool, with a connection per tenant and contacts in every state."""
+    p = pool
+    for i, t in enumerate(TENANTS):
+        await p.execute(
+            "INSERT INTO connections (id, tenant, crm, account, base_url)"
+            " VALUES ($1, $2, 'salesforce', $2, 'http://127.0.0.1:1')",
+            f"{t}-sf",
+            t,
+        )
+        for cid, states in STATES.items():
+            state = states[i]
+            if state == "absent":
+                continue
             await p.execute(
-                "INSERT INTO connections (id, tenant, crm, account, base_url)"
-                " VALUES ($1, $2, 'salesforce', $2, 'http://127.0.0.1:1')",
-                f"{t}-sf",
+                "INSERT INTO contacts (tenant, id, email) VALUES ($1, $2, $3)",
                 t,
+                cid,
+                f"{cid}@{t}.example",
             )
-            for cid, states in STATES.items():
-                state = states[i]
-                if state == "absent":
-                    continue
+            if state == "deleted":
                 await p.execute(
-                    "INSERT INTO contacts (tenant, id, email) VALUES ($1, $2, $3)",
+                    "UPDATE contacts SET deleted_at = now() WHERE tenant = $1 AND id = $2",
                     t,
                     cid,
-                    f"{cid}@{t}.example",
                 )
-                if state == "deleted":
-                    await p.execute(
-                        "UPDATE contacts SET deleted_at = now() WHERE tenant = $1 AND id = $2",
-                        t,
-                        cid,
-                    )
-        # Ledgers: every id but "fresh" was synced to both connections at version 1.
-        for t in TENANTS:
-            await p.executemany(
-                "INSERT INTO sync_state (connection_id, contact_id, external_id, synced_version,"
-                " status) VALUES ($1, $2, $3, 1, 'synced')",
-                [(f"{t}-sf", cid, f"003{t}{cid}") for cid in STATES if cid != "fresh"],
-            )
-        # acme's live-here changed after its sync (version 2): an update is due.
-        await p.execute(
-            "UPDATE contacts SET first_name = 'New' WHERE tenant = 'acme' AND id = 'live-here'"
+    # Ledgers: every id but "fresh" was synced to both connections at version 1.
+    for t in TENANTS:
+        await p.executemany(
+            "INSERT INTO sync_state (connection_id, contact_id, external_id, synced_version,"
+            " status) VALUES ($1, $2, $3, 1, 'synced')",
+            [(f"{t}-sf", cid, f"003{t}{cid}") for cid in STATES if cid != "fresh"],
         )
-        await p.execute("DELETE FROM outbox")
-        yield p
-    finally:
-        await p.close()
+    # acme's live-here changed after its sync (version 2): an update is due.
+    await p.execute(
+        "UPDATE contacts SET first_name = 'New' WHERE tenant = 'acme' AND id = 'live-here'"
+    )
+    await p.execute("DELETE FROM outbox")
+    return p
 
 
 async def _queued(r: aioredis.Redis, cid: str) -> dict[str, int]:

@@ -13,8 +13,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from crmsync import connections, vault
 from crmsync.connections import Connection
@@ -29,7 +27,7 @@ from crmsync.settings import Settings
 from crmsync_lab.mock.config import AccountSpec, OAuthSpec
 from crmsync_lab.mock.limits import Window
 from crmsync_lab.mock.server import MockHandle
-from support import StartMock, add_connections
+from support import StartMock, add_connections, rsa_key_pair
 
 KEYS = vault.keyring(vault.new_key())
 UNLIMITED = (Window(0, 1000),)
@@ -82,6 +80,18 @@ def refresh_connection(mock: MockHandle, crm: str, name: str, **over: str) -> Co
     )
 
 
+@pytest.fixture
+def name(crm: str) -> str:
+    """The mock's OAuth account of the test's CRM (``crm`` is parametrized)."""
+    return "sf-o" if crm == "salesforce" else "hs-o"
+
+
+@pytest.fixture
+def conn(mock: MockHandle, crm: str, name: str) -> Connection:
+    """An oauth-refresh connection to that account."""
+    return refresh_connection(mock, crm, name)
+
+
 def source(
     conn: Connection, redis: RedisClient, session: aiohttp.ClientSession, **kw: Any
 ) -> SharedToken:
@@ -113,9 +123,9 @@ async def test_many_processes_one_token_endpoint_call(
     any_redis: RedisClient,
     sessions: Callable[[], aiohttp.ClientSession],
     crm: str,
+    name: str,
+    conn: Connection,
 ) -> None:
-    name = "sf-o" if crm == "salesforce" else "hs-o"
-    conn = refresh_connection(mock, crm, name)
     procs = [source(conn, any_redis, sessions()) for _ in range(6)]
     creds = await asyncio.gather(*(p.get() for p in procs for _ in range(5)))
     assert len({c.token for c in creds}) == 1
@@ -139,9 +149,9 @@ async def test_an_expired_token_is_replaced_once_and_requests_go_back(
     redis_client: RedisClient,
     sessions: Callable[[], aiohttp.ClientSession],
     crm: str,
+    name: str,
+    conn: Connection,
 ) -> None:
-    name = "sf-o" if crm == "salesforce" else "hs-o"
-    conn = refresh_connection(mock, crm, name)
     procs = [source(conn, redis_client, sessions()) for _ in range(4)]
     clients = [
         JsonClient(token=p, settings={}, session=sessions(), base_url=conn.base_url) for p in procs
@@ -177,9 +187,9 @@ async def test_a_token_refused_is_renewed_once_then_its_successor_fails(
     redis_client: RedisClient,
     sessions: Callable[[], aiohttp.ClientSession],
     crm: str,
+    name: str,
+    conn: Connection,
 ) -> None:
-    name = "sf-o" if crm == "salesforce" else "hs-o"
-    conn = refresh_connection(mock, crm, name)
     proc = source(conn, redis_client, sessions())
     client = JsonClient(token=proc, settings={}, session=sessions(), base_url=conn.base_url)
     url = api_url(mock, conn)
@@ -209,9 +219,9 @@ async def test_the_endpoint_refusing_reaches_every_waiting_process(
     redis_client: RedisClient,
     sessions: Callable[[], aiohttp.ClientSession],
     crm: str,
+    name: str,
+    conn: Connection,
 ) -> None:
-    name = "sf-o" if crm == "salesforce" else "hs-o"
-    conn = refresh_connection(mock, crm, name)
     mock.account(crm, name).creds.revoke(refresh=True)  # the refresh token is revoked too
     procs = [source(conn, redis_client, sessions()) for _ in range(5)]
     outcomes = await asyncio.gather(*(p.get() for p in procs), return_exceptions=True)
@@ -230,17 +240,7 @@ async def test_jwt_bearer_flow_end_to_end(
     redis_client: RedisClient,
     sessions: Callable[[], aiohttp.ClientSession],
 ) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    pem, public = rsa_key_pair()
     mock = await start_mock_crm(oauth_account("salesforce", "sf-j", certificate=public))
     base = mock.base_url("salesforce", "sf-j")
     conn = connections.parse_connection(

@@ -57,7 +57,8 @@ class CrmAdapter(Protocol):
         ...
 
     async def send(self, ops: Sequence[Op], watch: WriteWatch | None = None) -> SendResult:
-        """One HTTP request when it can (see docs/INTERNALS.md); whole-request
+        """One HTTP request when it can: ops are all upserts or all deletes, one op
+        goes to the single-record endpoints, more to the batch ones; whole-request
         failures raise. Every HTTP call of the send reports to ``watch``
         (``crmsync.crm.http``): the first one's write, a permit before each
         further one."""

@@ -9,12 +9,13 @@ the CRM host or the worker's event loop. The limit follows the answers' times
 the way TCP Vegas (and Netflix's concurrency-limits) do:
 
 - ``no_load`` is the shortest answer time seen lately (the least of this and the
-  previous ``period``, so it can rise again when a CRM really becomes slower);
+  previous ``period_ms``, so it can rise again when a CRM really becomes slower);
 - after about one limit's worth of answers, ``queued = limit * (1 - no_load /
   average)`` estimates how many requests were waiting rather than being served;
-- more than ``beta`` queued: the limit shrinks by that excess (at most a quarter
-  at a time); fewer than ``alpha`` while the limit was all used: it grows by
-  ``log10(limit)`` plus one. Never below ``floor`` nor above ``ceiling``.
+- more than ``beta = 6 * log10(limit)`` queued: the limit shrinks by that excess
+  (at most a quarter at a time); fewer than ``alpha = 3 * log10(limit)`` while the
+  limit was all used: it grows by ``log10(limit)`` plus one. Never below ``floor``
+  nor above ``ceiling``.
 
 ``Gate`` holds a connection's sends to that limit, first come first served;
 ``InFlight`` keeps one gate per connection, bounded for its settings and for

@@ -77,7 +77,7 @@ class Permits:
         # of what the limit margin absorbs on a 1-second window.
         self.max_lag_ms = max(2.0, margin * 1000 / 2)
         # A claim later than its room opened is stamped when the room opened, at
-        # most half the lag budget ago: a late wake-up no longer costs its time
+        # most half the lag budget ago: a late wake-up does not cost its time
         # for good (a pacing cycle would stretch by it), and the database read and
         # the writes keep the other half before they count as late.
         self.backdate_ms = int(self.max_lag_ms / 2)

@@ -137,9 +137,9 @@ class Slots:
         self.sched = scheduler or Scheduler()
         self.reserved = 0
         self.held: Counter[str] = Counter()  # slots held per connection
-        # Requests the next claim of a connection is likely to carry (a quiet
-        # connection that reserved a whole claim's worth could leave none for
-        # the others due with it: they waited a turn, 20-40 ms at p90-p99).
+        # Requests the next claim of a connection is likely to carry: a quiet
+        # connection that reserved a whole claim's worth could leave no slot
+        # for the others due with it, and they would wait a loop turn.
         self.expect: dict[str, int] = {}
         self.kick = asyncio.Event()
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from crmsync_lab.mock.limits import AccountLimits, Window
 from crmsync_lab.mock.seeding import chosen
 from crmsync_lab.mock.server import MockHandle
 from support import StartMock
+from support import call_json as call
 
 SF = "/services/data/v60.0"
 HS = "/crm/v3/objects/contacts"
@@ -37,21 +37,6 @@ async def mock(start_mock_crm: StartMock) -> MockHandle:
         AccountSpec("salesforce", "loose", limits=(Window(0, 1000),), id_field="not-unique"),
         seed=1,
     )
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, token: str | None, body: Any = None
-) -> tuple[int, Any, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.request(method, url, json=body, headers=headers) as r:
-        raw = await r.read()
-        return r.status, (json.loads(raw) if raw else None), r.headers
 
 
 def test_sliding_window_is_exact() -> None:

@@ -4,36 +4,19 @@ clock moved by the control API, the concurrency cap, seeding and token control."
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
-import pytest
 
 from crmsync_lab.mock.config import AccountSpec, OAuthSpec
 from crmsync_lab.mock.server import MockHandle
 from support import StartMock
+from support import call_json as call
 
 SF = "/services/data/v60.0"
 HS = "/crm/v3/objects/contacts"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, token: str | None, body: Any = None
-) -> tuple[int, Any, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.request(method, url, json=body, headers=headers) as r:
-        raw = await r.read()
-        return r.status, (json.loads(raw) if raw else None), r.headers
 
 
 async def control(http: aiohttp.ClientSession, mock: MockHandle, path: str, body: Any) -> Any:

@@ -28,7 +28,7 @@ def py_spy() -> str | None:
 
 
 def _function(frame: str) -> str:
-    """``Worker._send (crmsync/worker.py:389)`` -> ``Worker._send (crmsync/worker.py)``."""
+    """``send (crmsync/worker/claim.py:242)`` -> ``send (crmsync/worker/claim.py)``."""
     return _LINE.sub(")", frame)
 
 

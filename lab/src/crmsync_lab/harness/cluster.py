@@ -80,9 +80,8 @@ class ClusterConfig:
     log_level: str = "info"
     # Niceness of crmsync's own processes. The mock CRM stands for a remote
     # service with CPUs of its own; on one shared host our saturated workers
-    # would otherwise starve it, and its stalls bunch arrivals into its windows
-    # (measured: event-loop stalls of 40-100 ms in the mock at ~3,000 req/s on
-    # 2 cores, with one connection 12-19 over its 100/s). 0 = same priority.
+    # would otherwise starve it, and its stalls bunch arrivals into its windows,
+    # which it then counts as our violations. 0 = same priority.
     crmsync_nice: int = 5
 
 

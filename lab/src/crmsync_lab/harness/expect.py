@@ -4,7 +4,7 @@ Pure: give it the contacts' histories (``ContactBook``), the records a mock
 CRM holds (``GET /_control/records/<crm>/<account>``) and the mock's counters,
 and it says what is missing, unexpected, wrong, duplicated or over the limit.
 
-The rules (docs/INTERNALS.md, ``crmsync.rules``): Salesforce creates always
+The rules (``crmsync.rules``, docs/ARCHITECTURE.md): Salesforce creates always
 and updates only active contacts; HubSpot creates only contacts with a
 company and updates always; deletes always. Sync is state-based, so edits
 between two syncs coalesce: where the rules let the CRM keep an older version,
