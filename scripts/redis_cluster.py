@@ -322,6 +322,11 @@ def stop(home: Path, *, purge: bool = False) -> None:
             shutil.rmtree(home, ignore_errors=True)
 
 
+def seed_list(home: Path) -> str:
+    """Every node of the cluster in ``home`` as one seed list (CRMSYNC_REDIS_URL)."""
+    return ",".join(f"127.0.0.1:{n.port}" for n in _nodes(home)).join(("redis://", ""))
+
+
 def seed_url(home: Path) -> str | None:
     """URL of a live node of the cluster in ``home`` (any node serves as a seed)."""
     for node in _nodes(home):
