@@ -91,6 +91,7 @@ class FakeStore:
         batch_size: int,
         lease_ms: int,
         backdate_ms: int = 0,
+        lineage: str = "",
     ) -> Claim:
         now = self._call("claim")
         q = self.queue(connection_id)

@@ -25,6 +25,7 @@ from crmsync.settings import Settings
 from crmsync.worker import Worker
 from crmsync.worker.claim import Claims
 from crmsync.worker.crm_gate import CrmGate
+from crmsync.worker.heal import Healer
 from crmsync.worker.inflight import InFlight
 from crmsync.worker.ledger import PgLedger
 from crmsync.worker.loop import RedisWakes
@@ -67,6 +68,7 @@ def build_worker(
         margin=settings.limit_margin,
         http_timeout_seconds=settings.http_timeout_seconds,
     )
+    healer = Healer(pool, store, margin=settings.limit_margin)
     claims = Claims(
         settings,
         clock=clock,
@@ -76,6 +78,7 @@ def build_worker(
         permits=permits,
         inflight=InFlight(concurrency),
         slots=slots,
+        healer=healer,
     )
     return Worker(
         clock=clock,
@@ -84,6 +87,7 @@ def build_worker(
         claims=claims,
         wakes=RedisWakes(store.wakeups),
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        healer=healer,
     )
 
 

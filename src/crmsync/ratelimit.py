@@ -129,3 +129,57 @@ def normalize(windows: Sequence[RateWindow]) -> list[RateWindow]:
     for w in windows:
         best[w.window_ms] = min(w.limit, best.get(w.window_ms, w.limit))
     return [RateWindow(limit, ms) for ms, limit in sorted(best.items())]
+
+
+# After a Redis loss (crmsync.worker.heal) a window's admissions are unknown.
+# Windows up to this long are counted full for one span: waiting that long costs
+# little. Longer ones (minute, hour, day) are refilled from their PostgreSQL
+# checkpoint: waiting a whole day would cost a day of work.
+SHORT_WINDOW_MS = 10_000
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """How one window restarts after a loss: the checkpoint's buckets still
+    counted, plus ``fill`` permits counted as taken at the heal."""
+
+    window: RateWindow
+    buckets: dict[int, int]
+    fill: int
+
+
+def admissible_within(w: RateWindow, windows: Sequence[RateWindow], elapsed_ms: int) -> int:
+    """The most requests ``w`` may have admitted in any ``elapsed_ms``: its limit,
+    or fewer where a shorter window bounds the rate (a window of L per W admits at
+    most L * (ceil(elapsed / W) + 1) in any stretch of ``elapsed``)."""
+    bound = w.limit
+    for s in windows:
+        if s.window_ms < w.window_ms:
+            parts = -(-max(0, elapsed_ms) // s.window_ms) + 1
+            bound = min(bound, s.limit * parts)
+    return bound
+
+
+def prefill(
+    windows: Sequence[RateWindow],
+    checkpoint: dict[int, tuple[int, dict[int, int]]],
+    now_ms: int,
+    margin: float,
+) -> list[Prefill]:
+    """Every enforced window's restart after a loss. ``checkpoint``: window_ms ->
+    (Redis time of the copy, its buckets). A short window is full; a long one
+    holds the checkpoint's buckets still counted at ``now_ms`` plus what it may
+    have admitted since the copy (everything, without a copy), up to its limit.
+    No sliding window then holds more than its limit with what was really sent."""
+    out: list[Prefill] = []
+    for w in windows:
+        cp = checkpoint.get(w.window_ms)
+        if w.window_ms <= SHORT_WINDOW_MS or cp is None:
+            out.append(Prefill(w, {}, w.limit))
+            continue
+        taken_ms, buckets = cp
+        first = (now_ms - span_ms(w, margin)) // bucket_ms(w)
+        live = {i: c for i, c in buckets.items() if i >= first and c > 0}
+        since = admissible_within(w, windows, now_ms - taken_ms)
+        out.append(Prefill(w, live, max(0, min(w.limit - sum(live.values()), since))))
+    return out

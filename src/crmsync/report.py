@@ -39,6 +39,9 @@ async def status_report(pool: asyncpg.Pool[Any], tenant: str | None = None) -> d
                 "paused_reason": r["paused_reason"],
                 "sync": dict(r["sync"]),
                 "dead_letters": r["dead_letters"],
+                # Rebuilt from PostgreSQL after Redis lost the connection's state.
+                "redis_heals": r["redis_heals"],
+                "healed_at": r["healed_at"].isoformat() if r["healed_at"] else None,
             }
             for r in rows
         ],
@@ -163,6 +166,11 @@ class _ReportCollector:
         dead = GaugeMetricFamily(
             "crmsync_dead_letters", "Dead letters per connection.", labels=labels
         )
+        heals = CounterMetricFamily(
+            "crmsync_redis_heals",
+            "Times the connection's Redis state was lost and rebuilt from PostgreSQL.",
+            labels=labels,
+        )
         paused = GaugeMetricFamily("crmsync_connection_paused", "1 when paused.", labels=labels)
         breaker = GaugeMetricFamily(
             "crmsync_breaker_open",
@@ -187,6 +195,7 @@ class _ReportCollector:
             for status, n in c["sync"].items():
                 ledger.add_metric([*lv, status], n)
             dead.add_metric(lv, c["dead_letters"])
+            heals.add_metric(lv, c.get("redis_heals", 0))
             paused.add_metric(lv, 1 if c["paused"] else 0)
             if "queue" in c:
                 for q, n in c["queue"].items():
@@ -200,7 +209,17 @@ class _ReportCollector:
         )
         for tenant, totals in self.report["tenants"].items():
             outbox.add_metric([tenant], totals["outbox"])
-        yield from (queue, ledger, dead, paused, breaker, blocked, *families.values(), outbox)
+        yield from (
+            queue,
+            ledger,
+            dead,
+            heals,
+            paused,
+            breaker,
+            blocked,
+            *families.values(),
+            outbox,
+        )
         yield from figures.families(self.report)
 
 

@@ -150,6 +150,13 @@ def _notes(report: Mapping[str, Any]) -> list[RenderableType]:
     ]
     if refreshed:  # OAuth access tokens renewed (by whichever worker won each refresh)
         parts.append(Text("token refreshes: " + ", ".join(refreshed), style="dim"))
+    healed = [
+        f"{c['id']} {n} (last {c.get('healed_at') or '?'})"
+        for c in report["connections"]
+        if (n := int(c.get("redis_heals") or 0))
+    ]
+    if healed:  # Redis lost the connection's state; the workers rebuilt it
+        parts.append(Text("Redis heals: " + ", ".join(healed), style="yellow"))
     totals = report["totals"]
     parts.append(
         Text(

@@ -310,3 +310,24 @@ async def test_a_delete_without_the_crm_id_goes_by_our_id(
     deletes = [Op("delete", f"c{i}", None, None) for i in (1, 2, 3)]
     results = await send_all(a, deletes, mode)
     assert all(r.ok for r in results) and fields_of(mock, crm) == {}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("crm", CRMS)
+async def test_an_update_of_a_record_gone_from_the_crm_creates_it_again(
+    mock: MockHandle, session: aiohttp.ClientSession, crm: str, mode: str
+) -> None:
+    """The ledger names a record the CRM no longer has (our delete whose outcome
+    was never recorded, then the contact written again): the update creates it
+    again, once, and reports its new id."""
+    a = adapter(mock, session, crm)
+    first = (await a.send([Op("create", "c1", contact(1), None)])).results[0]
+    gone = (await a.send([Op("delete", "c1", None, first.external_id)])).results[0]
+    assert first.ok and gone.ok and fields_of(mock, crm) == {}
+    ops = [Op("update", "c1", contact(1, last="Back"), first.external_id)]
+    ops += [Op("create", "c2", contact(2), None)] if mode == "batch" else []
+    res = (await send_all(a, ops, mode))[0]
+    assert res.ok and res.external_id
+    records = fields_of(mock, crm)
+    assert records["c1"]["LastName" if crm == "salesforce" else "lastname"] == "Back"
+    assert len(mock.records(crm, ACCOUNTS[crm])) == len(ops)

@@ -25,7 +25,7 @@ from conftest import redis_cluster_script
 from crmsync.breaker import CrmBreaker
 from crmsync.queue import keys, scripts
 from crmsync.queue.store import Band, QueueStore
-from crmsync.ratelimit import RateWindow
+from crmsync.ratelimit import RateWindow, prefill
 from crmsync.redis_client import RedisClient
 from support import RedisMonitor, script_keys
 
@@ -77,6 +77,11 @@ async def lifecycle(redis: RedisClient, step: Callable[[], Awaitable[None]]) -> 
         await store.block(cid, 0.001)
         await step()
         await store.depth(cid)
+        await step()
+        windows = await store.enforced_windows(cid)
+        await store.snapshot(cid, [w.window_ms for w in windows])
+        await step()
+        await store.heal(cid, "lineage-1", prefill(windows, {}, probe.redis_ms, store.margin))
         await step()
     for crm in ("salesforce", "hubspot"):
         await breaker.allow(crm)

@@ -98,6 +98,26 @@ async def test_expired_lease_returns_its_work(store: QueueStore, cid: str) -> No
     assert depth.leased == 2 and depth.stats["leases_expired"] == 1
 
 
+async def test_an_expired_lease_marks_its_ids_unknown_until_acknowledged(
+    store: QueueStore, cid: str
+) -> None:
+    """Its worker may have died after the CRM applied the send: every claim that
+    takes the id tells it, until one acknowledges it."""
+    await store.enqueue([(cid, "c-1", Band.CREATE), (cid, "c-2", Band.CREATE)])
+    first = await claim(store, cid, 2, lease_ms=100)
+    assert first.ids == ["c-1", "c-2"] and first.unknown == frozenset()
+    await store.ack(first, ["c-2"])
+    await asyncio.sleep(0.15)
+    again = await claim(store, cid, 2, lease_ms=100)
+    assert (again.ids, again.bands, again.unknown) == (["c-1"], [Band.CREATE], frozenset({"c-1"}))
+    await store.release(again, again.ids)  # not an outcome: still unknown
+    third = await claim(store, cid, 2)
+    assert third.unknown == {"c-1"}
+    await store.ack(third, third.ids)
+    await store.enqueue([(cid, "c-1", Band.UPDATE)])
+    assert (await claim(store, cid)).unknown == frozenset()
+
+
 async def test_renew_keeps_a_lease(store: QueueStore, cid: str) -> None:
     await store.enqueue([(cid, "c-1", Band.UPDATE)])
     held = await claim(store, cid, lease_ms=150)

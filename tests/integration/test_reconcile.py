@@ -57,12 +57,14 @@ async def ledger(pool: asyncpg.Pool[Any], cid: str, contact: str, **cols: Any) -
 
 async def scenario(pool: asyncpg.Pool[Any]) -> None:
     """One contact per ledger situation, seen from connection "sf"."""
-    rows = [(f"c{i}", "default") for i in range(1, 11)] + [("t2a", "t2")]
+    rows = [(f"c{i}", "default") for i in range(1, 13)] + [("t2a", "t2")]
     await pool.executemany(
         "INSERT INTO contacts (id, tenant, email) VALUES ($1, $2, $1 || '@x.io')", rows
     )
     await pool.execute("UPDATE contacts SET first_name = 'v2' WHERE id IN ('c2', 'c3', 'c7', 'c9')")
-    await pool.execute("UPDATE contacts SET deleted_at = now() WHERE id IN ('c4', 'c5')")
+    await pool.execute(
+        "UPDATE contacts SET deleted_at = now() WHERE id IN ('c4', 'c5', 'c11', 'c12')"
+    )
     # c1: never synced -> CREATE
     await ledger(pool, "sf", "c2", external_id="X2", synced_version=1, status="synced")  # -> UPDATE
     await ledger(
@@ -84,9 +86,15 @@ async def scenario(pool: asyncpg.Pool[Any]) -> None:
         "UPDATE sync_state SET updated_at = now() - interval '1 hour' WHERE contact_id = 'c10'"
     )
     await pool.execute("UPDATE contacts SET first_name = 'v2' WHERE id = 'c10'")
+    # c11: deleted after a 2xx that named no record: the CRM may hold it -> DELETE
+    await ledger(pool, "sf", "c11", external_id=None, synced_version=1, status="synced")
+    # c12: deleted after a create whose answer was lost -> DELETE
+    await ledger(pool, "sf", "c12", external_id=None, synced_version=None, status="retrying")
     # gone: hard-deleted while the CRM has it -> DELETE
     await ledger(pool, "sf", "gone", external_id="XG", synced_version=3, status="synced")
     await ledger(pool, "sf", "gone2", external_id="XG2", synced_version=3, status="deleted")
+    # gone3: hard-deleted after a sync that learnt no record id -> DELETE
+    await ledger(pool, "sf", "gone3", external_id=None, synced_version=1, status="synced")
 
 
 SF_EXPECTED = {
@@ -96,7 +104,10 @@ SF_EXPECTED = {
     "c7": Band.CREATE,
     "c8": Band.CREATE,
     "c10": Band.UPDATE,
+    "c11": Band.DELETE,
+    "c12": Band.DELETE,
     "gone": Band.DELETE,
+    "gone3": Band.DELETE,
 }
 
 

@@ -152,10 +152,10 @@ async def test_outbox_rows_are_deleted_only_after_enqueue(
     seen: list[int] = []
 
     class Watching(QueueStore):
-        async def enqueue(self, items: Sequence[tuple[str, str, int]]) -> None:
+        async def enqueue(self, items: Sequence[tuple[str, str, int]]) -> set[str]:
             # Another session sees the rows still there while we enqueue.
             seen.append(await pool.fetchval("SELECT count(*) FROM outbox"))
-            await super().enqueue(items)
+            return await super().enqueue(items)
 
     assert await relay_once(pool, Watching(redis_client), 100) == 2
     assert seen == [2]
@@ -175,10 +175,10 @@ async def test_two_relays_take_each_row_once(
             super().__init__(redis_client)
             self.name = name
 
-        async def enqueue(self, items: Sequence[tuple[str, str, int]]) -> None:
+        async def enqueue(self, items: Sequence[tuple[str, str, int]]) -> set[str]:
             taken[self.name].update(c for cid, c, _ in items if cid == "acme-sf")
             await asyncio.sleep(0.005)  # hold the rows' locks so the other relay must skip them
-            await super().enqueue(items)
+            return await super().enqueue(items)
 
     async def drain(store: QueueStore) -> int:
         moved = 0

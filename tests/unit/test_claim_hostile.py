@@ -39,7 +39,7 @@ def events(logs: Sequence[MutableMapping[str, Any]], name: str) -> list[MutableM
 async def test_a_claim_that_cannot_be_planned_counts_an_attempt_for_each_id(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(crm: str, items: Sequence[Any], batch: int) -> Plan:
+    def broken(crm: str, items: Sequence[Any], batch: int, unknown: Any = ()) -> Plan:
         raise ZeroDivisionError("a rule met a contact it did not expect")
 
     monkeypatch.setattr(claim_module, "plan_claim", broken)

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from crmsync.model import Contact, LedgerRow
+from crmsync.model import Claimed, Contact, LedgerRow
 from crmsync.rules import RULES, Decision, decide, maybe_in_crm, rule_name, rule_table
+from crmsync.worker.plan import plan_claim
 
 BASE = Contact(
     id="c1",
@@ -271,9 +272,6 @@ def test_maybe_in_crm(state: LedgerRow | None, maybe: bool) -> None:
 def test_a_create_that_may_have_reached_the_crm_says_so(
     state: LedgerRow | None, maybe: bool
 ) -> None:
-    from crmsync.model import Claimed
-    from crmsync.worker.plan import plan_claim
-
     plan = plan_claim("hubspot", [Claimed("c1", contact(version=9), state)], 1)
     ops = [op for r in plan.requests for op in r.ops]
     if ops and ops[0].kind == "create":
@@ -299,3 +297,39 @@ def test_rule_table_lists_every_rule_once() -> None:
         (crm, op) for crm in RULES for op in ("create", "update", "delete")
     }
     assert all(pred == "always" for _, op, pred in table if op == "delete")
+
+
+# A contact whose last send's outcome was never recorded (its lease expired):
+# what the plan decides on (worker/plan.py outcome_unknown).
+UNKNOWN_CASES = [
+    # (contact, ledger, action, looks up by our id)
+    (True, None, "create", True),
+    (False, None, "delete", False),
+    (True, LedgerRow(None, 1, "skipped"), "create", True),  # skipped v1, now v2
+    (False, LedgerRow(None, 1, "skipped"), "delete", False),
+    (True, LedgerRow("X", 1, "synced"), "update", False),  # the id is known
+    (True, LedgerRow(None, 2, "skipped"), "noop", False),  # the ledger is up to date
+]
+
+
+@pytest.mark.parametrize(("live", "ledger", "action", "lookup"), UNKNOWN_CASES)
+def test_a_send_whose_outcome_is_unknown_may_have_created_the_record(
+    live: bool, ledger: LedgerRow | None, action: str, lookup: bool
+) -> None:
+    contact = Contact("c1", "default", "a@x.io", "A", "B", "Co", "active", 2) if live else None
+    item = Claimed("c1", contact, ledger)
+    plan = plan_claim("hubspot", [item], 1, unknown={"c1"})
+    ops = [op for r in plan.requests for op in r.ops]
+    if action == "noop":
+        assert ops == [] and plan.acks == ["c1"]
+        return
+    assert [op.kind for op in ops] == [action]
+    if action == "create":
+        assert ops[0].maybe_exists is lookup
+    if action == "delete":
+        assert ops[0].external_id is None  # by our id
+    # Without the mark, a contact with no ledger row is a plain create.
+    plain = plan_claim("hubspot", [item], 1)
+    plain_ops = [op for r in plain.requests for op in r.ops]
+    if live and ledger is None:
+        assert plain_ops[0].maybe_exists is False

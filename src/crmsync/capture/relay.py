@@ -73,8 +73,31 @@ def fan_out(rows: Sequence[Sequence[Any]], tenants: Tenants) -> list[tuple[str, 
     ]
 
 
+class LossWatch:
+    """Notices a Redis that lost a connection's state through the relay's own
+    writes: a connection whose queue carried a lineage marker and no longer does.
+    The enqueue already woke its workers (whose claim heals it); this says so."""
+
+    def __init__(self) -> None:
+        self.marked: set[str] = set()
+
+    def saw(self, connections: set[str], unmarked: set[str]) -> list[str]:
+        """The connections just seen to have lost their marker."""
+        lost = sorted(c for c in unmarked if c in self.marked)
+        self.marked.difference_update(unmarked)
+        self.marked.update(connections - unmarked)
+        for cid in lost:
+            log.warning("redis.lost", connection=cid, seen_by="relay")
+        COUNTS.add(redis_losses_seen=len(lost))
+        return lost
+
+
 async def relay_once(
-    pool: asyncpg.Pool[Any], store: QueueStore, batch: int, tenants: Tenants | None = None
+    pool: asyncpg.Pool[Any],
+    store: QueueStore,
+    batch: int,
+    tenants: Tenants | None = None,
+    losses: LossWatch | None = None,
 ) -> int:
     """Move one batch; returns the outbox rows handled (0: nothing was waiting).
 
@@ -90,7 +113,10 @@ async def relay_once(
             return 0
         items = fan_out(rows, tenants)
         if items:
-            await store.enqueue(items)
+            # Deleted from the outbox only once this answered (the commit below).
+            unmarked = await store.enqueue(items)
+            if losses is not None:
+                losses.saw({cid for cid, _, _ in items}, unmarked)
     COUNTS.add(moved=len(rows), enqueued=len(items), batches=1)
     return len(rows)
 
@@ -157,6 +183,7 @@ async def run_relay(
     store = QueueStore(redis, margin=settings.limit_margin)
     wake = asyncio.Event()
     cache = TenantCache()
+    losses = LossWatch()
     backfills: set[asyncio.Task[int]] = set()
     vacuum: asyncio.Task[None] | None = None
     moved = 0  # since the last vacuum started
@@ -180,7 +207,9 @@ async def run_relay(
                     task = asyncio.create_task(reconcile_connection(pool, store, cid, tenant))
                     backfills.add(task)
                     task.add_done_callback(_backfill_done(backfills, cache, cid))
-                while not stop.is_set() and (n := await relay_once(pool, store, batch, tenants)):
+                while not stop.is_set() and (
+                    n := await relay_once(pool, store, batch, tenants, losses)
+                ):
                     moved += n
                     await _push_counts(redis)  # at most once a second under load
                 await _push_counts(redis)

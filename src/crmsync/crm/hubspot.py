@@ -314,7 +314,13 @@ class HubSpotAdapter(JsonClient):
         payload = {"properties": self._properties(op)}
         if op.kind == "update":
             url = self._url(op.external_id) if op.external_id else self._keyed(op)
-            return self._single(op, await self._call("PATCH", url, payload, watch))
+            answer = await self._call("PATCH", url, payload, watch)
+            if answer[0] != 404 or not op.external_id:
+                return self._single(op, answer)
+            # The record the ledger names is gone (our delete whose outcome was
+            # never recorded, or someone's in HubSpot): the contact lives here,
+            # so it is created again, as a Salesforce upsert would.
+            op = Op("create", op.contact_id, op.contact, None, True)
         if op.maybe_exists:
             # A single create is not an upsert: when an earlier attempt may have
             # created the contact, find it by crmsync_id and update it instead.

@@ -69,6 +69,14 @@ class ConnectionKeys:
     def auth_lock(self) -> str:  # string: held by the one process refreshing the token
         return f"{self.tag}:authlock"
 
+    @property
+    def heal_lock(self) -> str:  # string: held by the one process healing after a Redis loss
+        return f"{self.tag}:heallock"
+
+    @property
+    def checkpoint_lock(self) -> str:  # string: held by the process copying the windows to PG
+        return f"{self.tag}:ckptlock"
+
     def all_static(self) -> list[str]:
         return [
             self.ready,
@@ -96,7 +104,14 @@ class ConnectionKeys:
     def all_keys(self, window_sizes_ms: Iterable[int]) -> list[str]:
         """Every key of the connection, given the window sizes it has used."""
         windows = (self.window(ms) for ms in sorted(set(window_sizes_ms)))
-        return [*self.script_keys(), *windows, self.auth, self.auth_lock]
+        return [
+            *self.script_keys(),
+            *windows,
+            self.auth,
+            self.auth_lock,
+            self.heal_lock,
+            self.checkpoint_lock,
+        ]
 
 
 def connection(connection_id: str) -> ConnectionKeys:

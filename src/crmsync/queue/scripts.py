@@ -43,6 +43,8 @@ NAMES = (
     "block",
     "breaker",
     "depth",
+    "heal",
+    "snapshot",
 )
 
 

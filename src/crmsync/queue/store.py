@@ -25,7 +25,15 @@ from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.scripts import Arg, Call, Scripts
 from crmsync.queue.wake import Wakeups
-from crmsync.ratelimit import RateWindow, bucket_ms, min_room, normalize, span_ms, with_pacing
+from crmsync.ratelimit import (
+    Prefill,
+    RateWindow,
+    bucket_ms,
+    min_room,
+    normalize,
+    span_ms,
+    with_pacing,
+)
 from crmsync.redis_client import RedisClient
 
 BAND_SCALE = 10**13  # ready score = band * BAND_SCALE + enqueue ms
@@ -65,6 +73,9 @@ class Claim:
     probe: bool
     refused: str | None
     redis_ms: int  # Redis time when the claim ran
+    # Ids whose last lease expired unresolved: a worker may have died after the
+    # CRM applied its send and before the ledger row (the CRM may hold a record).
+    unknown: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -194,8 +205,11 @@ class QueueStore:
 
     # -- producer -----------------------------------------------------------------
 
-    async def enqueue(self, items: Sequence[tuple[str, str, int]]) -> None:
-        """Queue (connection_id, contact_id, band) items; coalesces; wakes workers."""
+    async def enqueue(self, items: Sequence[tuple[str, str, int]]) -> set[str]:
+        """Queue (connection_id, contact_id, band) items; coalesces; wakes workers.
+        Returns the connections whose state carries no lineage marker (Redis lost
+        it, or no worker marked it yet). A queue that lost its work gains some
+        here, so its workers are woken and their claim notices the loss."""
         by_conn: dict[str, list[Arg]] = {}
         for cid, contact_id, band in items:
             by_conn.setdefault(cid, []).extend((contact_id, int(Band(band))))
@@ -206,9 +220,16 @@ class QueueStore:
             for i in range(0, len(args), 2 * ENQUEUE_CHUNK):
                 calls.append((ks, args[i : i + 2 * ENQUEUE_CHUNK]))
                 owners.append(cid)
-        added = await self.scripts.call_many("enqueue", calls)
-        woken = {cid: None for cid, n in zip(owners, added, strict=True) if int(n) > 0}
+        answers = await self.scripts.call_many("enqueue", calls)
+        woken: dict[str, None] = {}
+        unmarked: set[str] = set()
+        for cid, (added, lost) in zip(owners, answers, strict=True):
+            if int(lost):
+                unmarked.add(cid)
+            if int(added) > 0:
+                woken[cid] = None
         await self.wakeups.publish(list(woken))
+        return unmarked
 
     # -- worker -------------------------------------------------------------------
 
@@ -220,9 +241,12 @@ class QueueStore:
         batch_size: int,
         lease_ms: int,
         backdate_ms: int = 0,
+        lineage: str = "",
     ) -> Claim:
         """Lease up to ``max_requests`` requests' worth of ids if the connection may
-        send now. A claim later than the moment its room opened may be stamped
+        send now. ``lineage``: the marker the connection's Redis state must carry
+        ('' no check, '*' any): refused 'lost' without one, 'lineage' with another
+        (``crmsync.worker.heal``). A claim later than the moment its room opened may be stamped
         that moment, at most ``backdate_ms`` ago (it then has that much less of
         the lag the margin absorbs before its sends count as late)."""
         cfg = await self._config_for(connection_id)
@@ -238,6 +262,7 @@ class QueueStore:
             cfg.paused or "",
             repr(self.margin),
             max(0, int(backdate_ms)),
+            lineage,
         ]
         for w in cfg.enforced:
             args += [w.limit, w.window_ms, span_ms(w, self.margin), min_room(w, cfg.windows)]
@@ -245,17 +270,20 @@ class QueueStore:
         refused = _text(raw[0]) or None
         nxt = int(raw[1])
         pairs = raw[6:]
+        ids = [_text(x) for x in pairs[0::2]]
+        scores = [_text(s) for s in pairs[1::2]]
         return Claim(
             connection_id=connection_id,
             token=token,
-            ids=[_text(x) for x in pairs[0::2]],
-            bands=[int(float(_text(s))) // BAND_SCALE for s in pairs[1::2]],
+            ids=ids,
+            bands=[int(float(s.lstrip("?"))) // BAND_SCALE for s in scores],
             permits=int(raw[3]),
             admitted_ms=int(raw[2]),
             next_eligible_ms=nxt if nxt >= 0 else None,
             probe=bool(int(raw[4])),
             refused=refused,
             redis_ms=int(raw[5]),
+            unknown=frozenset(i for i, s in zip(ids, scores, strict=True) if s.startswith("?")),
         )
 
     async def ack(self, claim: Claim, ids: Sequence[str], *, refund: int = 0) -> None:
@@ -414,6 +442,42 @@ class QueueStore:
             self._config[connection_id] = _Config(cfg.windows, cfg.threshold, cfg.recovery_ms, None)
         await self.redis.hdel(keys.connection(connection_id).state, *RESUME_CLEARS)
         await self.wakeups.publish([connection_id])
+
+    # -- Redis loss -----------------------------------------------------------------
+
+    async def enforced_windows(self, connection_id: str) -> tuple[RateWindow, ...]:
+        """The windows the scripts enforce for the connection (pacing included)."""
+        return (await self._config_for(connection_id)).enforced
+
+    async def heal(self, connection_id: str, lineage: str, fills: Sequence[Prefill]) -> int:
+        """Rebuild the connection's windows as ``fills`` say and mark its state
+        with ``lineage`` (claims pass again); Redis time ms. ``fills`` covers
+        every enforced window, in order."""
+        ck = keys.connection(connection_id)
+        args: list[Arg] = [lineage]
+        for f in fills:
+            spec = ",".join(f"{i}:{n}" for i, n in sorted(f.buckets.items()))
+            args += [f.window.window_ms, span_ms(f.window, self.margin), f.fill, spec]
+        wkeys = [ck.window(f.window.window_ms) for f in fills]
+        return int(await self.scripts.call("heal", [*ck.script_keys(), *wkeys], args))
+
+    async def lineage(self, connection_id: str) -> str | None:
+        raw = await self.redis.hget(keys.connection(connection_id).state, "lineage")
+        return _text(raw) if raw is not None else None
+
+    async def snapshot(
+        self, connection_id: str, window_sizes_ms: Sequence[int]
+    ) -> tuple[str | None, int, dict[int, dict[int, int]]]:
+        """(lineage marker, Redis time ms, window_ms -> {bucket index: count}) of
+        the given windows, in one script call."""
+        ck = keys.connection(connection_id)
+        wkeys = [ck.window(ms) for ms in window_sizes_ms]
+        raw = await self.scripts.call("snapshot", [*ck.script_keys(), *wkeys], [])
+        marker = _text(raw[0]) or None
+        out: dict[int, dict[int, int]] = {}
+        for ms, flat in zip(window_sizes_ms, raw[2:], strict=True):
+            out[ms] = {int(k): int(v) for k, v in _pairs(flat).items() if k.lstrip("-").isdigit()}
+        return marker, int(raw[1]), out
 
     # -- operators ----------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from crmsync.retry import RetryPolicy
 from crmsync.settings import Settings
 from crmsync.worker import events
 from crmsync.worker.crm_gate import CrmGate
+from crmsync.worker.heal import HEAL_RETRY_MS, LOSS_REFUSALS, Healer
 from crmsync.worker.inflight import Gate, InFlight
 from crmsync.worker.outcome import Outcome, sort_result, unhandled
 from crmsync.worker.permits import ClaimPermits, NoPermit, Permits
@@ -81,8 +82,10 @@ class Claims:
         permits: Permits,
         inflight: InFlight,
         slots: Slots,
+        healer: Healer | None = None,
     ) -> None:
         self.clock = clock
+        self.healer = healer
         self.store = store
         self.ledger = ledger
         self.crm_gate = crm_gate
@@ -129,8 +132,16 @@ class Claims:
                     batch_size=batch,
                     lease_ms=self.lease_ms,
                     backdate_ms=self.permits.backdate_ms,
+                    lineage=self.healer.lineage(conn.id) if self.healer else "",
                 )
                 self.clock.observe(claim.redis_ms, sent_ms, self.clock.local_ms())
+                if claim.refused in LOSS_REFUSALS and self.healer is not None:
+                    # Redis lost the connection's state: rebuild it (one worker
+                    # does; the others come back in a moment and find it done).
+                    await self.healer.heal(conn)
+                    now = self.clock.now_ms()
+                    self.slots.retry_at(conn.id, now + HEAL_RETRY_MS, now)
+                    return
             except Exception as exc:  # Redis down or flushed mid-call: try again soon
                 log.warning("worker.claim_failed", connection=conn.id, error=str(exc))
                 now = self.clock.now_ms()
@@ -173,7 +184,7 @@ class Claims:
                 done = True
                 return [], False
             try:
-                plan: Plan | None = plan_claim(conn.crm, items, batch)
+                plan: Plan | None = plan_claim(conn.crm, items, batch, claim.unknown)
             except Exception as exc:  # a bug met a contact: each id gets its attempt
                 log.exception("worker.plan_failed", connection=conn.id)
                 plan = None

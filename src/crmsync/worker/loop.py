@@ -25,6 +25,7 @@ from crmsync.clock import Clock
 from crmsync.queue.wake import Wakeups
 from crmsync.redis_client import REDIS_ERRORS
 from crmsync.worker.claim import Claims
+from crmsync.worker.heal import Healer
 from crmsync.worker.ports import Connections
 from crmsync.worker.slots import Slots
 
@@ -52,7 +53,9 @@ class Worker:
         claims: Claims,
         wakes: Wakes,
         shutdown_grace_seconds: float,
+        healer: Healer | None = None,
     ) -> None:
+        self.healer = healer
         self.clock = clock
         self.slots = slots
         self.registry = registry
@@ -63,10 +66,15 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         touched = await self.registry.refresh()
         self.slots.add(touched, self.clock.now_ms())
+        if self.healer is not None:
+            await self.healer.load()
         helpers = [
             asyncio.create_task(self.registry.watch(stop, self.on_connections_changed)),
             asyncio.create_task(self.wakes.listen(stop, self.on_wake)),
         ]
+        if self.healer is not None:
+            served = lambda: self.registry.connections.values()  # noqa: E731
+            helpers.append(asyncio.create_task(self.healer.watch(stop, served, self.on_wake)))
         try:
             await self._loop(stop)
         finally:

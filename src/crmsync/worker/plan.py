@@ -12,10 +12,11 @@ carries one kind, as the adapters' batch endpoints do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 
 from crmsync.crm.base import Op
-from crmsync.model import Claimed, LedgerWrite
+from crmsync.model import Claimed, LedgerRow, LedgerWrite
 from crmsync.rules import decide, maybe_in_crm
 
 
@@ -39,14 +40,37 @@ class Plan:
     skipped: list[LedgerWrite] = field(default_factory=list)  # their ledger rows
 
 
-def plan_claim(crm: str, items: list[Claimed], batch: int) -> Plan:
-    """Decide per contact; group what must be sent into requests of ``batch``."""
+def outcome_unknown(it: Claimed) -> LedgerRow | None:
+    """The ledger row to decide on for a contact whose last send's outcome was
+    never recorded (its lease expired): unless the ledger knows the record's id
+    or is up to date, the CRM may hold a record of it that only our id finds,
+    as after a create whose answer was lost."""
+    row = it.ledger
+    if row is not None and row.external_id is not None:
+        return row
+    if (
+        row is not None
+        and it.contact is not None
+        and row.status in ("synced", "skipped")
+        and row.synced_version is not None
+        and row.synced_version >= it.contact.version
+    ):
+        return row
+    version = row.synced_version if row is not None else None
+    return LedgerRow(None, version, "retrying", row.attempts if row is not None else 0)
+
+
+def plan_claim(crm: str, items: list[Claimed], batch: int, unknown: Collection[str] = ()) -> Plan:
+    """Decide per contact; group what must be sent into requests of ``batch``.
+    ``unknown``: ids whose last send's outcome was never recorded."""
     upserts: list[Op] = []
     deletes: list[Op] = []
     by_id: dict[str, Claimed] = {}
     acks: list[str] = []
     skipped: list[LedgerWrite] = []
     for it in items:
+        if it.contact_id in unknown:
+            it = replace(it, ledger=outcome_unknown(it))
         d = decide(crm, it.contact, it.ledger)
         by_id[it.contact_id] = it
         if d.action == "noop":

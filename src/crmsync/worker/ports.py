@@ -38,6 +38,7 @@ class Store(Protocol):
         batch_size: int,
         lease_ms: int,
         backdate_ms: int = 0,
+        lineage: str = "",
     ) -> Claim: ...
 
     async def readmit(self, claim: Claim, wanted: int) -> Claim: ...

@@ -8,8 +8,9 @@ KEYS layout, so the helpers below may name them:
   KEYS[3] lease_tokens hash  id -> claim token
   KEYS[4] delayed      zset  id -> due ms
   KEYS[5] requeue      zset  id -> ready score (enqueued again while leased)
-  KEYS[6] bands        hash  id -> ready score of a leased or delayed id
-  KEYS[7] state        hash  paused, blocked_until_ms, limits, br_* fields
+  KEYS[6] bands        hash  id -> ready score of a leased or delayed id;
+                             '?' .. id -> 1 while an id's expired lease is unresolved
+  KEYS[7] state        hash  paused, blocked_until_ms, limits, br_* fields, lineage
   KEYS[8] stats        hash  counters for `crmsync status`
   KEYS[9..] one rate-window hash per configured window (claim, ack, depth)
 The CRM breaker script uses only the br_* helpers on its own key.
@@ -58,10 +59,17 @@ local function back_to_ready(id, now)
   return redis.call('ZADD', KEYS[1], 'LT', s, id)
 end
 
+-- An id whose lease expired: its worker may have died after the CRM applied
+-- its send and before the ledger row was written. Marked until acknowledged,
+-- so the claims that take it tell their worker (claim.lua).
+local function mark_unknown(id)
+  redis.call('HSET', KEYS[6], '?' .. id, 1)
+end
+
 -- Finished lease: a change that arrived meanwhile becomes ready work.
 local function finish_lease(id)
   drop_lease(id)
-  redis.call('HDEL', KEYS[6], id)
+  redis.call('HDEL', KEYS[6], id, '?' .. id)
   local rq = tonumber(redis.call('ZSCORE', KEYS[5], id))
   if rq ~= nil then
     redis.call('ZREM', KEYS[5], id)

@@ -13,12 +13,17 @@ ARGV[9] margin (restore only)
 ARGV[10] back-dating allowed, ms (at most KEEP_MS): a claim that comes later than
          its room opened (a late wake-up, a busy loop) is stamped when the room
          opened, at most this long ago, instead of losing that time for good
-ARGV[11..] per window: limit, window_ms, span_ms (window stretched by the margin),
+ARGV[11] lineage the caller expects in the state hash: '' = no check, '*' = any
+         marker, else that run id. No marker: Redis lost the connection's state
+         (flush, restart, failover): refused 'lost', nothing written. Another
+         marker: refused 'lineage' (healed by someone else, or an older Redis).
+ARGV[12..] per window: limit, window_ms, span_ms (window stretched by the margin),
            min_room (permits to wait for before the next claim, at most what
            this claim asked for: the next one is likely to ask as much)
 Returns {refused ('' = granted), next_eligible_ms (-1 = only on wake-up),
          admitted_ms (the permits' stamp), permits, probe (0/1), Redis time ms,
-         id1, score1, id2, score2, ...}
+         id1, score1, id2, score2, ...}; a score starts with '?' when the id's
+         last lease expired unresolved (its send's outcome is unknown)
 ]]
 local now = now_ms()
 local token = ARGV[1]
@@ -27,6 +32,13 @@ local batch = tonumber(ARGV[3])
 local lease_ms = tonumber(ARGV[4])
 local threshold = tonumber(ARGV[5])
 local recovery = tonumber(ARGV[6])
+
+local lineage = ARGV[11]
+if lineage ~= '' then
+  local marker = redis.call('HGET', KEYS[7], 'lineage')
+  if not marker then return {'lost', -1, now, 0, 0, now} end
+  if lineage ~= '*' and marker ~= lineage then return {'lineage', -1, now, 0, 0, now} end
+end
 
 -- Redis is a cache: after a FLUSHALL the caller's config restores the state.
 if redis.call('HEXISTS', KEYS[7], 'limits') == 0 then
@@ -64,6 +76,7 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 10
 for _, id in ipairs(expired) do
   drop_lease(id)
   back_to_ready(id, now)
+  mark_unknown(id)
 end
 stat('leases_expired', #expired)
 
@@ -87,7 +100,7 @@ end
 
 local wins = {}
 for i = 1, #KEYS - 8 do
-  local a = 11 + (i - 1) * 4
+  local a = 12 + (i - 1) * 4
   local limit = tonumber(ARGV[a])
   if share < 1 then limit = math.max(1, math.floor(limit * share)) end
   local w = win_load(KEYS[8 + i], limit, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
@@ -113,7 +126,11 @@ for i = 1, #popped, 2 do
   redis.call('HSET', KEYS[3], id, token)
   redis.call('HSET', KEYS[6], id, popped[i + 1])
   out[#out + 1] = id
-  out[#out + 1] = popped[i + 1]
+  if redis.call('HEXISTS', KEYS[6], '?' .. id) == 1 then
+    out[#out + 1] = '?' .. popped[i + 1]
+  else
+    out[#out + 1] = popped[i + 1]
+  end
 end
 local permits = math.ceil((#popped / 2) / batch)
 local stamp = now

@@ -48,11 +48,14 @@ SELECT id, tenant, email, first_name, last_name, company, status, version, updat
 FROM contacts WHERE tenant = $1 AND id = $2 AND NOT EXISTS (SELECT 1 FROM d)
 
 -- name: api_status_connections
--- Per-connection ledger counts by status and open dead letters ($1 NULL: every tenant).
+-- Per-connection ledger counts by status, open dead letters and heals after a
+-- Redis loss ($1 NULL: every tenant).
 SELECT c.id, c.tenant, c.crm, c.paused_reason,
        COALESCE(s.counts, '{}'::jsonb) AS sync,
-       COALESCE(d.n, 0) AS dead_letters
+       COALESCE(d.n, 0) AS dead_letters,
+       COALESCE(r.heals, 0) AS redis_heals, r.healed_at
 FROM connections c
+LEFT JOIN redis_state r ON r.connection_id = c.id
 LEFT JOIN (
     SELECT connection_id, jsonb_object_agg(status, n) AS counts
     FROM (SELECT connection_id, status, count(*) AS n FROM sync_state GROUP BY 1, 2) x
