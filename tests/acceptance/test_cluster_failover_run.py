@@ -93,11 +93,6 @@ def restarted(redis_cluster: LocalCluster) -> Iterator[list[object]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="the changes the relay queued in the second the replica missed are lost until "
-    "Redis-loss healing (branch loss) lands and notices a failed-over slot",
-)
 async def test_a_master_killed_mid_backlog_loses_and_bursts_nothing(
     failover_config: ClusterConfig, redis_cluster: LocalCluster, restarted: list[object]
 ) -> None:

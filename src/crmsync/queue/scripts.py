@@ -45,6 +45,7 @@ NAMES = (
     "depth",
     "heal",
     "snapshot",
+    "mark",
 )
 
 

@@ -115,7 +115,7 @@ class Healer:
         lineage = marker or secrets.token_hex(8)
         await self.pool.execute(db.q("heal_record"), conn.id, lineage, False)
         if marker is None:
-            await self.redis.hsetnx(keys.connection(conn.id).state, "lineage", lineage)
+            await self.store.mark(conn.id, lineage)
         self.known[conn.id] = lineage
 
     async def _rebuild(self, conn: Connection, marker: str | None) -> None:
@@ -176,14 +176,11 @@ class Healer:
         """The connections whose Redis state lacks the marker this worker expects."""
         if not conns:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for c in conns:
-            pipe.hget(keys.connection(c.id).state, "lineage")
-        markers = await pipe.execute()
+        markers = await self.store.markers([c.id for c in conns])
         out = []
         for c, m in zip(conns, markers, strict=True):
             want = self.lineage(c.id)
-            if m is None or (want != ANY and m.decode() != want):
+            if m is None or (want != ANY and m != want):
                 out.append(c.id)
         return out
 

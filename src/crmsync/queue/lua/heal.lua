@@ -30,6 +30,6 @@ for i = 1, #KEYS - 8 do
   w.total = total
   win_take(w, fill, now)
 end
-redis.call('HSET', KEYS[7], 'lineage', ARGV[1])
+mark(KEYS[7], ARGV[1])
 stat('heals', 1)
 return now
