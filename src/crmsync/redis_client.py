@@ -24,6 +24,7 @@ RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 # cluster client's own errors (no node reachable, a slot not covered) are not
 # RedisError subclasses, so an ``except RedisError`` alone would let them through.
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+UNBOUNDED = 2**31  # connections per cluster node: opened as needed, never refused
 
 
 def safe_url(url: str) -> str:
@@ -96,6 +97,10 @@ def _cluster_client(seeds: list[str], **kwargs: Any) -> RedisCluster:
     others = [urlsplit(u) for u in seeds[1:]]
     nodes = [ClusterNode(p.hostname or "127.0.0.1", p.port or 6379) for p in others]
     kwargs.setdefault("health_check_interval", 10)
+    # Per node: redis-py's cluster client refuses a command at once
+    # (MaxConnectionsError) past its default of 100 connections to a node, which
+    # a worker's concurrent sends (a permit taken per extra request) reach.
+    kwargs.setdefault("max_connections", UNBOUNDED)
     return RedisCluster.from_url(seeds[0], startup_nodes=nodes or None, **kwargs)
 
 
