@@ -27,6 +27,7 @@ from crmsync.clock import FakeClock
 from crmsync.connections import Connection
 from crmsync.crm.base import CrmAdapter, Op, RecordResult, SendResult
 from crmsync.crm.http import WriteWatch
+from crmsync.crm.quota import Usage
 from crmsync.errors import CrmError
 from crmsync.model import Claimed, Contact, DeadLetter, LedgerRow, LedgerWrite
 from crmsync.queue.store import Claim
@@ -162,6 +163,7 @@ class FakeStore:
         counters: Mapping[str, int] | None = None,
         block: float = 0.0,
         block_reason: str = "",
+        learnt: Usage | None = None,
     ) -> str | None:
         self._call("finish")
         q = self.queue(claim.connection_id)
@@ -191,6 +193,10 @@ class FakeStore:
     async def renew(self, claim: Claim, ids: Sequence[str], lease_ms: int) -> None:
         self._call("renew")
         self.renewals += 1
+
+    async def learn(self, connection_id: str, usage: Usage, ref: int | None = None) -> bool:
+        self._call("learn")
+        return False
 
     async def block(
         self, connection_id: str, seconds: float, *, slow: bool = False, reason: str = ""

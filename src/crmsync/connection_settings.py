@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from crmsync import crm_limits
 from crmsync.crm import ADAPTERS
 from crmsync.errors import UserError
 from crmsync.model import CONTACT_ATTRS
@@ -94,6 +95,23 @@ def _field_map(value: Any, crm: str) -> dict[str, str | None]:
     return out
 
 
+def _limit_model(value: Any, crm: str) -> str:
+    if value not in crm_limits.MODELS:
+        raise ValueError(
+            "must be crm (the CRM's own limits: docs/LIMITS.md) or windows (the --rate-limit "
+            "windows)"
+        )
+    return str(value)
+
+
+def _tier(value: Any, crm: str) -> str:
+    return crm_limits.tier(value)
+
+
+def _time_zone(value: Any, crm: str) -> str:
+    return crm_limits.time_zone(value)
+
+
 KEYS: dict[str, Key] = {}
 
 
@@ -110,6 +128,18 @@ for _key in (
     Key("external_id_field", "the Contact external id field", _field_name, ("salesforce",)),
     Key("id_property", "the unique contact property", _field_name, ("hubspot",)),
     Key("field_map", "contact fields to CRM fields", _field_map),
+    Key("limit_model", "which limits the connection holds", _limit_model),
+    Key(
+        "daily_limit",
+        "the CRM's daily request budget until one is learnt",
+        _int(1, 1_000_000_000),
+    ),
+    Key("tier", "the HubSpot portal's API tier", _tier, ("hubspot",)),
+    Key(
+        "time_zone", "the HubSpot portal's time zone, where its day ends", _time_zone, ("hubspot",)
+    ),
+    Key("concurrency", "requests in flight across every worker", _int(1, 10_000)),
+    Key("day_seconds", "how long the CRM's day lasts (a compressed mock's)", _seconds(1, 86_400)),
     Key(
         "token_max_age_seconds",
         "refresh an OAuth access token once it is this old",

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 
-from crmsync import connection_settings, db, redact
+from crmsync import connection_settings, crm_limits, db, redact
 from crmsync.contacts import ID_RULE, is_id
 from crmsync.crm.auth import (
     KINDS,
@@ -38,8 +38,9 @@ from crmsync.vault import Keyring
 
 BEARER = Auth()
 CRMS: tuple[str, ...] = ("salesforce", "hubspot")
-# Used when `connections add` gets no --rate-limit (documented in its --help):
-# Salesforce 100/s; HubSpot 100 per TEN_SECONDLY_ROLLING window (Free/Starter tier).
+# The windows of a connection with limit_model=windows and no --rate-limit (stored
+# before the CRM model existed): Salesforce 100/s; HubSpot 100 per 10 s. A new
+# connection without --rate-limit gets the CRM's own model (crm_limits.py).
 DEFAULT_RATE_LIMITS: dict[str, tuple[str, ...]] = {
     "salesforce": ("100/s",),
     "hubspot": ("100/10s",),
@@ -63,6 +64,20 @@ def rate_limits_json(specs: Sequence[str], crm: str) -> list[dict[str, int]]:
 
 def format_rate_limits(windows: Sequence[Mapping[str, Any]]) -> str:
     return ", ".join(format_rate(RateWindow(int(w["limit"]), int(w["window_ms"]))) for w in windows)
+
+
+def describe_limits(conn: Connection) -> str:
+    """The limits a connection holds, in a few words."""
+    spec = conn.crm_spec
+    windows = format_rate_limits(conn.rate_limits)
+    if spec is None:
+        return windows
+    if spec.kind == "rolling":
+        return (
+            f"the CRM's: a rolling daily allocation ({spec.allocation} until learnt), "
+            f"{windows}, {spec.concurrency} in flight"
+        )
+    return f"the CRM's: {windows}, {spec.allocation}/day from midnight in {spec.time_zone}"
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
@@ -117,6 +132,10 @@ class Connection:
         limits = row["rate_limits"] or []
         secrets = keys.open(row["id"], row["secrets"])
         redact.remember(secrets.values())  # masked in every log line from now on
+        settings = dict(row["settings"] or {})
+        windows = crm_limits.windows_of(row["crm"], settings) or tuple(
+            RateWindow(int(w["limit"]), int(w["window_ms"])) for w in limits
+        )
         return cls(
             id=row["id"],
             tenant=row["tenant"],
@@ -124,8 +143,8 @@ class Connection:
             account=row["account"],
             base_url=row["base_url"],
             token=secrets.get("token", ""),
-            windows=tuple(RateWindow(int(w["limit"]), int(w["window_ms"])) for w in limits),
-            settings=dict(row["settings"] or {}),
+            windows=windows,
+            settings=settings,
             paused_reason=row["paused_reason"],
             auth=Auth.from_json(row["auth"]),
             secrets=secrets,
@@ -140,6 +159,11 @@ class Connection:
     @property
     def token_hint(self) -> str:
         return redact.mask(hint(self.auth, self.secrets))
+
+    @property
+    def crm_spec(self) -> crm_limits.CrmSpec | None:
+        """What the CRM's own limit model adds to the windows (None: windows only)."""
+        return crm_limits.spec_of(self.crm, self.settings)
 
     @property
     def rate_limits(self) -> list[dict[str, int]]:
@@ -226,7 +250,9 @@ def parse_connection(
         load_private_key(given["--private-key"])
     secrets = _secrets(kind, given)
     redact.remember(secrets.values())  # masked in this process's logs from now on
-    parsed = parse_settings(settings)
+    checked = limit_model(
+        crm, rate_limits, connection_settings.validate(crm, parse_settings(settings))
+    )
     return Connection(
         id=id,
         tenant=tenant,
@@ -234,10 +260,11 @@ def parse_connection(
         account=account,
         base_url=base,
         token=secrets.get("token", ""),
-        windows=tuple(
+        windows=crm_limits.windows_of(crm, checked)
+        or tuple(
             RateWindow(w["limit"], w["window_ms"]) for w in rate_limits_json(rate_limits, crm)
         ),
-        settings=connection_settings.validate(crm, parsed),
+        settings=checked,
         auth=Auth(
             kind=kind,
             client_id=given.get("--client-id", ""),
@@ -247,6 +274,24 @@ def parse_connection(
         ),
         secrets=secrets,
     )
+
+
+def limit_model(
+    crm: str, rate_limits: Sequence[str], settings: dict[str, Any], *, new: bool = True
+) -> dict[str, Any]:
+    """The settings with the limit model chosen: a ``new`` connection given no
+    ``--rate-limit`` gets the CRM's own; without ``limit_model`` a connection holds
+    the windows model (so connections stored before it existed keep theirs)."""
+    model = settings.get("limit_model")
+    if model is None and new and not rate_limits:
+        model = "crm"
+        settings = {**settings, "limit_model": model}
+    if model == "crm" and rate_limits:
+        raise UserError(
+            "--rate-limit applies to --settings limit_model=windows; the CRM model "
+            "(limit_model=crm) takes its limits from tier, daily_limit and concurrency"
+        )
+    return settings
 
 
 def _credential_flags(crm: str, kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -348,10 +393,21 @@ def apply(cur: Connection, ch: Changes) -> Connection:
         if key not in settings:
             raise UserError(f"--unset {key}: connection {cur.id!r} has no setting {key!r}")
         del settings[key]
-    settings.update(connection_settings.validate(cur.crm, parse_settings(ch.settings)))
-    spec = replace(spec, settings=settings)
-    if not ch.rate_limits:
-        spec = replace(spec, windows=cur.windows)
+    given = connection_settings.validate(cur.crm, parse_settings(ch.settings))
+    settings.update(given)
+    if ch.rate_limits and "limit_model" not in given:
+        settings.pop("limit_model", None)  # windows given: the windows model
+    settings = limit_model(cur.crm, ch.rate_limits, settings, new=False)
+    windows = crm_limits.windows_of(cur.crm, settings)
+    if not windows and not ch.rate_limits:
+        # Kept, unless they were the CRM model's: then the CRM's default windows.
+        was_crm = cur.crm_spec is not None
+        windows = spec.windows if was_crm else cur.windows
+        if was_crm:
+            windows = tuple(
+                RateWindow(w["limit"], w["window_ms"]) for w in rate_limits_json((), cur.crm)
+            )
+    spec = replace(spec, settings=settings, windows=windows or spec.windows)
     if (replace(spec.auth, rev=""), spec.secrets) == (replace(cur.auth, rev=""), cur.secrets):
         spec = replace(spec, auth=cur.auth)  # the same credentials: the same rev
     return replace(spec, paused_reason=cur.paused_reason)

@@ -19,6 +19,7 @@ from prometheus_client.core import (
 )
 
 from crmsync import counters
+from crmsync.crm_limits import DAY_MS
 from crmsync.queue import keys
 from crmsync.queue.store import BAND_SCALE, Band, QueueDepth
 from crmsync.redis_client import RedisClient
@@ -68,15 +69,16 @@ def connection_figures(depth: QueueDepth, oldest_ms: int | None) -> dict[str, An
     oldest = oldest_ms
     stats = depth.stats
     lag = counters.buckets(stats, counters.SYNC_LAG, counters.SYNC_LAG_BOUNDS_MS)
+    limits = [
+        {"limit": w.limit, "window_ms": w.window_ms, "used": depth.in_window.get(w.window_ms, 0)}
+        for w in depth.windows
+    ]
+    budget = depth.budget
+    if budget is not None:
+        # The CRM's daily budget (every app's use): shown as a day even when compressed.
+        limits.append({"limit": budget[1], "window_ms": DAY_MS, "used": budget[0]})
     return {
-        "limits": [
-            {
-                "limit": w.limit,
-                "window_ms": w.window_ms,
-                "used": depth.in_window.get(w.window_ms, 0),
-            }
-            for w in depth.windows
-        ],
+        "limits": limits,
         "oldest_age_s": None if oldest is None else round(max(0, depth.now_ms - oldest) / 1000, 1),
         "sync_lag_ms": {
             "p50": counters.sync_lag_percentile(stats, 0.50),

@@ -106,7 +106,7 @@ def render(report: Mapping[str, Any], width: int = 80) -> RenderableType:
     for c in conns:
         label, style = state_of(c)
         t.add_row(
-            c["id"],
+            Text(c["id"]),  # as written: a str cell would turn an id like :a: into an emoji
             CRM_SHORT.get(c["crm"], c["crm"]),
             Text(label, style=style),
             *(value for _, value in _figures(c)),

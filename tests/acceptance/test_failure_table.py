@@ -410,6 +410,30 @@ async def sigkill_worker(c: ProxiedCluster) -> None:
     assert sum(expired) > 0, "no lease of the killed worker came back"
 
 
+async def sigkill_then_delete(c: ProxiedCluster) -> None:
+    """A worker SIGKILLed with sends in flight, then every contact it may have sent
+    without a ledger row deleted at once: the CRM may hold records the ledger
+    never heard of, and their deletes must go by our id."""
+    await c.set_faults("*", latency_ms=200, jitter_ms=20)
+    batch = people(80, "kd")
+    await c.put_contacts(batch)
+
+    async def busy() -> bool:
+        synced = await c.pool.fetchval("SELECT count(*) FROM sync_state WHERE status = 'synced'")
+        return bool(synced >= 10 and (await depth(c, "sf-01")).leased > 0)
+
+    await wait_until(busy, 20, "work in flight", cluster=c, poll=0.02)
+    await c.kill_worker(0, signal.SIGKILL)
+    unrecorded = await c.pool.fetch(
+        "SELECT c.id FROM contacts c WHERE c.id LIKE 'kd%'"
+        " AND NOT EXISTS (SELECT 1 FROM sync_state s WHERE s.contact_id = c.id)"
+    )
+    assert unrecorded, "every contact already had its ledger row"
+    await c.delete([r["id"] for r in unrecorded])
+    await c.set_faults("*", latency_ms=2, jitter_ms=1)
+    await settle(c, 60)
+
+
 async def redis_flush(c: ProxiedCluster) -> None:
     """FLUSHDB of the test's Redis database mid-run (FLUSHALL would hit other databases
     of a shared server); nobody runs a command: the workers notice and heal."""
@@ -551,6 +575,11 @@ TABLE: list[Row] = [
     Row("worker_sigkill", "one of 2 workers SIGKILLed mid-batch (200 ms CRM latency)",
         "leases expire, all synced, no duplicate", sigkill_worker,
         mode="split", processes=2, concurrency=10, env={"CRMSYNC_LEASE_SECONDS": "3"}),
+    Row("worker_sigkill_then_delete",
+        "a worker SIGKILLed with sends in flight, the contacts without a ledger row deleted",
+        "deletes go by our id: none of them left in any CRM, no duplicate",
+        sigkill_then_delete, mode="split", processes=2, concurrency=10,
+        env={"CRMSYNC_LEASE_SECONDS": "3"}),
     Row("redis_flushdb", "FLUSHDB of the test Redis db mid-run",
         "workers heal by themselves (once each), all synced", redis_flush,
         mock_args=(*ONE_EACH, "--sf-limit", "20/s", "--hs-limit", "20/s")),

@@ -23,6 +23,8 @@ from redis.crc import key_slot
 
 from conftest import redis_cluster_script
 from crmsync.breaker import CrmBreaker
+from crmsync.crm.quota import Usage
+from crmsync.crm_limits import CrmSpec
 from crmsync.queue import keys, scripts
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow, prefill
@@ -46,6 +48,8 @@ async def lifecycle(redis: RedisClient, step: Callable[[], Awaitable[None]]) -> 
             breaker_threshold=1,
             breaker_recovery_ms=1,
             paused=None,
+            # b holds a CRM model too: its in-flight zset goes with the scripts' keys.
+            crm=CrmSpec("daily", 10**6, 100, 5) if cid == b else None,
         )
     await store.enqueue([(c, f"x{i}", i % 3) for i in range(20) for c in (a, b)])
     await step()
@@ -61,6 +65,8 @@ async def lifecycle(redis: RedisClient, step: Callable[[], Awaitable[None]]) -> 
         await store.restamp(cid, c.admitted_ms, 1)
         await step()
         await store.ack(c, c.ids[:2], refund=1)
+        await step()
+        await store.learn(cid, Usage(1, 10**6))  # a: no CRM model, no call
         await step()
         await store.retry_later(c, {c.ids[2]: 0.0})
         await step()

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from crmsync.capture.relay import relay_once, run_relay
+from crmsync.capture.relay import LossWatch, relay_once, run_relay
 from crmsync.queue import keys
 from crmsync.queue.store import BAND_SCALE, Band, QueueStore
 from crmsync.settings import Settings
@@ -255,3 +255,24 @@ async def test_run_relay_vacuums_the_outbox_after_a_bulk_move(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_the_relay_notices_a_connection_whose_marker_is_gone(
+    pool: asyncpg.Pool[Any], redis_client: aioredis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its own enqueue answers whether the connection's Redis state carries a lineage
+    marker: one it saw marked and no longer is, Redis lost; the rows it moved are
+    in the queue all the same."""
+    store = QueueStore(redis_client)
+    losses = LossWatch()
+    await redis_client.hset(keys.connection("acme-sf").state, "lineage", "run-1")
+    await insert(pool, ("a1", "acme"))
+    assert await relay_once(pool, store, 100, losses=losses) == 1
+    assert losses.marked == {"acme-sf"}  # acme-hs was never marked: nothing to say
+    await redis_client.delete(keys.connection("acme-sf").state, keys.connection("acme-sf").ready)
+    await insert(pool, ("a2", "acme"))
+    assert await relay_once(pool, store, 100, losses=losses) == 1
+    assert losses.marked == set()
+    assert "redis.lost" in capsys.readouterr().out
+    assert set(await queued(redis_client, "acme-sf")) == {"a2"}
+    assert await outbox_count(pool) == 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,112 @@ class LimiterModel:
     def refund(self, admitted_ms: int, n: int) -> None:
         for w in self.windows:
             w.refund(admitted_ms, n)
+
+
+# -- The CRMs' own models (crm_limits.py, crm_* in _lib.lua), written apart ------------
+
+
+def portal_days(t_ms: int, zone: str, day_ms: int = 86_400_000) -> tuple[int, int]:
+    """[start, end) of the portal's day holding ``t_ms``: local midnight to local
+    midnight (a real day), or a run of equal compressed days shifted by the zone's
+    offset scaled into them."""
+    tz = ZoneInfo(zone)
+    if day_ms != 86_400_000:
+        off = datetime.fromtimestamp(t_ms / 1000, tz).utcoffset()
+        shift = round((off.total_seconds() if off else 0.0) * 1000 * day_ms / 86_400_000)
+        start = (t_ms + shift) // day_ms * day_ms - shift
+        return start, start + day_ms
+    d = datetime.fromtimestamp(t_ms / 1000, tz).date()
+    for day in (d - timedelta(days=1), d, d + timedelta(days=1)):
+        a = datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000
+        nxt = day + timedelta(days=1)
+        b = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).timestamp() * 1000
+        if a <= t_ms < b:
+            return round(a), round(b)
+    raise AssertionError("no local day holds the time")
+
+
+@dataclass
+class DailyBudget:
+    """HubSpot: our admissions since the portal's midnight (used ``guard`` ms late)
+    plus the other apps' use learnt in that day, kept under the limit less the
+    reserve. ``learn(used, ref, now)``: the CRM counted ``used`` when our
+    admissions numbered ``ref``."""
+
+    limit: int
+    reserve: float
+    zone: str = "UTC"
+    day_ms: int = 86_400_000
+    guard: int = 0
+    day: int | None = None
+    n: int = 0
+    others: int = 0
+    seq: int = 0
+    day_ref: int = 0
+
+    def _roll(self, now: int) -> None:
+        start, _ = portal_days(now - self.guard, self.zone, self.day_ms)
+        if self.day is None or start > self.day:
+            self.day, self.n, self.others, self.day_ref = start, 0, 0, self.seq
+
+    def room(self, now: int) -> int:
+        self._roll(now)
+        return self.limit - math.ceil(self.limit * self.reserve) - self.n - self.others
+
+    def admit(self, k: int, now: int) -> int:
+        got = max(0, min(k, self.room(now)))
+        self.n += got
+        self.seq += got
+        return got
+
+    def learn(self, used: int, ref: int, now: int) -> None:
+        self._roll(now)
+        if ref < self.day_ref:
+            return
+        ours = max(0, self.n - (self.seq - ref))
+        self.others = max(self.others, used - ours)
+
+
+@dataclass
+class RollingBudget:
+    """Salesforce: the CRM's used count at the latest request it answered, plus our
+    admissions since, kept under the allocation less the reserve; until a first
+    answer, one request at a time."""
+
+    allocation: int
+    reserve: float
+    seq: int = 0
+    used: int | None = None
+    ref: int = 0
+
+    def room(self) -> int:
+        if self.used is None:
+            return 1
+        limit = self.allocation - math.ceil(self.allocation * self.reserve)
+        return limit - (self.used + self.seq - self.ref)
+
+    def admit(self, k: int) -> int:
+        got = max(0, min(k, self.room()))
+        self.seq += got
+        return got
+
+    def learn(self, used: int, ref: int) -> None:
+        if self.used is None or ref > self.ref or (ref == self.ref and used > self.used):
+            self.used, self.ref = used, ref
+
+
+@dataclass
+class InFlightCap:
+    """At most ``cap`` requests of unfinished claims at once."""
+
+    cap: int
+    claims: dict[str, int] = field(default_factory=dict)
+
+    def admit(self, token: str, k: int) -> int:
+        got = max(0, min(k, self.cap - sum(self.claims.values())))
+        if got:
+            self.claims[token] = got
+        return got
+
+    def done(self, token: str) -> None:
+        self.claims.pop(token, None)

@@ -35,6 +35,12 @@ ACCEPTED: list[tuple[str, list[str], dict[str, Any]]] = [
     (HS, [], {}),
 ]
 
+KNOWN = (
+    "api_version, batch_size, concurrency, daily_limit, day_seconds, external_id_field, "
+    "field_map, id_property, limit_model, max_in_flight, tier, time_zone, timeout_seconds, "
+    "token_max_age_seconds"
+)
+
 # (crm, the --settings flags, the one sentence refusing them)
 REFUSED: list[tuple[str, list[str], str]] = [
     (
@@ -114,6 +120,37 @@ REFUSED: list[tuple[str, list[str], str]] = [
     ),
     (
         HS,
+        ["tier=200"],
+        "--settings tier (the HubSpot portal's API tier) must be 100, 190 or 250 (requests per "
+        "10 s) or one of free, starter, professional, enterprise, capacity.",
+    ),
+    (
+        HS,
+        ["time_zone=Mars/Olympus"],
+        "--settings time_zone (the HubSpot portal's time zone, where its day ends) must be an "
+        "IANA time zone such as UTC or America/New_York.",
+    ),
+    (
+        SF,
+        ["limit_model=sliding"],
+        "--settings limit_model (which limits the connection holds) must be crm (the CRM's own "
+        "limits: docs/LIMITS.md) or windows (the --rate-limit windows).",
+    ),
+    (
+        SF,
+        ["daily_limit=0"],
+        "--settings daily_limit (the CRM's daily request budget until one is learnt) must be a "
+        "whole number from 1 to 1000000000.",
+    ),
+    (
+        SF,
+        ["concurrency=abc"],
+        "--settings concurrency (requests in flight across every worker) must be a whole number "
+        "from 1 to 10000.",
+    ),
+    (SF, ["tier=190"], "--settings tier applies to hubspot only."),
+    (
+        HS,
         ["api_version=v60.0"],
         "--settings api_version applies to salesforce only.",
     ),
@@ -126,15 +163,12 @@ REFUSED: list[tuple[str, list[str], str]] = [
         SF,
         ["batchsize=50"],
         "--settings 'batchsize' is not a setting crmsync knows; did you mean 'batch_size'? "
-        "(known: api_version, batch_size, external_id_field, field_map, id_property, "
-        "max_in_flight, timeout_seconds, token_max_age_seconds).",
+        f"(known: {KNOWN}).",
     ),
     (
         SF,
         ["colour=blue"],
-        "--settings 'colour' is not a setting crmsync knows (known: api_version, batch_size, "
-        "external_id_field, field_map, id_property, max_in_flight, timeout_seconds, "
-        "token_max_age_seconds).",
+        f"--settings 'colour' is not a setting crmsync knows (known: {KNOWN}).",
     ),
     (
         SF,
@@ -166,8 +200,7 @@ def test_stored_settings_are_listed_not_refused_on_load() -> None:
     old = {"batch": True, "batch_size": 500}
     assert connection_settings.problems(SF, old) == [
         "--settings 'batch' is not a setting crmsync knows; did you mean 'batch_size'? "
-        "(known: api_version, batch_size, external_id_field, field_map, id_property, "
-        "max_in_flight, timeout_seconds, token_max_age_seconds).",
+        f"(known: {KNOWN}).",
         "--settings batch_size (records per CRM request) must be a whole number from 1 to 200.",
     ]
 

@@ -39,6 +39,27 @@ MOCK_OAUTH_ARGS = (
     f"{TOKEN_LIFETIME_SECONDS:g}",
     "--no-static-tokens",
 )
+# The default scenario's mocks hold each CRM's own limits (docs/LIMITS.md) over a
+# day compressed to a minute, so the daily budgets matter within the run:
+# Salesforce orgs with a rolling allocation (spread at most 1/24 per 2.5 s) and
+# 25 requests in flight; HubSpot portals at the capacity tier (250 per 10 s) with
+# their day ending at midnight in New York. The connections get the matching
+# settings (limit_model=crm, ...) from the mock's accounts.
+DAY_SECONDS = 60.0
+MOCK_LIMIT_ARGS = (
+    "--limit-model",
+    "crm",
+    "--day-seconds",
+    f"{DAY_SECONDS:g}",
+    "--sf-daily",
+    "2400",
+    "--hs-tier",
+    "250",
+    "--hs-daily",
+    "2000",
+    "--hs-time-zone",
+    "America/New_York",
+)
 # With faults, recover fast and retry patiently so a newcomer sees the breaker
 # open and close within the minute and nothing ends as a dead letter.
 FAULT_SETTINGS = {
@@ -85,7 +106,8 @@ class Demo:
             processes=o.processes,
             batch_size=o.batch_size,
             mock_scenario="seed" if o.scenario == "seed" else "demo",
-            mock_args=MOCK_OAUTH_ARGS,
+            # The seed scenario keeps its per-second windows (the seed's figures).
+            mock_args=MOCK_OAUTH_ARGS + (() if o.scenario == "seed" else MOCK_LIMIT_ARGS),
             auth="oauth",
             tenant=TENANT,
             env=FAULT_SETTINGS if o.faults else {},

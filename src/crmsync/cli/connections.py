@@ -66,8 +66,9 @@ RATE_LIMIT_OPT = typer.Option(
     [],
     "--rate-limit",
     envvar="CRMSYNC_CONN_RATE_LIMIT",
-    help="LIMIT/WINDOW, repeatable for several windows (100/s, 1000/10s, 100000/day). "
-    "Default: salesforce 100/s, hubspot 100/10s.",
+    help="LIMIT/WINDOW, repeatable for several windows (100/s, 1000/10s, 100000/day): "
+    "sliding windows (limit_model=windows). Default: the CRM's own limit model "
+    "(limit_model=crm; tier, time_zone, daily_limit, concurrency in --settings; docs/LIMITS.md).",
 )
 SETTINGS_OPT = typer.Option(
     [],
@@ -159,7 +160,7 @@ def add(
     added = with_pool(s, go, redis=not no_check)
     typer.echo(
         f"added connection {added.id} ({added.crm}, tenant {added.tenant}, "
-        f"limits {connections.format_rate_limits(added.rate_limits)}, {_credentials(added)})"
+        f"limits {connections.describe_limits(added)}, {_credentials(added)})"
     )
 
 
@@ -258,7 +259,7 @@ def _changes(cur: Connection, new: Connection, credentials: bool) -> str:
     if new.credentials != cur.credentials or new.secrets != cur.secrets:
         parts.append(_credentials(new))
     if new.windows != cur.windows:
-        parts.append(f"limits {connections.format_rate_limits(new.rate_limits)}")
+        parts.append(f"limits {connections.describe_limits(new)}")
     if dict(new.settings) != dict(cur.settings):
         parts.append(f"settings {orjson.dumps(dict(new.settings)).decode()}")
     if (new.account, new.base_url) != (cur.account, cur.base_url):
@@ -295,8 +296,8 @@ async def _run_checks(
     """Run onboarding on the workers' limiter and shared token (the wiring of
     ``crm.onboarding``); (the checks, refresh tokens the CRM rotated)."""
     from crmsync.clock import RedisClock
-    from crmsync.crm import tokens
-    from crmsync.crm.http import JsonClient, http_session
+    from crmsync.crm import hubspot, salesforce, tokens
+    from crmsync.crm.http import Headers, JsonClient, http_session
     from crmsync.crm.onboarding import Check, NoAnswer, Onboarding
     from crmsync.queue.keys import connection as keys_of
     from crmsync.worker.permits import Permits
@@ -316,6 +317,7 @@ async def _run_checks(
             breaker_threshold=s.breaker_threshold,
             breaker_recovery_ms=int(s.breaker_recovery_seconds * 1000),
             paused=conn.paused_reason,
+            crm=conn.crm_spec,
         )
     permits = Permits(
         store,
@@ -330,6 +332,14 @@ async def _run_checks(
             fix = "the workers use the whole limit now: try again later"
             raise NoAnswer(Check("rate limit", False, detail, fix))
 
+    async def heard(headers: Headers) -> None:
+        # The CRM model's budget learnt from the checks' answers too (a Salesforce
+        # budget not learnt yet admits one request until an answer tells it).
+        read = salesforce.usage_of if conn.crm == "salesforce" else hubspot.usage_of
+        usage = read(headers) if conn.crm_spec is not None else None
+        if usage is not None:
+            await store.learn(conn.id, usage)
+
     async with http_session(4, s.http_timeout_seconds) as session:
         source = tokens.for_connection(
             conn,
@@ -342,7 +352,7 @@ async def _run_checks(
         client = JsonClient(
             token=source, settings=settings, session=session, base_url=conn.base_url
         )
-        onboarding = Onboarding(conn, client, take_permit)
+        onboarding = Onboarding(conn, client, take_permit, heard)
         checks = await (onboarding.setup() if setup else onboarding.check())
     return checks, rotated
 

@@ -31,7 +31,7 @@ from yarl import URL
 
 from crmsync.crm.answer import clean, loads, message, obj, seq
 from crmsync.crm.credentials import Credential, StaticToken, TokenSource
-from crmsync.crm.quota import MAX_BLOCK_SECONDS
+from crmsync.crm.quota import MAX_BLOCK_SECONDS, Usage
 from crmsync.errors import AuthFailed, Malformed, Retryable
 
 Headers = Mapping[str, str]
@@ -152,6 +152,7 @@ class WriteWatch:
     started: bool = False
     fired: bool = False
     calls: int = 0  # HTTP requests of the send so far (each one the CRM counts)
+    usage: Usage | None = None  # what the last answer said of the CRM's budget
 
     def fire(self) -> None:
         if not self.fired:
@@ -196,6 +197,8 @@ class JsonClient:
         self.timeout = timeout_from(settings)
         self.max_body = int(_positive(settings.get("max_body_bytes"), DEFAULT_MAX_BODY_BYTES))
         self.max_block = _positive(settings.get("max_block_seconds"), MAX_BLOCK_SECONDS)
+        # Only the CRM's own limit model learns the budget from the answers' headers.
+        self.learns = settings.get("limit_model") == "crm"
         self.auth: TokenSource = StaticToken(token) if isinstance(token, str) else token
         self.base = base_of(base_url) if base_url else ""
         self._cred: Credential | None = None
@@ -236,12 +239,18 @@ class JsonClient:
             max_body=self.max_body,
         )
         data = loads(raw)
+        if watch is not None and self.learns:
+            watch.usage = self.read_usage(headers) or watch.usage
         if self.auth.refreshes:
             if status == 401:
                 await self.auth.rejected(cred, auth_error(status, data))
             elif status < 400:
                 self.auth.succeeded(cred)
         return status, headers, data
+
+    def read_usage(self, headers: Headers) -> Usage | None:
+        """What an answer's headers say of the CRM's budget (each adapter reads its own)."""
+        return None
 
     async def request(
         self, method: str, url: str, payload: Any = None, watch: WriteWatch | None = None

@@ -27,6 +27,7 @@ from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
 from crmsync.crm.quota import (
     DEFAULT_LIMITED_SECONDS,
     MAX_BLOCK_SECONDS,
+    Usage,
     bounded,
     header_int,
     lower_keys,
@@ -93,6 +94,21 @@ def quota_block(
         share = window / max(1, header_int(h.get("x-hubspot-ratelimit-max")) or 1)
         return bounded(share, window=share, most=most)
     return None
+
+
+def usage_of(headers: Headers) -> Usage | None:
+    """``X-HubSpot-RateLimit-Daily``/``-Daily-Remaining`` as used/max of the portal's
+    day, and ``-Max`` of a 10-second ``-Interval-Milliseconds`` as its burst."""
+    h = lower_keys(headers)
+    most = header_int(h.get("x-hubspot-ratelimit-daily"))
+    left = header_int(h.get("x-hubspot-ratelimit-daily-remaining"))
+    burst = header_int(h.get("x-hubspot-ratelimit-max"))
+    interval = header_int(h.get("x-hubspot-ratelimit-interval-milliseconds"))
+    if burst is not None and (interval != 10_000 or burst <= 0):
+        burst = None  # a limit of another window (or none) says nothing of the tier
+    if most is None or left is None or most <= 0 or left < 0:
+        return Usage(burst=burst) if burst is not None else None
+    return Usage(max(0, most - left), most, burst)
 
 
 def _message(body: Any) -> tuple[str | None, str | None]:
@@ -269,6 +285,9 @@ class HubSpotAdapter(JsonClient):
         key = quote(self.id_property, safe="")
         self.by_key = f"?idProperty={key}"
         self.lookup_key = f"?idProperty={key}&properties={key}"
+
+    def read_usage(self, headers: Headers) -> Usage | None:
+        return usage_of(headers)
 
     def _properties(self, op: Op) -> dict[str, str]:
         assert op.contact is not None, "upserts carry the contact"

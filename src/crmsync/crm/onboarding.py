@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from crmsync.connections import Connection
 
 TakePermit = Callable[[], Awaitable[None]]
+Heard = Callable[[Headers], Awaitable[None]]
 SF_FIELDS = "Setup → Object Manager → Contact → Fields & Relationships"
 HS_PROPERTIES = "Settings → Data Management → Properties → Contact properties"
 
@@ -57,10 +58,17 @@ class NoAnswer(Exception):
 class Onboarding:
     """The checks of one connection, through its adapter's client and token source."""
 
-    def __init__(self, conn: Connection, client: JsonClient, take_permit: TakePermit) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        client: JsonClient,
+        take_permit: TakePermit,
+        heard: Heard | None = None,
+    ) -> None:
         self.conn = conn
         self.client = client
         self.take_permit = take_permit
+        self.heard = heard  # every answer's headers (the CRM model learns its budget)
         self.base = client.base
 
     # -- the exchanges ---------------------------------------------------------------
@@ -77,6 +85,8 @@ class Onboarding:
                 raise NoAnswer(self._refused(exc)) from None
             except CrmError as exc:
                 raise NoAnswer(Check("CRM answer", False, exc.message, self._reach_fix())) from None
+            if self.heard is not None:
+                await self.heard(headers)
             if status == 401:
                 raise NoAnswer(self._refused(auth_error(status, body)))
             return status, headers, body

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
@@ -73,3 +74,17 @@ def lower_keys(headers: Mapping[str, str]) -> Mapping[str, str]:
     if isinstance(headers, CIMultiDictProxy | CIMultiDict):
         return headers
     return {k.lower(): v for k, v in headers.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one answer says of the CRM's budget: ``used`` of ``most`` requests of
+    the day (every app's), and ``burst``, a 10-second limit it names (HubSpot)."""
+
+    used: int | None = None
+    most: int | None = None
+    burst: int | None = None
+
+    @property
+    def daily(self) -> bool:
+        return self.used is not None and self.most is not None and self.most > 0

@@ -27,6 +27,7 @@ from crmsync.crm.http import Headers, JsonClient, WriteWatch, base_of
 from crmsync.crm.quota import (
     DEFAULT_LIMITED_SECONDS,
     MAX_BLOCK_SECONDS,
+    Usage,
     bounded,
     lower_keys,
     retry_after_seconds,
@@ -65,6 +66,26 @@ def _first_error(body: Any) -> tuple[str | None, str | None]:
     code = message(e.get("errorCode")) or message(e.get("statusCode")) or message(e.get("error"))
     text = message(e.get("message")) or message(e.get("error_description"))
     return code, text
+
+
+def usage_of(headers: Headers) -> Usage | None:
+    """``Sforce-Limit-Info: api-usage=used/max``: the org's rolling 24-hour use."""
+    m = _USAGE.search(lower_keys(headers).get("sforce-limit-info") or "")
+    return Usage(int(m.group(1)), int(m.group(2))) if m is not None else None
+
+
+def limits_usage(status: int, body: Any) -> Usage | None:
+    """``GET /limits``: ``DailyApiRequests {Max, Remaining}`` as used/max."""
+    b = obj(body) if status == 200 else None
+    daily = obj(b.get("DailyApiRequests")) if b is not None else None
+    if daily is None:
+        return None
+    most, left = daily.get("Max"), daily.get("Remaining")
+    if isinstance(most, bool) or isinstance(left, bool):
+        return None
+    if not isinstance(most, int) or not isinstance(left, int) or most <= 0:
+        return None
+    return Usage(max(0, most - left), most)
 
 
 def is_limit_answer(status: int, body: Any) -> bool:
@@ -219,6 +240,15 @@ class SalesforceAdapter(JsonClient):
         self.by_ext = f"{self.sobject}/{quote(self.ext_field, safe='')}"
         self.collection = f"{root}/composite/sobjects"
         self.collection_upsert = f"{self.collection}/Contact/{quote(self.ext_field, safe='')}"
+        self.limits_url = f"{root}/limits"
+
+    def read_usage(self, headers: Headers) -> Usage | None:
+        return usage_of(headers)
+
+    async def daily_usage(self) -> Usage | None:
+        """The org's allocation and use now (``/limits``), or None when not told."""
+        status, _, body = await self._call("GET", self.limits_url)
+        return limits_usage(status, body)
 
     def _values(self, op: Op) -> dict[str, Any]:
         assert op.contact is not None, "upserts carry the contact"

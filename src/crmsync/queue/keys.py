@@ -58,6 +58,10 @@ class ConnectionKeys:
         return f"{self.tag}:rl:{window_ms}"
 
     @property
+    def conc(self) -> str:  # zset 'token|n' -> lease deadline: requests in flight (CRM model)
+        return f"{self.tag}:conc"
+
+    @property
     def stats(self) -> str:  # hash of counters for `status`
         return f"{self.tag}:stats"
 
@@ -107,6 +111,7 @@ class ConnectionKeys:
         return [
             *self.script_keys(),
             *windows,
+            self.conc,
             self.auth,
             self.auth_lock,
             self.heal_lock,

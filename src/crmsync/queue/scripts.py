@@ -43,6 +43,7 @@ NAMES = (
     "block",
     "breaker",
     "depth",
+    "learn",
     "heal",
     "snapshot",
     "mark",

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import cached_property
 from typing import Any
 
+from crmsync.crm.quota import Usage
+from crmsync.crm_limits import CrmSpec
 from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.scripts import Arg, Call, Scripts
@@ -50,6 +53,7 @@ class Band(IntEnum):
 # limit linearly over half a minute.
 SLOW_FACTOR = 0.5
 SLOW_SECONDS = 30.0
+LEARN_FREED = 2  # learn.lua: the budget has room again
 # What `connections resume` clears of a connection's state hash.
 RESUME_CLEARS = (
     "paused",
@@ -73,6 +77,7 @@ class Claim:
     probe: bool
     refused: str | None
     redis_ms: int  # Redis time when the claim ran
+    seq: int = 0  # the CRM model's count of our admissions before this claim
     # Ids whose last lease expired unresolved: a worker may have died after the
     # CRM applied its send and before the ledger row (the CRM may hold a record).
     unknown: frozenset[str] = frozenset()
@@ -95,6 +100,23 @@ class QueueDepth:
     in_window: dict[int, int]  # window_ms -> requests admitted in the current window
     now_ms: int
     stats: dict[str, int] = field(default_factory=dict)
+    state: dict[str, str] = field(default_factory=dict)  # the state hash as stored
+
+    @property
+    def budget(self) -> tuple[int, int] | None:
+        """(used, max) of the CRM model's daily budget as the claim script counts it
+        (every app's use learnt, plus ours since), None without a CRM model."""
+        s = self.state
+        kind, _, alloc = s.get("crm", "").partition(":")
+        if not kind:
+            return None
+        most = int(s.get("bud_max") or alloc or 0)
+        if kind == "daily":
+            return int(s.get("day_n", 0)) + int(s.get("day_others", 0)), most
+        if "bud_used" not in s:
+            return 0, most
+        seq = int(s.get("bud_seq", 0))
+        return int(s["bud_used"]) + seq - int(s.get("bud_ref", seq)), most
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,7 @@ class _Config:
     threshold: int
     recovery_ms: int
     paused: str | None
+    crm: CrmSpec | None = None
 
     @cached_property
     def enforced(self) -> tuple[RateWindow, ...]:
@@ -123,6 +146,17 @@ def _block_args(seconds: float, *, slow: bool, reason: str = "") -> list[Arg]:
     slow_ms = math.ceil(SLOW_SECONDS * 1000) if slow else 0
     ms = max(0, math.ceil(seconds * 1000)) if math.isfinite(seconds) else 0
     return [ms, slow_ms, repr(SLOW_FACTOR), reason[:500]]
+
+
+def _learn_args(crm: CrmSpec, usage: Usage, ref: int, margin: float) -> list[Arg]:
+    return [
+        "r" if crm.kind == "rolling" else "d",
+        "" if usage.used is None else usage.used,
+        "" if usage.most is None else usage.most,
+        max(0, ref),
+        usage.burst or "",
+        crm.script_arg(int(time.time() * 1000), margin),
+    ]
 
 
 def _limits_spec(windows: Sequence[RateWindow]) -> str:
@@ -156,9 +190,14 @@ class QueueStore:
         breaker_threshold: int,
         breaker_recovery_ms: int,
         paused: str | None,
+        crm: CrmSpec | None = None,
     ) -> None:
-        """Write limits and settings; breaker state and window counts are kept."""
-        cfg = _Config(tuple(normalize(windows)), breaker_threshold, breaker_recovery_ms, paused)
+        """Write limits and settings; breaker state and window counts are kept.
+        ``crm``: the CRM's own limit model held beside the windows (crm_limits.py);
+        it lives in this process's config only, like the windows' spans."""
+        cfg = _Config(
+            tuple(normalize(windows)), breaker_threshold, breaker_recovery_ms, paused, crm
+        )
         self._config[connection_id] = cfg
         ck = keys.connection(connection_id)
         pipe = self.redis.pipeline(transaction=True)
@@ -175,6 +214,10 @@ class QueueStore:
             pipe.hset(ck.state, "paused", paused)
         else:
             pipe.hdel(ck.state, "paused")
+        if crm is not None:  # for status: the budget before one is learnt
+            pipe.hset(ck.state, "crm", f"{crm.kind}:{crm.allocation}")
+        else:
+            pipe.hdel(ck.state, "crm")
         await pipe.execute()
 
     async def _config_for(self, connection_id: str) -> _Config:
@@ -202,6 +245,18 @@ class QueueStore:
     def _window_keys(self, connection_id: str, cfg: _Config) -> list[str]:
         ck = keys.connection(connection_id)
         return [*ck.script_keys(), *(ck.window(w.window_ms) for w in cfg.enforced)]
+
+    def _crm_keys(self, connection_id: str, cfg: _Config) -> list[str]:
+        """The window keys, then the in-flight zset when the CRM model caps it."""
+        ks = self._window_keys(connection_id, cfg)
+        if cfg.crm is not None and cfg.crm.concurrency > 0:
+            ks.append(keys.connection(connection_id).conc)
+        return ks
+
+    def _crm_arg(self, cfg: _Config) -> str:
+        if cfg.crm is None:
+            return ""
+        return cfg.crm.script_arg(int(time.time() * 1000), self.margin)
 
     # -- producer -----------------------------------------------------------------
 
@@ -263,13 +318,14 @@ class QueueStore:
             repr(self.margin),
             max(0, int(backdate_ms)),
             lineage,
+            self._crm_arg(cfg),
         ]
         for w in cfg.enforced:
             args += [w.limit, w.window_ms, span_ms(w, self.margin), min_room(w, cfg.windows)]
-        raw = await self.scripts.call("claim", self._window_keys(connection_id, cfg), args)
+        raw = await self.scripts.call("claim", self._crm_keys(connection_id, cfg), args)
         refused = _text(raw[0]) or None
         nxt = int(raw[1])
-        pairs = raw[6:]
+        pairs = raw[7:]
         ids = [_text(x) for x in pairs[0::2]]
         scores = [_text(s) for s in pairs[1::2]]
         return Claim(
@@ -283,6 +339,7 @@ class QueueStore:
             probe=bool(int(raw[4])),
             refused=refused,
             redis_ms=int(raw[5]),
+            seq=int(raw[6]),
             unknown=frozenset(i for i, s in zip(ids, scores, strict=True) if s.startswith("?")),
         )
 
@@ -319,7 +376,7 @@ class QueueStore:
         """``readmit.lua``: give ``give`` permits back to their bucket at
         ``admitted_ms``, take up to ``wanted`` now; (granted, Redis time ms)."""
         cfg = await self._config_for(connection_id)
-        args: list[Arg] = [give, admitted_ms, max(0, wanted)]
+        args: list[Arg] = [give, admitted_ms, max(0, wanted), self._crm_arg(cfg)]
         for w in cfg.enforced:
             args += [w.limit, w.window_ms, span_ms(w, self.margin)]
         raw = await self.scripts.call("readmit", self._window_keys(connection_id, cfg), args)
@@ -348,6 +405,7 @@ class QueueStore:
         counters: Mapping[str, int] | None = None,
         block: float = 0.0,
         block_reason: str = "",
+        learnt: Usage | None = None,
     ) -> str | None:
         """Everything a processed claim hands back, in one pipelined round trip:
         a block the CRM's quota headers asked for (``block`` seconds, as
@@ -362,13 +420,19 @@ class QueueStore:
         ks = ck.script_keys()
         refund = max(0, min(refund, claim.permits))
         calls: list[tuple[str, Sequence[str], list[Arg]]] = []
+        cfg = self._config.get(cid)
+        capped = cfg is not None and cfg.crm is not None and cfg.crm.concurrency > 0
+        if learnt is not None and cfg is not None and cfg.crm is not None:
+            # First: the budget is what the CRM said before anything else runs.
+            calls.append(("learn", ks, _learn_args(cfg.crm, learnt, claim.seq + 1, self.margin)))
         if block > 0:  # first: the ids released below must find the connection held
             calls.append(("block", ks, _block_args(block, slow=False, reason=block_reason)))
-        if ack or refund:
+        if ack or refund or (capped and claim.permits):
             cfg = await self._config_for(cid)
             args: list[Arg] = [claim.token, refund, claim.admitted_ms, len(cfg.enforced)]
             args += [w.window_ms for w in cfg.enforced]
-            calls.append(("ack", self._window_keys(cid, cfg), [*args, *ack]))
+            args.append(1 if capped else 0)
+            calls.append(("ack", self._crm_keys(cid, cfg), [*args, *ack]))
         if retry:
             rargs: list[Arg] = [claim.token]
             for contact_id, seconds in retry.items():
@@ -389,6 +453,8 @@ class QueueStore:
             if name == "report":
                 breaker = _text(res)
                 wake = wake or (claim.probe and breaker == "closed")
+            elif name == "learn":
+                wake = wake or int(res) == LEARN_FREED
             elif name != "block":
                 wake = wake or int(res) > 0
         if wake:
@@ -406,8 +472,31 @@ class QueueStore:
     async def renew(self, claim: Claim, ids: Sequence[str], lease_ms: int) -> None:
         if not ids:
             return
-        ks = keys.connection(claim.connection_id).script_keys()
+        ck = keys.connection(claim.connection_id)
+        ks = ck.script_keys()
+        cfg = self._config.get(claim.connection_id)
+        if cfg is not None and cfg.crm is not None and cfg.crm.concurrency > 0:
+            ks = [*ks, ck.conc]
         await self.scripts.call("renew", ks, [claim.token, max(1, lease_ms), *ids])
+
+    async def learn(self, connection_id: str, usage: Usage, ref: int | None = None) -> bool:
+        """What a CRM said of its daily budget outside a claim's answers (``/limits``):
+        ``ref`` our admissions before it was asked, None for now less those still
+        in flight. True when it changed the budget."""
+        cfg = await self._config_for(connection_id)
+        if cfg.crm is None:
+            return False
+        ck = keys.connection(connection_id)
+        ks = ck.script_keys()
+        if cfg.crm.concurrency > 0:
+            ks = [*ks, ck.conc]
+        args = _learn_args(cfg.crm, usage, -1 if ref is None else ref, self.margin)
+        if ref is None:
+            args[3] = ""
+        res = int(await self.scripts.call("learn", ks, args))
+        if res == LEARN_FREED:  # claims refused for the budget may go now
+            await self.wakeups.publish([connection_id])
+        return res > 0
 
     async def report(self, claim: Claim, outcomes: Sequence[bool]) -> None:
         """Breaker input, one per request: True answered, False 5xx/timeout/connection.
@@ -429,9 +518,7 @@ class QueueStore:
         reason = reason or "paused"
         cfg = self._config.get(connection_id)
         if cfg is not None:
-            self._config[connection_id] = _Config(
-                cfg.windows, cfg.threshold, cfg.recovery_ms, reason
-            )
+            self._config[connection_id] = replace(cfg, paused=reason)
         await self.redis.hset(keys.connection(connection_id).state, "paused", reason)
 
     async def resume(self, connection_id: str) -> None:
@@ -439,7 +526,7 @@ class QueueStore:
         (an operator's word overrides a wait a CRM asked for)."""
         cfg = self._config.get(connection_id)
         if cfg is not None:
-            self._config[connection_id] = _Config(cfg.windows, cfg.threshold, cfg.recovery_ms, None)
+            self._config[connection_id] = replace(cfg, paused=None)
         await self.redis.hdel(keys.connection(connection_id).state, *RESUME_CLEARS)
         await self.wakeups.publish([connection_id])
 
@@ -535,6 +622,7 @@ class QueueStore:
             in_window=in_window,
             now_ms=now,
             stats={k: int(v) for k, v in _pairs(stats_flat).items()},
+            state=state,
         )
 
     async def drop(self, connection_id: str) -> None:

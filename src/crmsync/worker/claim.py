@@ -34,12 +34,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from functools import partial
 
-from crmsync import counters
+from crmsync import counters, crm_limits
 from crmsync.clock import Clock
 from crmsync.connections import Connection
 from crmsync.crm.base import CrmAdapter, Op, SendResult
 from crmsync.crm.http import WriteWatch
+from crmsync.crm.quota import Usage
 from crmsync.errors import CrmError, Retryable
 from crmsync.logs import get_logger
 from crmsync.queue.store import Claim
@@ -58,6 +60,8 @@ from crmsync.worker.slots import Slots
 
 # A claim's work is released (or its lease expires) when one of these stops it.
 _ABORTS: tuple[type[Exception], ...] = (*REDIS_ERRORS, LedgerUnavailable)
+# Asking the CRM for its daily usage, and learning it, may fail like this.
+_USAGE_ERRORS: tuple[type[Exception], ...] = (CrmError, TimeoutError, *REDIS_ERRORS)
 
 log = get_logger(__name__)
 
@@ -95,6 +99,7 @@ class Claims:
         self.batch_size = settings.batch_size
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.recovery_ms = settings.breaker_recovery_seconds * 1000
+        self.max_block_seconds = settings.max_block_seconds
         self.policy = RetryPolicy.from_settings(settings)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -149,6 +154,8 @@ class Claims:
                 return
             self.slots.claimed(claim, held, self.clock.now_ms())
             held = claim.permits
+            if claim.refused == "budget":
+                await self._relearn(conn, adapter, claim)
             if not claim.ids:
                 return
             try:
@@ -168,6 +175,21 @@ class Claims:
             log.exception("worker.claim_crashed", connection=conn.id)
         finally:
             self.slots.free(conn.id, held)
+
+    async def _relearn(self, conn: Connection, adapter: CrmAdapter, claim: Claim) -> None:
+        """A rolling daily budget spent (or not learnt yet) by what we know: ask the
+        CRM how it stands now (Salesforce's ``/limits``; an org's use rolls off
+        with no answer telling us); requests still in flight may not be in its count."""
+        spec = conn.crm_spec
+        ask = getattr(adapter, "daily_usage", None)
+        if spec is None or spec.kind != "rolling" or ask is None:
+            return
+        try:
+            usage = await ask()
+            if isinstance(usage, Usage) and usage.daily:
+                await self.store.learn(conn.id, usage)
+        except _USAGE_ERRORS as exc:
+            log.info("worker.budget_unknown", connection=conn.id, error=str(exc))
 
     async def _process(
         self, conn: Connection, adapter: CrmAdapter, claim: Claim, batch: int
@@ -191,6 +213,7 @@ class Claims:
                 out = Outcome.failed(items, unhandled(exc, "deciding what to send"), self.policy)
             if plan is not None:
                 out, claim = await self._send_plan(conn, adapter, claim, plan)
+            self._crm_holds(conn, out)
             # Paused for good in PostgreSQL unless an operator replaced the
             # credentials meanwhile (this claim may still hold the old ones), then
             # in Redis for every worker at once.
@@ -220,6 +243,21 @@ class Claims:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.store.release(claim, claim.ids))
 
+    def _crm_holds(self, conn: Connection, out: Outcome) -> None:
+        """Under the CRM's own limit model, how long a refusal or a spent budget
+        holds the connection is the model's (crm_limits.hold_seconds)."""
+        spec = conn.crm_spec
+        if spec is None or not (out.limited_for or out.block_for):
+            return
+        now = int(self.clock.now_ms())
+        u = out.learnt
+        spent = u is not None and u.daily and (u.used or 0) >= (u.most or 0)
+        hold = partial(crm_limits.hold_seconds, spec, now_ms=now, most=self.max_block_seconds)
+        if out.limited_for:
+            out.limited_for = hold(out.limited_for, out.limited_why, daily=spent)
+        if out.block_for:
+            out.block_for = hold(out.block_for, None, daily=spent)
+
     async def _send_plan(
         self, conn: Connection, adapter: CrmAdapter, claim: Claim, plan: Plan
     ) -> tuple[Outcome, Claim]:
@@ -243,7 +281,9 @@ class Claims:
         permits = ClaimPermits(conn.id, claim.admitted_ms, len(sent)) if conn.windows else None
         results = await asyncio.gather(*(self._send(adapter, r.ops, permits, gate) for r in sent))
         acked_ms = self.clock.now_ms()
-        for req, (res, ms, waited, calls) in zip(sent, results, strict=True):
+        for req, (res, ms, waited, calls, usage) in zip(sent, results, strict=True):
+            if usage is not None and (out.learnt is None or _more(usage, out.learnt)):
+                out.learnt = usage
             out.counts[counters.latency_field(ms)] += 1
             out.counts[counters.HELD] += waited
             sort_result(out, req, res, self.policy, acked_ms)
@@ -258,9 +298,10 @@ class Claims:
         ops: Sequence[Op],
         permits: ClaimPermits | None,
         gate: Gate,
-    ) -> tuple[SendResult | CrmError, float, bool, int]:
+    ) -> tuple[SendResult | CrmError, float, bool, int, Usage | None]:
         """(outcome, answer time ms, whether it waited at the in-flight gate, HTTP
-        requests it took). ``permits``: the claim's, for a connection with rate limits."""
+        requests it took, what the CRM said of its budget). ``permits``: the claim's,
+        for a connection with rate limits."""
         waited = await gate.acquire()
         t0 = self.clock.monotonic()
         watch = WriteWatch(_nothing)  # counts the send's requests; no permits to move
@@ -288,7 +329,7 @@ class Claims:
         ):
             # A refused connection answers at once: no measure of the CRM's time.
             gate.sample(ms, self.clock.now_ms())
-        return res, ms, waited, watch.calls
+        return res, ms, waited, watch.calls, watch.usage
 
     async def _record(
         self, conn: Connection, claim: Claim, out: Outcome, *, refund: int
@@ -312,6 +353,7 @@ class Claims:
             counters=out.counts,
             block=out.block_for,
             block_reason=why,
+            learnt=out.learnt,
         )
 
     async def _renew(self, claim: Claim) -> None:
@@ -320,3 +362,8 @@ class Claims:
             await self.clock.sleep(interval)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.store.renew(claim, claim.ids, self.lease_ms)
+
+
+def _more(a: Usage, b: Usage) -> bool:
+    """Whether ``a`` tells of more use of the budget than ``b`` (the claim keeps one)."""
+    return (a.used or -1, a.burst or 0) > (b.used or -1, b.burst or 0)

@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from crmsync import db
 from crmsync.capture.reconcile import reconcile_connection
@@ -44,9 +43,12 @@ from crmsync.logs import get_logger
 from crmsync.queue import keys
 from crmsync.queue.store import QueueStore
 from crmsync.ratelimit import SHORT_WINDOW_MS, prefill
+from crmsync.redis_client import REDIS_ERRORS
 from crmsync.worker.ledger import DB_ERRORS
 
 log = get_logger(__name__)
+# A watch pass that meets one of these tries again at the next.
+_WATCH_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, *DB_ERRORS)
 
 LOSS_REFUSALS = (
     "lost",
@@ -105,7 +107,7 @@ class Healer:
             await self._rebuild(conn, marker)
             return True
         finally:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 if await self.redis.get(ck.heal_lock) == token.encode():
                     await self.redis.delete(ck.heal_lock)
 
@@ -169,7 +171,7 @@ class Healer:
                 wake(await self.unmarked(conns))
                 for conn in conns:
                     await self.checkpoint(conn)
-            except (RedisError, OSError, *DB_ERRORS) as exc:
+            except _WATCH_ERRORS as exc:
                 log.warning("redis.check_failed", error=str(exc))
 
     async def unmarked(self, conns: list[Connection]) -> list[str]:

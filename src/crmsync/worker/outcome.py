@@ -36,6 +36,7 @@ from crmsync import counters
 from crmsync.crm.answer import clean
 from crmsync.crm.auth import auth_pause_reason
 from crmsync.crm.base import Op, SendResult
+from crmsync.crm.quota import Usage
 from crmsync.errors import (
     AuthFailed,
     CrmError,
@@ -68,6 +69,7 @@ class Outcome:
     limited_for: float = 0.0  # longest wait a CRM's 429 of this claim asked for
     limited_why: str | None = None  # the CRM's words for that 429
     block_for: float = 0.0  # longest pause the CRM's quota headers asked for
+    learnt: Usage | None = None  # the most used of the CRM's daily budget an answer told
     sent: int = 0  # requests sent (each on a permit of the claim)
 
     @classmethod

@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 from crmsync.breaker import BreakerConfig, BreakerState
 from crmsync.connections import Connection
 from crmsync.crm.base import CrmAdapter
+from crmsync.crm.quota import Usage
 from crmsync.model import Claimed, DeadLetter, LedgerWrite
 from crmsync.queue.store import Claim
 
@@ -61,8 +62,13 @@ class Store(Protocol):
         counters: Mapping[str, int] | None = None,
         block: float = 0.0,
         block_reason: str = "",
+        learnt: Usage | None = None,
     ) -> str | None:
         """The hand-back; the connection's breaker state after its report."""
+        ...
+
+    async def learn(self, connection_id: str, usage: Usage, ref: int | None = None) -> bool:
+        """What the CRM said of its daily budget outside a claim (``/limits``)."""
         ...
 
     async def release(self, claim: Claim, ids: Sequence[str]) -> None: ...

@@ -67,6 +67,7 @@ class Registry:
                 breaker_threshold=self.settings.breaker_threshold,
                 breaker_recovery_ms=int(self.settings.breaker_recovery_seconds * 1000),
                 paused=conn.paused_reason,
+                crm=conn.crm_spec,
             )
             if conn.paused_reason and (old is None or old.paused_reason != conn.paused_reason):
                 await self.store.pause(cid, conn.paused_reason)

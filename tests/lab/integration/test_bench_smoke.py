@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from crmsync.cli import app
@@ -97,3 +98,35 @@ def test_cli_raw_prints_json(database_url: str, redis_url: str, tmp_path: Path) 
     (raw,) = doc["scenarios"]
     assert raw["scenario"] == "raw"
     assert raw["metrics"]["req_per_s"] > 0
+
+
+@pytest.mark.slow
+async def test_daily_holds_each_crms_budget(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """The daily scenario, one and a half 10-second days: no request over a daily
+    budget or a 10-second window, each budget mostly used, Salesforce's spread."""
+    cfg = BenchConfig(
+        database_url=database_url,
+        redis_url=redis_url,
+        fresh_database=False,
+        duration=15.0,
+        warmup=0.0,
+        concurrency=50,
+        run_dir=tmp_path / "runs",
+    )
+    (daily,) = await suite.run(suite.resolve("daily"), cfg)
+    assert daily.metrics["day_seconds"] == 10.0
+    assert daily.metrics["violations"] == 0
+    assert daily.metrics["exhausted_early"] == 0
+    budgets = daily.metrics["budgets"]
+    assert sorted(budgets) == ["bench-hs-01", "bench-hs-02", "bench-sf-01", "bench-sf-02"]
+    for cid, b in budgets.items():
+        assert b["violations_by"] == {}, cid
+        assert b["peak_share_used"] >= 0.5, (cid, b)
+        assert b["peak_share_used"] <= 1.0, (cid, b)
+    assert [t.name for t in daily.targets] == [
+        "violations",
+        "exhausted_early",
+        "min_peak_share_used",
+    ]

@@ -219,3 +219,33 @@ async def test_seeding_and_token_control(
         assert r.status == 200
     status, answer = await control(http, mock, "tokens", {"account": "s", "refresh_token": "x"})
     assert status == 400 and "no OAuth app" in answer["error"]
+
+
+async def test_other_apps_usage_counts_in_the_daily_budget(
+    start_mock_crm: StartMock, http: aiohttp.ClientSession
+) -> None:
+    """``POST /_control/usage``: other apps spend requests of the day: the headers
+    tell it, the budget refuses accordingly, and none of it is a violation."""
+    mock = await start_mock_crm(
+        AccountSpec("salesforce", "org", model="crm", daily_limit=5),
+        AccountSpec("hubspot", "portal", model="crm", daily_limit=5),
+    )
+    assert await control(http, mock, "usage", {"account": "org", "requests": 4}) == (
+        200,
+        {"salesforce/org": {"used": 4, "max": 5}},
+    )
+    assert (await control(http, mock, "usage", {"account": "org", "requests": -1}))[0] == 400
+    sf = f"{mock.base_url('salesforce', 'org')}{SF}/sobjects/Contact/CrmSync_Id__c/c1"
+    first = await call(http, "PATCH", sf, "token-org", {"LastName": "L"})
+    second = await call(http, "PATCH", sf, "token-org", {"LastName": "L"})
+    assert (first[0], first[2]["Sforce-Limit-Info"]) == (201, "api-usage=5/5")
+    assert second[0] == 403
+    await control(http, mock, "usage", {"account": "portal", "requests": 5})
+    hs = f"{mock.base_url('hubspot', 'portal')}{HS}"
+    status, body, headers = await call(http, "POST", hs, "token-portal", {"properties": {}})
+    assert status == 429 and body["policyName"] == "DAILY"
+    assert headers["X-HubSpot-RateLimit-Daily-Remaining"] == "0"
+    async with http.get(f"{mock.url}/_control/stats") as r:
+        stats = (await r.json())["accounts"]
+    assert stats["salesforce/org"]["violations"] == 1  # ours, not the other apps'
+    assert stats["hubspot/portal"]["violations"] == 1

@@ -22,7 +22,7 @@ def bench(
         "--scenario",
         "-s",
         envvar="CRMSYNC_BENCH_SCENARIO",
-        help="raw | single | seed | seed-load | batch | fair | many | all.",
+        help="raw | single | seed | seed-load | batch | fair | many | daily | all.",
     ),
     duration: float | None = typer.Option(
         None,

@@ -215,6 +215,8 @@ class Cluster:
         conn = await db.connect(self.database_url)
         try:
             for a in accounts:
+                await mock_client.align_clock(self.http, self.mock_url, a)
+                crm_model = mock_client.crm_settings(a)
                 w = a["limits"][0]
                 info = ConnectionInfo(
                     id=self.config.connection_prefix + a["account"],
@@ -230,8 +232,8 @@ class Cluster:
                     account=info.account,
                     base_url=info.base_url,
                     tenant=self.config.tenant,
-                    rate_limits=[info.rate_limit],
-                    settings=self.config.settings,
+                    rate_limits=[] if crm_model else [info.rate_limit],
+                    settings=[*crm_model, *self.config.settings],
                     **self._credentials(a),
                 )
                 await connections.add(conn, spec, self.keys)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 
@@ -48,3 +51,58 @@ async def tokens(
     new refresh token (see crmsync_lab.mock.auth)."""
     out: dict[str, Any] = await _json(session, "POST", f"{mock_url}/_control/tokens", dict(spec))
     return out
+
+
+async def usage(
+    session: aiohttp.ClientSession, mock_url: str, crm: str, account: str, requests: int
+) -> dict[str, Any]:
+    """``POST /_control/usage``: other apps of the account spend ``requests`` of its
+    daily budget now; the account's ``{used, max}`` after."""
+    body = {"crm": crm, "account": account, "requests": requests}
+    out: dict[str, Any] = await _json(session, "POST", f"{mock_url}/_control/usage", body)
+    return out
+
+
+def crm_settings(view: Mapping[str, Any]) -> list[str]:
+    """``--settings`` of a connection holding a mock account's CRM model (empty for
+    an account of the windows model): what an operator sets from the CRM's setup
+    page (allocation, tier, time zone), and the account's compressed day."""
+    if view.get("model") not in ("salesforce", "hubspot"):
+        return []
+    out = ["limit_model=crm", f"daily_limit={int(view['daily_limit'])}"]
+    if view["crm"] == "salesforce":
+        out.append(f"concurrency={int(view.get('concurrency') or 25)}")
+    else:
+        out += [f"tier={int(view['tier'])}", f"time_zone={view['time_zone']}"]
+    day = float(view.get("day_seconds") or 86_400)
+    if day != 86_400:
+        out.append(f"day_seconds={day:g}")
+    return out
+
+
+def aligned_wall(now: float, view: Mapping[str, Any]) -> float | None:
+    """The wall time (epoch s) to give a HubSpot account with a compressed day now,
+    so its midnights fall where crmsync's compressed days start
+    (``crmsync.crm_limits.day_bounds``): a local midnight two days ahead plus the
+    share of the compressed day already past. None when no alignment is needed.
+    Daylight saving changes inside the run move its midnights by the change."""
+    day = float(view.get("day_seconds") or 86_400)
+    if view.get("model") != "hubspot" or day == 86_400:
+        return None
+    tz = ZoneInfo(str(view.get("time_zone") or "UTC"))
+    off = datetime.fromtimestamp(now, tz).utcoffset()
+    shift = (off.total_seconds() if off else 0.0) * day / 86_400
+    frac = ((now + shift) % day) / day
+    local = datetime.fromtimestamp(now, tz).date() + timedelta(days=2)
+    midnight = datetime(local.year, local.month, local.day, tzinfo=tz).timestamp()
+    return midnight + frac * 86_400
+
+
+async def align_clock(
+    session: aiohttp.ClientSession, mock_url: str, view: Mapping[str, Any]
+) -> None:
+    """Move a compressed HubSpot account's clock so its days are crmsync's."""
+    wall = aligned_wall(time.time(), view)
+    if wall is not None:
+        body = {"crm": view["crm"], "account": view["account"], "wall": wall}
+        await _json(session, "POST", f"{mock_url}/_control/clock", body)

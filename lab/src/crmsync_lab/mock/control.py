@@ -10,6 +10,8 @@
                                         "token_lifetime"?: s, "refresh_token"?: t}`` (auth.py)
 ``POST clock``                       ``{"account", "crm"?, "advance_seconds"? | "wall"?}``:
                                         move accounts' clocks forward (clock.py)
+``POST usage``                       ``{"account", "crm"?, "requests": N}``: other apps of the
+                                        org/portal spend N requests of its daily budget now
 ``POST seed``                        ``{"account", "crm"?, "contacts"|"records": [...]}``:
                                         load contacts that exist before crmsync (seeding.py)
 ``GET  stats``                       -> per account: requests, by_status, violations(_by),
@@ -115,6 +117,16 @@ def _clock(acct: Account, body: dict[str, Any]) -> dict[str, Any]:
     return _clock_view(acct)
 
 
+def _usage(acct: Account, body: dict[str, Any]) -> dict[str, Any]:
+    n = body.get("requests")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError("usage needs requests: a whole number of at least 0")
+    now = time.monotonic()
+    acct.limits.spend(now, acct.clock.wall(now), n)
+    used, most = acct.usage()
+    return {"used": used, "max": most}
+
+
 def _seed(acct: Account, body: dict[str, Any]) -> dict[str, Any]:
     rows = body.get("contacts", body.get("records"))
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -139,9 +151,9 @@ def handle(mock: MockCrm, request: Request, segs: list[str]) -> bytes:
         if what == "faults" and method == "POST":
             targets = mock.set_faults(_body(request))
             return _json({f"{a.crm}/{a.spec.name}": a.faults.view() for a in targets})
-        if what in ("tokens", "clock", "seed") and method == "POST":
+        if what in ("tokens", "clock", "seed", "usage") and method == "POST":
             body = _body(request)
-            act = {"tokens": _tokens, "clock": _clock, "seed": _seed}[what]
+            act = {"tokens": _tokens, "clock": _clock, "seed": _seed, "usage": _usage}[what]
             return _json(_each(mock, body, lambda a: act(a, body)))
         if what == "stats" and method == "GET":
             return _json(mock.stats())

@@ -139,6 +139,11 @@ class Limits:
     def admit(self, now: float, wall: float, search: bool = False) -> Refusal | None:
         raise NotImplementedError
 
+    def spend(self, now: float, wall: float, n: int) -> None:
+        """Other apps spend ``n`` requests of the daily budget now (not ours: no
+        arrival, no violation)."""
+        raise NotImplementedError
+
     def started(self, now: float, seconds: float) -> None:
         """An admitted request runs ``seconds`` from ``now`` (only Salesforce's cap cares)."""
 
@@ -215,6 +220,12 @@ class AccountLimits(Limits):
 
     def daily(self, now: float, wall: float) -> tuple[int, int]:
         return self.day_count, self.daily_limit
+
+    def spend(self, now: float, wall: float, n: int) -> None:
+        day = int(wall // 86_400)
+        if day != self.day:
+            self.day, self.day_count = day, 0
+        self.day_count += n
 
     def primary(self, now: float) -> tuple[Window, int] | None:
         if not self.logs:

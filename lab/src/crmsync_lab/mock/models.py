@@ -79,13 +79,13 @@ class RollingCount:
             self.total -= buckets.popleft()[1]
         return self.total
 
-    def add(self, t: float) -> None:
+    def add(self, t: float, n: int = 1) -> None:
         ms = round(t * 1000)
         if self.buckets and self.buckets[-1][0] == ms:
-            self.buckets[-1][1] += 1
+            self.buckets[-1][1] += n
         else:
-            self.buckets.append([ms, 1])
-        self.total += 1
+            self.buckets.append([ms, n])
+        self.total += n
 
     def frees_at(self) -> float:
         """When the oldest admission leaves the window (seconds, this count's clock)."""
@@ -130,6 +130,10 @@ class SalesforceLimits(Limits):
             return self._violate(now, Refusal(Window(self.allocation, DAY_MS), wait, DAILY))
         self.used.add(wall)
         return None
+
+    def spend(self, now: float, wall: float, n: int) -> None:
+        self.used.count(wall)
+        self.used.add(wall, n)
 
     def started(self, now: float, seconds: float) -> None:
         if seconds >= self.long_s:  # only these can ever be long-running
@@ -197,6 +201,10 @@ class HubSpotLimits(Limits):
 
     def daily(self, now: float, wall: float) -> tuple[int, int]:
         return self._today(wall), self.daily_limit
+
+    def spend(self, now: float, wall: float, n: int) -> None:
+        self._today(wall)
+        self.day_count += n
 
     def primary(self, now: float) -> tuple[Window, int] | None:
         return self.ten.window, max(0, self.ten.window.limit - self.ten.count(now))

@@ -11,7 +11,8 @@ KEYS layout, so the helpers below may name them:
   KEYS[6] bands        hash  id -> ready score of a leased or delayed id;
                              '?' .. id -> 1 while an id's expired lease is unresolved
   KEYS[7] state        hash  paused, blocked_until_ms, limits, br_* fields, lineage,
-                             node (the cluster node id the marker was written on, '-': one server)
+                             node (the cluster node id the marker was written on, '-': one server),
+                             unknown (how many '?' marks KEYS[6] holds)
   KEYS[8] stats        hash  counters for `crmsync status`
   KEYS[9..] one rate-window hash per configured window (claim, ack, depth)
 The CRM breaker script uses only the br_* helpers on its own key.
@@ -87,14 +88,21 @@ end
 -- An id whose lease expired: its worker may have died after the CRM applied
 -- its send and before the ledger row was written. Marked until acknowledged,
 -- so the claims that take it tell their worker (claim.lua).
+-- The state hash's 'unknown' counts the marks, so claims look for them only
+-- when there are any.
 local function mark_unknown(id)
-  redis.call('HSET', KEYS[6], '?' .. id, 1)
+  if redis.call('HSETNX', KEYS[6], '?' .. id, 1) == 1 then
+    redis.call('HINCRBY', KEYS[7], 'unknown', 1)
+  end
 end
 
 -- Finished lease: a change that arrived meanwhile becomes ready work.
 local function finish_lease(id)
   drop_lease(id)
-  redis.call('HDEL', KEYS[6], id, '?' .. id)
+  redis.call('HDEL', KEYS[6], id)
+  if redis.call('HDEL', KEYS[6], '?' .. id) == 1 then
+    redis.call('HINCRBY', KEYS[7], 'unknown', -1)
+  end
   local rq = tonumber(redis.call('ZSCORE', KEYS[5], id))
   if rq ~= nil then
     redis.call('ZREM', KEYS[5], id)
@@ -299,4 +307,134 @@ local function br_record(br, ok, now, threshold)
   br.opened = now
   br.probe_until = 0
   return true
+end
+
+-- The CRMs' own limit models (crmsync/crm_limits.py) --------------------------
+-- spec: '' (windows only) or 'cap;kind;alloc;reserve;base;recheck_ms;guard_ms;b0;b1;b2;b3'
+-- kind 'r' (Salesforce): a rolling day's budget learnt as used/max: used now is
+--   bud_used + our admissions since the request it answered (bud_seq - bud_ref).
+-- kind 'd' (HubSpot): a fixed day from the portal's midnight (b0..b3: midnights
+--   around now, the day starting guard_ms after one): our admissions in it
+--   (day_n) plus the other apps' use learnt in it (day_others).
+-- Both keep reserve (a share) of the budget unused. cap > 0: at most cap requests
+-- in flight across every worker, one member 'token|n' per claim in a zset
+-- scored by its lease deadline (ack and expiry free them).
+-- State fields (KEYS[7]): bud_seq (our admissions ever), bud_max (learnt budget),
+-- bud_used, bud_ref, bud_probe_ms, day_start, day_n, day_others, day_ref (bud_seq
+-- when the day began), burst (a learnt 10-second limit).
+
+local function crm_parse(spec)
+  if spec == nil or spec == '' then return nil end
+  local v = {}
+  for x in string.gmatch(spec, '[^;]+') do v[#v + 1] = x end
+  local c = {cap = tonumber(v[1]), kind = v[2], alloc = tonumber(v[3]),
+    reserve = tonumber(v[4]), base = tonumber(v[5]), recheck = tonumber(v[6]),
+    guard = tonumber(v[7]), bounds = {}}
+  for i = 8, #v do c.bounds[#c.bounds + 1] = tonumber(v[i]) end
+  return c
+end
+
+-- The portal day holding now: its start (a midnight) and when the next one is
+-- used; nil when the worker's bounds do not hold now (its clock is far off).
+local function crm_day(c, now)
+  for i = 1, #c.bounds - 1 do
+    if c.bounds[i] + c.guard <= now and now < c.bounds[i + 1] + c.guard then
+      return c.bounds[i], c.bounds[i + 1] + c.guard
+    end
+  end
+  return nil, nil
+end
+
+-- Requests in flight under the cap (expired claims dropped).
+local function crm_busy(conc_key, now)
+  redis.call('ZREMRANGEBYSCORE', conc_key, '-inf', now)
+  local busy = 0
+  for _, m in ipairs(redis.call('ZRANGE', conc_key, 0, -1)) do
+    busy = busy + (tonumber(string.match(m, '|(%d+)$')) or 0)
+  end
+  return busy
+end
+
+-- Loads the model at now: c.room (requests the budget admits now; a budget not
+-- learnt yet admits one probe per recheck), c.next (when it may admit again),
+-- c.scale (a learnt limit over the one the windows were computed from), c.busy.
+local function crm_load(c, now, conc_key)
+  local f = redis.call('HMGET', KEYS[7], 'bud_seq', 'bud_max', 'bud_used', 'bud_ref',
+    'bud_probe_ms', 'day_start', 'day_n', 'day_others', 'burst')
+  c.seq = tonumber(f[1]) or 0
+  c.most = tonumber(f[2]) or c.alloc
+  local limit = c.most - math.ceil(c.most * c.reserve)
+  -- Requests admitted before an answered one may reach the CRM after it (counted
+  -- neither in its used nor since): at most the in-flight cap, kept back too.
+  if c.kind == 'r' then limit = math.min(limit, c.most - c.cap) end
+  c.scale = 1
+  c.next = now + c.recheck
+  if c.kind == 'r' then
+    c.scale = c.most / c.base
+    local used = tonumber(f[3])
+    c.learnt = used ~= nil
+    if used == nil then
+      c.used = 0
+      c.room = 0
+      local probe = tonumber(f[5])
+      if probe == nil or probe <= now then
+        c.room = 1
+        c.probe = true
+      end
+    else
+      c.used = used + (c.seq - (tonumber(f[4]) or c.seq))
+      c.room = limit - c.used
+    end
+  else
+    local start, nxt = crm_day(c, now)
+    local cur = tonumber(f[6])
+    local n, others = tonumber(f[7]) or 0, tonumber(f[8]) or 0
+    if start == nil then
+      start = cur or now
+    elseif cur == nil or start > cur then
+      redis.call('HSET', KEYS[7], 'day_start', start, 'day_n', 0, 'day_others', 0,
+        'day_ref', c.seq)
+      n, others = 0, 0
+    end
+    if nxt ~= nil then c.next = nxt end
+    c.day_start = start
+    c.used = n + others
+    c.room = limit - c.used
+    local burst = tonumber(f[9])
+    if burst ~= nil and burst > 0 then c.scale = burst / c.base end
+  end
+  c.busy = 0
+  if c.cap > 0 and conc_key ~= nil then c.busy = crm_busy(conc_key, now) end
+  return c
+end
+
+-- k requests admitted now under claim token (deadline: its lease).
+local function crm_take(c, k, token, deadline, conc_key)
+  if k <= 0 then return end
+  redis.call('HINCRBY', KEYS[7], 'bud_seq', k)
+  if c.kind == 'd' then redis.call('HINCRBY', KEYS[7], 'day_n', k) end
+  if c.probe then redis.call('HSET', KEYS[7], 'bud_probe_ms', c.next) end
+  if c.cap > 0 and conc_key ~= nil and token ~= nil then
+    redis.call('ZADD', conc_key, deadline, token .. '|' .. k)
+    redis.call('PEXPIRE', conc_key, math.max(1000, deadline - now_ms() + 1000))
+  end
+end
+
+-- n permits admitted at admitted_ms given back: they leave the portal day's
+-- count (a rolling budget keeps them: its next learning corrects it).
+local function crm_refund(admitted_ms, n)
+  if n <= 0 then return end
+  local v = redis.call('HMGET', KEYS[7], 'day_start', 'day_n')
+  local start, dn = tonumber(v[1]), tonumber(v[2])
+  if start ~= nil and dn ~= nil and admitted_ms >= start then
+    redis.call('HSET', KEYS[7], 'day_n', math.max(0, dn - n))
+  end
+end
+
+-- The claim's member of the in-flight zset, or nil.
+local function crm_member(conc_key, token)
+  for _, m in ipairs(redis.call('ZRANGE', conc_key, 0, -1)) do
+    if string.sub(m, 1, #token + 1) == token .. '|' then return m end
+  end
+  return nil
 end

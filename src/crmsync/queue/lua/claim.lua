@@ -18,13 +18,18 @@ ARGV[11] lineage the caller expects in the state hash: '' = no check, '*' = any
          node: Redis lost the connection's state (flush, restart, failover):
          refused 'lost', nothing written. Another
          marker: refused 'lineage' (healed by someone else, or an older Redis).
-ARGV[12..] per window: limit, window_ms, span_ms (window stretched by the margin),
+ARGV[12] the CRM model's spec ('' = windows only; format in _lib.lua, crm_parse)
+ARGV[13..] per window: limit, window_ms, span_ms (window stretched by the margin),
            min_room (permits to wait for before the next claim, at most what
            this claim asked for: the next one is likely to ask as much)
+KEYS[9 + windows] the in-flight zset, when the spec has a cap
 Returns {refused ('' = granted), next_eligible_ms (-1 = only on wake-up),
          admitted_ms (the permits' stamp), permits, probe (0/1), Redis time ms,
+         our admissions before this claim (bud_seq; 0 without a CRM model),
          id1, score1, id2, score2, ...}; a score starts with '?' when the id's
          last lease expired unresolved (its send's outcome is unknown)
+Refusals: paused, blocked, circuit_open, empty, rate_limited (a window), budget
+(the CRM model's daily budget), concurrency (its in-flight cap).
 ]]
 local now = now_ms()
 local token = ARGV[1]
@@ -37,8 +42,8 @@ local recovery = tonumber(ARGV[6])
 local lineage = ARGV[11]
 if lineage ~= '' then
   local marker = marker_of(KEYS[7])
-  if not marker then return {'lost', -1, now, 0, 0, now} end
-  if lineage ~= '*' and marker ~= lineage then return {'lineage', -1, now, 0, 0, now} end
+  if not marker then return {'lost', -1, now, 0, 0, now, 0} end
+  if lineage ~= '*' and marker ~= lineage then return {'lineage', -1, now, 0, 0, now, 0} end
 end
 
 -- Redis is a cache: after a FLUSHALL the caller's config restores the state.
@@ -48,9 +53,14 @@ if redis.call('HEXISTS', KEYS[7], 'limits') == 0 then
   if ARGV[8] ~= '' then redis.call('HSET', KEYS[7], 'paused', ARGV[8]) end
 end
 
+local nwin = math.floor((#ARGV - 12) / 4)
+local crm = crm_parse(ARGV[12])
+local conc_key = nil
+if crm ~= nil and crm.cap > 0 then conc_key = KEYS[9 + nwin] end
+
 local function refuse(reason, next_ms)
   stat('refused_' .. reason, 1)
-  return {reason, next_ms or -1, now, 0, 0, now}
+  return {reason, next_ms or -1, now, 0, 0, now, crm and crm.seq or 0}
 end
 
 local function later_work()
@@ -99,11 +109,26 @@ if slow_until ~= nil and slow_until > now then
   share = f + (1 - f) * (1 - (slow_until - now) / math.max(1, tonumber(sl[2]) or 1))
 end
 
+if crm ~= nil then
+  crm_load(crm, now, conc_key)
+  if crm.room <= 0 then return refuse('budget', crm.next) end
+  room = math.min(room, crm.room)
+  if crm.cap > 0 then
+    if crm.busy >= crm.cap then
+      -- Freed by an acknowledgement (which wakes everyone) or a lease expiring.
+      local first = redis.call('ZRANGE', conc_key, 0, 0, 'WITHSCORES')
+      return refuse('concurrency', tonumber(first[2]) or -1)
+    end
+    room = math.min(room, crm.cap - crm.busy)
+  end
+  share = share * crm.scale
+end
+
 local wins = {}
-for i = 1, #KEYS - 8 do
-  local a = 12 + (i - 1) * 4
+for i = 1, nwin do
+  local a = 13 + (i - 1) * 4
   local limit = tonumber(ARGV[a])
-  if share < 1 then limit = math.max(1, math.floor(limit * share)) end
+  if share ~= 1 then limit = math.max(1, math.floor(limit * share)) end
   local w = win_load(KEYS[8 + i], limit, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
   w.min_room = tonumber(ARGV[a + 3])
   wins[i] = w
@@ -119,7 +144,8 @@ end
 if room <= 0 then return refuse('rate_limited', room_returns()) end
 
 local popped = redis.call('ZPOPMIN', KEYS[1], room * batch)
-local out = {'', -1, now, 0, 0, now}
+local marks = (tonumber(redis.call('HGET', KEYS[7], 'unknown')) or 0) > 0
+local out = {'', -1, now, 0, 0, now, 0}
 local deadline = now + lease_ms
 for i = 1, #popped, 2 do
   local id = popped[i]
@@ -127,7 +153,7 @@ for i = 1, #popped, 2 do
   redis.call('HSET', KEYS[3], id, token)
   redis.call('HSET', KEYS[6], id, popped[i + 1])
   out[#out + 1] = id
-  if redis.call('HEXISTS', KEYS[6], '?' .. id) == 1 then
+  if marks and redis.call('HEXISTS', KEYS[6], '?' .. id) == 1 then
     out[#out + 1] = '?' .. popped[i + 1]
   else
     out[#out + 1] = popped[i + 1]
@@ -147,6 +173,10 @@ if back > 0 and #wins > 0 then
   end
 end
 for _, w in ipairs(wins) do win_take(w, permits, stamp) end
+if crm ~= nil then
+  out[7] = crm.seq
+  crm_take(crm, permits, token, deadline, conc_key)
+end
 out[3] = stamp
 out[4] = permits
 stat('claims', 1)

@@ -9,7 +9,8 @@ KEYS[9..]  one hash per rate window, in the order of the window triples below
 ARGV[1] permits of the claim to give back
 ARGV[2] admitted_ms of the claim (their bucket)
 ARGV[3] permits wanted now
-ARGV[4..] per window: limit, window_ms, span_ms
+ARGV[4] the CRM model's spec ('' = none; _lib.lua): its budget admits too
+ARGV[5..] per window: limit, window_ms, span_ms
 Returns {granted, admitted_ms}.
 ]]
 local now = now_ms()
@@ -18,19 +19,34 @@ local admitted = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local n = #KEYS - 8
 for i = 1, n do
-  local a = 4 + (i - 1) * 3
+  local a = 5 + (i - 1) * 3
   win_refund(KEYS[8 + i], tonumber(ARGV[a + 1]), admitted, give)
 end
 local room = want
+local crm = crm_parse(ARGV[4])
+local scale = 1
+if crm ~= nil then
+  crm_refund(admitted, give)
+  crm_load(crm, now, nil) -- the in-flight cap counts claims, which this one is already
+  -- A rolling budget still counts what was given back (bud_seq only grows); one
+  -- not learnt yet admits its probe here too (onboarding's first request).
+  local back = 0
+  if crm.kind == 'r' then back = give end
+  room = math.min(room, math.max(0, crm.room + back))
+  scale = crm.scale
+end
 local wins = {}
 for i = 1, n do
-  local a = 4 + (i - 1) * 3
-  local w = win_load(KEYS[8 + i], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
+  local a = 5 + (i - 1) * 3
+  local limit = tonumber(ARGV[a])
+  if scale ~= 1 then limit = math.max(1, math.floor(limit * scale)) end
+  local w = win_load(KEYS[8 + i], limit, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), now)
   wins[i] = w
   room = math.min(room, win_room(w))
 end
 if room < 0 then room = 0 end
 for _, w in ipairs(wins) do win_take(w, room, now) end
+if crm ~= nil then crm_take(crm, room, nil, 0, nil) end
 stat('readmitted', room)
 if room < want then stat('readmit_short', want - room) end
 return {room, now}

@@ -4,10 +4,14 @@
 -- The oldest batch nobody else holds (concurrent relays take disjoint rows),
 -- deleted in the caller's transaction: the delete becomes real only when the
 -- caller commits, after Redis has the entries; a rollback puts them back.
+-- The ids go to the delete as an array (= ANY: one primary-key probe each):
+-- as `IN (subquery)` the planner may join the whole outbox against the batch
+-- when its statistics are stale (a vacuum that ran during a bulk insert saw
+-- the table nearly empty), minutes per batch.
 DELETE FROM outbox
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-)
+))
 RETURNING tenant, contact_id, op
 
 -- name: relay_connections
