@@ -322,6 +322,11 @@ def stop(home: Path, *, purge: bool = False) -> None:
             shutil.rmtree(home, ignore_errors=True)
 
 
+def seed_list(home: Path) -> str:
+    """Every node of the cluster in ``home`` as one seed list (CRMSYNC_REDIS_URL)."""
+    return ",".join(f"127.0.0.1:{n.port}" for n in _nodes(home)).join(("redis://", ""))
+
+
 def seed_url(home: Path) -> str | None:
     """URL of a live node of the cluster in ``home`` (any node serves as a seed)."""
     for node in _nodes(home):
@@ -355,6 +360,38 @@ def kill_master(home: Path, slot: int) -> Node:
     node = master_of(home, slot)
     _stop_node(node, hard=True)
     return node
+
+
+def replica_of(home: Path, master: Node) -> Node:
+    """A replica of ``master``, as ``master`` sees it."""
+    me = master.node_id()
+    for line in text(master.port, "CLUSTER", "NODES").splitlines():
+        parts = line.split()
+        if len(parts) > 3 and "slave" in parts[2] and parts[3] == me:
+            port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
+            return next(n for n in _nodes(home) if n.port == port)
+    raise es.SetupError(f"the master on port {master.port} has no replica")
+
+
+def kill_master_unreplicated(home: Path, slot: int, seconds: float = 1.0) -> Node:
+    """SIGKILL the master serving ``slot`` after ``seconds`` of writes its replica
+    never receives: the replica is frozen (SIGSTOP) and its link cut (CLIENT KILL
+    TYPE replica), the master goes on serving clients, dies, and the replica thaws
+    (SIGCONT) to take over without those writes. Keep ``seconds`` under the node
+    timeout, or the cluster marks the frozen replica failed too."""
+    master = master_of(home, slot)
+    replica = replica_of(home, master)
+    pid = replica.pid
+    if not pid:
+        raise es.SetupError(f"no pid for the replica on port {replica.port}")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        command(master.port, "CLIENT", "KILL", "TYPE", "replica")
+        time.sleep(seconds)
+        _stop_node(master, hard=True)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return master
 
 
 def wait_promoted(home: Path, slot: int, dead: Node, seconds: float = 30.0) -> Node:

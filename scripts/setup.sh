@@ -80,9 +80,10 @@ ensure_tools() {
   local missing=()
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v faketime >/dev/null 2>&1 || missing+=(faketime)
   [ "${#missing[@]}" -eq 0 ] && return 0
   as_root_apt "${missing[@]}" ||
-    fail "missing ${missing[*]} (the dashboard's browser tests and the alert rule tests need them); install them with apt-get install ${missing[*]}."
+    fail "missing ${missing[*]} (the dashboard's browser tests, the alert rule tests and the many-hosts clock test need them); install them with apt-get install ${missing[*]}."
 }
 
 ensure_venv

@@ -372,6 +372,15 @@ class LocalCluster:
         """SIGKILL the master of ``slot``; the killed node (for ``restart``)."""
         return redis_cluster_script.kill_master(self._home(), slot)
 
+    def seed_list(self) -> str:
+        """Every node of the cluster as one CRMSYNC_REDIS_URL (any may be down)."""
+        return str(redis_cluster_script.seed_list(self._home()))
+
+    def kill_master_unreplicated(self, slot: int, seconds: float = 1.0) -> Any:
+        """SIGKILL the master of ``slot`` after ``seconds`` of writes its replica
+        never got (they are lost when it takes over); the killed node."""
+        return redis_cluster_script.kill_master_unreplicated(self._home(), slot, seconds)
+
     def wait_promoted(self, slot: int, dead: Any, seconds: float = 30.0) -> Any:
         return redis_cluster_script.wait_promoted(self._home(), slot, dead, seconds)
 

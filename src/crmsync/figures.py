@@ -17,12 +17,12 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from redis.asyncio import Redis
 
 from crmsync import counters
 from crmsync.crm_limits import DAY_MS
 from crmsync.queue import keys
 from crmsync.queue.store import BAND_SCALE, Band, QueueDepth
+from crmsync.redis_client import RedisClient
 
 # Counters of the process kinds that push theirs to Redis (counters.ProcessCounts),
 # exported as crmsync_<kind>_<name>_total.
@@ -39,7 +39,7 @@ PROCESS_COUNTERS: dict[str, dict[str, str]] = {
 }
 
 
-async def oldest_enqueued_ms(redis: Redis, connection_ids: Sequence[str]) -> dict[str, int]:
+async def oldest_enqueued_ms(redis: RedisClient, connection_ids: Sequence[str]) -> dict[str, int]:
     """Enqueue time (Redis ms) of the oldest change waiting in each connection's
     ready set (absent: none), in one pipelined round trip for all of them.
 
@@ -91,7 +91,7 @@ def connection_figures(depth: QueueDepth, oldest_ms: int | None) -> dict[str, An
     }
 
 
-async def process_counters(redis: Redis) -> dict[str, dict[str, int]]:
+async def process_counters(redis: RedisClient) -> dict[str, dict[str, int]]:
     pipe = redis.pipeline(transaction=False)
     for kind in PROCESS_COUNTERS:
         pipe.hgetall(keys.process_stats(kind))

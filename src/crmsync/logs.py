@@ -33,7 +33,8 @@ _handler: logging.Handler | None = None
 
 
 def _dumps(obj: Any, default: Any = None) -> str:
-    return orjson.dumps(obj, default=default).decode()
+    # Non-str keys (a window size, a bucket index) are written as strings, never an error.
+    return orjson.dumps(obj, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def configure_logging(

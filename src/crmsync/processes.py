@@ -14,14 +14,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 import structlog
-from redis.asyncio import Redis
 
 from crmsync import db
 from crmsync.breaker import CrmBreaker
 from crmsync.clock import Clock, RedisClock
 from crmsync.crm.http import http_session
 from crmsync.queue.store import QueueStore
-from crmsync.redis_client import open_redis
+from crmsync.redis_client import RedisClient, redis_of
 from crmsync.settings import Settings
 from crmsync.worker import Worker
 from crmsync.worker.claim import Claims
@@ -48,7 +47,7 @@ def build_worker(
     settings: Settings,
     *,
     pool: asyncpg.Pool[Any],
-    redis: Redis,
+    redis: RedisClient,
     session: aiohttp.ClientSession,
     concurrency: int,
     clock: Clock,
@@ -105,7 +104,7 @@ async def run_worker(
     is the worker's alone (not a test's), so what exists at start may be frozen.
     ``clock``: Redis time as learnt from the claims, unless a test brings its own."""
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=8, light_reset=True)
-    redis = await open_redis(settings.redis_url)
+    redis = await redis_of(settings)
     session = http_session(concurrency, settings.http_timeout_seconds)
     try:
         worker = build_worker(

@@ -14,11 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from crmsync import counters, db, figures
 from crmsync.queue.store import QueueStore
+from crmsync.redis_client import REDIS_ERRORS, RedisClient
 
 _TOTALS = ("contacts", "deleted_contacts", "outbox", "dead_letters")
 
@@ -78,7 +77,7 @@ def for_tenant(report: dict[str, Any], tenant: str | None) -> dict[str, Any]:
 
 
 async def collect(
-    pool: asyncpg.Pool[Any], redis: Redis | None, tenant: str | None = None
+    pool: asyncpg.Pool[Any], redis: RedisClient | None, tenant: str | None = None
 ) -> dict[str, Any]:
     report = await status_report(pool, tenant)
     if redis is None:
@@ -112,7 +111,7 @@ async def collect(
             c.update(figures.connection_figures(depth, oldest.get(c["id"])))
         if tenant is None:  # the relay's and reconcile's counters concern every tenant
             report["processes"] = await figures.process_counters(redis)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         report["redis_error"] = str(exc)
     return report
 

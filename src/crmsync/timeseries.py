@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 
 from crmsync import clock, counters
 from crmsync.queue import keys
+from crmsync.redis_client import RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -145,7 +145,7 @@ class Sampler:
         }
 
     async def sample(
-        self, redis: Redis, conns: Sequence[Mapping[str, Any]], t_ms: int | None = None
+        self, redis: RedisClient, conns: Sequence[Mapping[str, Any]], t_ms: int | None = None
     ) -> None:
         """One sample of every connection at ``t_ms`` (default now): one pipelined
         Redis round trip for all."""
@@ -174,7 +174,7 @@ class Sampler:
             )
             self.observe(c["id"], r, limit_per_second(c.get("rate_limits") or ()))
 
-    async def run(self, redis: Redis, load_connections: Any, stop: asyncio.Event) -> None:
+    async def run(self, redis: RedisClient, load_connections: Any, stop: asyncio.Event) -> None:
         """Sample once a second until ``stop``; ``load_connections()`` gives the
         connection rows (re-read every ``CONNECTIONS_MAX_AGE`` seconds)."""
         conns: list[Mapping[str, Any]] = []

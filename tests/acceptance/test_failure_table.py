@@ -636,3 +636,39 @@ async def test_failure_table(
                 if p is not None:
                     print(f"--- {p.name} ({p.log_path}) ---\n{p.tail(30)}")
             raise
+
+
+# The core rows again with every process on the real Redis Cluster (3 masters), and
+# the rows whose operator commands (`dlq replay`, `reconcile` after a FLUSHDB of every
+# master) and answers (`status`, the API's, in assert_no_secrets) read it.
+ON_CLUSTER = ("salesforce_down_hubspot_unaffected", "rate_limit_storm", "lost_response",
+              "worker_sigkill", "bad_record_400", "redis_flushdb")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.name) for r in TABLE if r.name in ON_CLUSTER])
+async def test_failure_table_on_redis_cluster(
+    row: Row, cluster_config: ClusterConfig, redis_cluster_url: str
+) -> None:
+    config = replace(cluster_config, redis_url=redis_cluster_url, redis_mode="cluster")
+    config = replace(
+        config,
+        mode=row.mode,
+        processes=row.processes,
+        concurrency=row.concurrency,
+        batch_size=row.batch_size,
+        mock_scenario="none",
+        mock_args=tuple(row.mock_args),
+        env={**BASE_ENV, **row.env},
+    )
+    cluster = ProxiedCluster(config)
+    async with cluster:
+        try:
+            await row.run(cluster)
+            await assert_final(cluster)
+            await assert_no_secrets(cluster)
+        except BaseException:
+            for p in [cluster.mock, cluster.server, cluster.relay, *cluster.workers]:
+                if p is not None:
+                    print(f"--- {p.name} ({p.log_path}) ---\n{p.tail(30)}")
+            raise

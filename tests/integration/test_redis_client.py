@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from crmsync.errors import UserError
-from crmsync.redis_client import open_redis
+from crmsync.redis_client import lazy_redis, open_redis
 from crmsync.settings import RedisMode
 
 
@@ -36,6 +36,8 @@ async def test_each_mode_gets_its_client(redis_url: str, redis_cluster_url: str)
         ("nothing", "cluster", "cannot reach the Redis Cluster seed node at"),
         ("nothing", "standalone", "cannot reach Redis at"),
         ("cluster-db3", "cluster", "names database 3, but a Redis Cluster has only database 0"),
+        ("nothing-twice", "cluster", "cannot reach any Redis Cluster seed node of"),
+        ("seeds", "standalone", "names several nodes; a list of seed nodes is for"),
     ],
 )
 async def test_a_wrong_redis_is_one_clear_sentence(
@@ -50,6 +52,8 @@ async def test_a_wrong_redis_is_one_clear_sentence(
         "cluster-db3": f"{redis_cluster_url}/3",
         "standalone": redis_url.rsplit("/", 1)[0],
         "nothing": "redis://127.0.0.1:1/0",  # nothing listens on port 1
+        "nothing-twice": "redis://127.0.0.1:1,127.0.0.1:2",
+        "seeds": f"{redis_cluster_url},127.0.0.1:1",
     }[which]
     with pytest.raises(UserError) as caught:
         await open_redis(url, mode)
@@ -65,3 +69,18 @@ async def test_a_password_never_shows(
         await open_redis(url.replace("redis://", "redis://crm:hunter2-secret@"), mode)
     message = str(caught.value)
     assert "hunter2-secret" not in message and "crm:***@" in message
+
+
+async def test_a_seed_list_starts_while_its_first_node_is_down(redis_cluster_url: str) -> None:
+    """A process (re)started while the node its URL names first is down (a failover
+    under way) starts from the next seed; the API's lazy client too."""
+    seeds = f"redis://127.0.0.1:1,{redis_cluster_url.removeprefix('redis://')}"
+    client = await open_redis(seeds, "cluster")
+    lazy = lazy_redis(seeds, "cluster", socket_connect_timeout=2)
+    try:
+        assert isinstance(client, RedisCluster) and len(client.get_primaries()) == 3
+        await client.set("crmsync:{seeds}:x", 1)
+        assert await lazy.get("crmsync:{seeds}:x") == b"1"
+    finally:
+        await client.aclose()
+        await lazy.aclose()

@@ -106,3 +106,18 @@ def test_per_request_access_logs_are_quiet_at_info() -> None:
 def test_unknown_level_names_the_setting() -> None:
     with pytest.raises(ValueError, match="CRMSYNC_LOG_LEVEL"):
         configure_logging("loud")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{10_000: 100, 2000: 20}, {1.5: "x"}, {None: 1}, {"nested": {3: [1, {4: 5}]}}],
+)
+def test_a_field_with_non_str_keys_is_written_not_lost(value: dict[Any, Any]) -> None:
+    """A window size or bucket index as a key (``redis.healed``) must not turn the
+    line into a logging error."""
+    out = io.StringIO()
+    configure_logging("info", stream=out)
+    get_logger("crmsync.test").warning("redis.healed", windows=value)
+    [entry] = lines(out)
+    assert entry["event"] == "redis.healed"
+    assert json.dumps(entry["windows"])  # keys became strings

@@ -6,7 +6,7 @@ import pytest
 
 from crmsync.cli.common import settings_from
 from crmsync.errors import UserError
-from crmsync.redis_client import safe_url
+from crmsync.redis_client import safe_url, seed_urls
 from crmsync.settings import Settings
 
 
@@ -42,4 +42,21 @@ def test_another_mode_is_one_sentence_naming_the_setting(bad: str) -> None:
     ],
 )
 def test_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    assert safe_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "seeds", "shown"),
+    [
+        ("redis://a:7000", ["redis://a:7000"], "redis://a:7000"),
+        ("redis://a:7000,b:7001, c:7002", ["redis://a:7000", "redis://b:7001", "redis://c:7002"],
+         "redis://a:7000,redis://b:7001,redis://c:7002"),
+        ("redis://:pw@a:1,b:2/0", ["redis://:pw@a:1", "redis://:pw@b:2"],
+         "redis://:***@a:1,redis://:***@b:2"),
+        ("rediss://u:p@a:1,rediss://x:y@b:2", ["rediss://u:p@a:1", "rediss://x:y@b:2"],
+         "rediss://u:***@a:1,rediss://x:***@b:2"),
+    ],
+)  # fmt: skip
+def test_a_cluster_url_may_list_several_seed_nodes(url: str, seeds: list[str], shown: str) -> None:
+    assert seed_urls(url) == seeds
     assert safe_url(url) == shown

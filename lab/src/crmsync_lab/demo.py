@@ -105,6 +105,7 @@ class Demo:
         return ClusterConfig(
             database_url=database_named(defaults.database_url, o.database),
             redis_url=defaults.redis_url,
+            redis_mode=defaults.redis_mode,
             fresh_database=True,
             mode="up",
             processes=o.processes,

@@ -19,10 +19,8 @@ from typing import Annotated, Any, Literal, cast
 
 import asyncpg
 import orjson
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
-from redis.exceptions import RedisError
 
 from crmsync import connections, db, dlq
 from crmsync.api import models
@@ -33,13 +31,14 @@ from crmsync.contacts import ID_PATTERN
 from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.store import QueueStore
+from crmsync.redis_client import REDIS_ERRORS, RedisClient, lazy_redis
 from crmsync.settings import Settings
 from crmsync.timeseries import FIELDS, Sampler
 
 LOOKUP_LIMIT = 20  # contacts one lookup returns (an email may be shared)
 HEALTH_TIMEOUT = 2.0  # seconds each server has to answer /healthz
 # What a server that is down or unreachable raises.
-DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+DOWN = (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, *REDIS_ERRORS)
 
 ConnectionIdPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=64)]
 
@@ -100,7 +99,7 @@ class PauseBody(BaseModel):
 class OpsState:
     """What the operator endpoints share in one API process."""
 
-    redis: aioredis.Redis
+    redis: RedisClient
     sampler: Sampler
 
 
@@ -112,12 +111,14 @@ def _pool(request: Request) -> asyncpg.Pool[Any]:
     return cast("asyncpg.Pool[Any]", request.app.state.pool)
 
 
-def _client(settings: Settings) -> aioredis.Redis:
-    return aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+def _client(settings: Settings) -> RedisClient:
+    return lazy_redis(
+        settings.redis_url, settings.redis_mode, socket_connect_timeout=2, socket_timeout=5
+    )
 
 
 @contextlib.asynccontextmanager
-async def _redis(request: Request) -> AsyncIterator[aioredis.Redis]:
+async def _redis(request: Request) -> AsyncIterator[RedisClient]:
     """The running app's client; a short-lived one where the lifespan did not run
     (an app under httpx's ASGITransport answers too, it just samples nothing)."""
     state: OpsState | None = getattr(request.app.state, "ops", None)
@@ -346,7 +347,7 @@ async def lookup(
     return _json({"query": q, "contacts": found})
 
 
-async def _queued(redis: aioredis.Redis, item: dict[str, Any]) -> None:
+async def _queued(redis: RedisClient, item: dict[str, Any]) -> None:
     """Mark each ledger row with where the contact waits in its connection's queue."""
     cid = item["contact"]["id"]
     try:
@@ -356,7 +357,7 @@ async def _queued(redis: aioredis.Redis, item: dict[str, Any]) -> None:
             for k in (ck.ready, ck.leases, ck.delayed, ck.requeue):
                 pipe.zscore(k, cid)
         scores = await pipe.execute()
-    except (RedisError, OSError):
+    except REDIS_ERRORS:
         return  # the ledger still answers; "queue" stays unknown
     names = ("ready", "leased", "delayed", "ready")  # requeue: waits to be ready again
     for i, s in enumerate(item["sync"]):

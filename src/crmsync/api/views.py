@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,6 +24,7 @@ from crmsync.api.contacts import json, pool
 from crmsync.api.metrics import FORBIDDEN, STATUS_AGGREGATES
 from crmsync.contacts import ID_PATTERN
 from crmsync.errors import UserError
+from crmsync.redis_client import lazy_redis
 from crmsync.report import collect, for_tenant, prometheus_text
 from crmsync.settings import Settings
 
@@ -85,7 +85,7 @@ def scope_tenant(request: Request, asked: str | None) -> str | None:
 async def report_of(request: Request, tenant: str | None) -> dict[str, Any]:
     """``report.collect`` with a short-lived Redis client (not a hot path)."""
     settings: Settings = request.app.state.settings
-    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = lazy_redis(settings.redis_url, settings.redis_mode, socket_connect_timeout=2)
     try:
         return await collect(pool(request), client, tenant)
     finally:

@@ -21,13 +21,12 @@ from typing import Any
 
 import asyncpg
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from crmsync import db
 from crmsync.capture.reconcile import reconcile_connection
 from crmsync.counters import ProcessCounts
 from crmsync.queue.store import Band, QueueStore
+from crmsync.redis_client import REDIS_ERRORS, RedisClient
 from crmsync.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -36,7 +35,7 @@ OUTBOX_CHANNEL = "crmsync_outbox"
 CONNECTIONS_CHANNEL = "crmsync_connections"
 CONNECTIONS_MAX_AGE = 5.0  # seconds a cached tenant -> connections map is trusted
 VACUUM_AFTER_ROWS = 50_000  # rows moved (deleted from the outbox) before the relay vacuums it
-ERRORS = (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError)
+ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 BANDS = {"insert": int(Band.CREATE), "update": int(Band.UPDATE), "delete": int(Band.DELETE)}
 _NONE = int(Band.DELETE) + 1
@@ -170,14 +169,14 @@ async def run_relay(
 ) -> None:
     """Relay until ``stop`` is set: drain on every wake-up, poll as a fallback;
     vacuum the outbox in the background after every ``vacuum_after`` rows moved."""
-    from crmsync.redis_client import open_redis
+    from crmsync.redis_client import redis_of
 
     stop = stop or asyncio.Event()
     batch = batch or settings.relay_batch
     poll = poll_seconds or settings.relay_poll_seconds
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=4)
     try:
-        redis = await open_redis(settings.redis_url)
+        redis = await redis_of(settings)
     except BaseException:
         await pool.close()
         raise
@@ -239,10 +238,10 @@ async def run_relay(
         log.info("relay.stopped")
 
 
-async def _push_counts(redis: Redis, *, force: bool = False) -> None:
+async def _push_counts(redis: RedisClient, *, force: bool = False) -> None:
     try:
         await COUNTS.push(redis, force=force)
-    except (RedisError, OSError) as exc:  # kept for the next push
+    except REDIS_ERRORS as exc:  # kept for the next push
         log.warning("relay.counts_push_failed", error=str(exc))
 
 

@@ -19,6 +19,12 @@ err = Console(stderr=True)
 
 DB_OPT = typer.Option(None, "--database-url", envvar="CRMSYNC_DATABASE_URL", help="PostgreSQL DSN.")
 REDIS_OPT = typer.Option(None, "--redis-url", envvar="CRMSYNC_REDIS_URL", help="Redis URL.")
+REDIS_MODE_OPT = typer.Option(
+    None,
+    "--redis-mode",
+    envvar="CRMSYNC_REDIS_MODE",
+    help="standalone (one Redis server) or cluster (--redis-url names one seed node).",
+)
 BATCH_SIZE_OPT = typer.Option(
     1,
     "--batch-size",
@@ -74,9 +80,9 @@ def with_pool(
             if not redis:
                 return await fn(pool, None)
             from crmsync.queue.store import QueueStore
-            from crmsync.redis_client import open_redis
+            from crmsync.redis_client import redis_of
 
-            client = await open_redis(s.redis_url)
+            client = await redis_of(s)
             try:
                 return await fn(pool, QueueStore(client, margin=s.limit_margin))
             finally:

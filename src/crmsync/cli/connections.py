@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync.cli.common import DB_OPT, REDIS_OPT, settings_from, with_pool
+from crmsync.cli.common import DB_OPT, REDIS_MODE_OPT, REDIS_OPT, settings_from, with_pool
 from crmsync.errors import UserError
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ def add(
     no_check: bool = NO_CHECK_OPT,
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Add a CRM connection (one CRM account) after checking it against the CRM;
     its credentials are stored encrypted under CRMSYNC_SECRET_KEY."""
@@ -140,7 +141,7 @@ def add(
         rate_limits=rate_limit,
         settings=settings,
     )
-    s = settings_from(database_url=database_url, redis_url=redis_url)
+    s = settings_from(database_url=database_url, redis_url=redis_url, redis_mode=redis_mode)
     keys = vault.keyring(s.secret_key)  # before anything is written
 
     async def go(pool: Any, store: QueueStore | None) -> Connection:
@@ -209,6 +210,7 @@ def update(
     no_check: bool = NO_CHECK_OPT,
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Change a connection's credentials (auth kind too), limits or settings, keeping
     its sync ledger and dead letters; workers pick it up without a restart. New
@@ -231,7 +233,7 @@ def update(
         settings=settings,
         unset=unset,
     )
-    s = settings_from(database_url=database_url, redis_url=redis_url)
+    s = settings_from(database_url=database_url, redis_url=redis_url, redis_mode=redis_mode)
     keys = vault.keyring(s.secret_key)
 
     async def go(pool: Any, store: QueueStore | None) -> tuple[Connection, Connection]:
@@ -356,11 +358,16 @@ async def _run_checks(
 
 
 def _onboard(
-    connection_id: str, database_url: str | None, redis_url: str | None, *, setup: bool
+    connection_id: str,
+    database_url: str | None,
+    redis_url: str | None,
+    redis_mode: str | None,
+    *,
+    setup: bool,
 ) -> None:
     from crmsync import connections, vault
 
-    s = settings_from(database_url=database_url, redis_url=redis_url)
+    s = settings_from(database_url=database_url, redis_url=redis_url, redis_mode=redis_mode)
     keys = vault.keyring(s.secret_key)
 
     async def go(pool: Any, store: QueueStore | None) -> list[Check]:
@@ -386,11 +393,12 @@ def test(
     connection_id: str = typer.Argument(..., help="Connection id."),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Check a connection against its CRM: it authenticates, the external id field
     or property is there and unique, the mapped fields are writable; daily usage.
     One line per check, with the fix of each that fails; exit code 1 if any does."""
-    _onboard(connection_id, database_url, redis_url, setup=False)
+    _onboard(connection_id, database_url, redis_url, redis_mode, setup=False)
 
 
 @app.command("setup")
@@ -398,11 +406,12 @@ def setup(
     connection_id: str = typer.Argument(..., help="Connection id."),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Create what the CRM side needs where its API allows (HubSpot's crmsync_id and
     crmsync_status properties) and print the admin's exact steps for the rest
     (Salesforce's external id field)."""
-    _onboard(connection_id, database_url, redis_url, setup=True)
+    _onboard(connection_id, database_url, redis_url, redis_mode, setup=True)
 
 
 @app.command("list")
@@ -492,6 +501,7 @@ def resume(
     connection_id: str = typer.Argument(..., help="Connection id."),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Resume sending to a connection: paused, or held back by a CRM's 429 or
     quota headers (the wait and the slow-down end for every worker at once)."""
@@ -501,5 +511,9 @@ def resume(
         await connections.resume(pg, connection_id)
         await store.resume(connection_id)
 
-    with_pool(settings_from(database_url=database_url, redis_url=redis_url), go, redis=True)
+    with_pool(
+        settings_from(database_url=database_url, redis_url=redis_url, redis_mode=redis_mode),
+        go,
+        redis=True,
+    )
     typer.echo(f"resumed connection {connection_id}")

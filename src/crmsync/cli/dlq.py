@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync.cli.common import DB_OPT, REDIS_OPT, settings_from, with_pool
+from crmsync.cli.common import DB_OPT, REDIS_MODE_OPT, REDIS_OPT, settings_from, with_pool
 from crmsync.errors import UserError
 
 if TYPE_CHECKING:
@@ -123,13 +123,14 @@ def replay(
     all_: bool = ALL_OPT,
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Queue the matching contacts again with a fresh attempt budget."""
     from crmsync import dlq
 
     f = _filter(connection, error, ids)
     n = with_pool(
-        settings_from(database_url=database_url, redis_url=redis_url),
+        settings_from(database_url=database_url, redis_url=redis_url, redis_mode=redis_mode),
         lambda pool, store: dlq.replay(pool, store, f, all_=all_),
         redis=True,
     )

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync.cli.common import DB_OPT, REDIS_OPT, run, settings_from
+from crmsync.cli.common import DB_OPT, REDIS_MODE_OPT, REDIS_OPT, run, settings_from
 
 app = typer.Typer()
 
@@ -27,6 +27,7 @@ def relay(
     ),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Move captured changes from the outbox to the Redis queues (run one or several)."""
     from crmsync.capture.relay import run_relay
@@ -36,6 +37,7 @@ def relay(
     s = settings_from(
         database_url=database_url,
         redis_url=redis_url,
+        redis_mode=redis_mode,
         relay_batch=batch,
         relay_poll_seconds=poll_seconds,
     )
@@ -56,19 +58,20 @@ def reconcile(
     ),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Queue again every contact whose synced version differs (after Redis lost data)."""
     from crmsync import db
     from crmsync.capture.reconcile import reconcile as run_reconcile
     from crmsync.queue.store import QueueStore
-    from crmsync.redis_client import open_redis
+    from crmsync.redis_client import redis_of
 
-    s = settings_from(database_url=database_url, redis_url=redis_url)
+    s = settings_from(database_url=database_url, redis_url=redis_url, redis_mode=redis_mode)
 
     async def go() -> dict[str, int]:
         pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
         try:
-            redis = await open_redis(s.redis_url)
+            redis = await redis_of(s)
             try:
                 return await run_reconcile(pool, QueueStore(redis), connection_id=connection)
             finally:

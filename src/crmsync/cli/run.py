@@ -9,7 +9,7 @@ from multiprocessing.context import SpawnProcess
 import structlog
 import typer
 
-from crmsync.cli.common import BATCH_SIZE_OPT, DB_OPT, REDIS_OPT, run, settings_from
+from crmsync.cli.common import BATCH_SIZE_OPT, DB_OPT, REDIS_MODE_OPT, REDIS_OPT, run, settings_from
 from crmsync.settings import Settings
 
 app = typer.Typer()
@@ -31,6 +31,7 @@ def worker(
     batch_size: int = BATCH_SIZE_OPT,
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Sync queued contacts to the CRMs (stateless: run as many as you like)."""
     from crmsync.logs import configure_logging
@@ -39,6 +40,7 @@ def worker(
     s = settings_from(
         database_url=database_url,
         redis_url=redis_url,
+        redis_mode=redis_mode,
         batch_size=batch_size,
         worker_processes=processes,
         worker_concurrency=concurrency,
@@ -66,6 +68,7 @@ def up(
     port: int | None = typer.Option(None, "--port", envvar="CRMSYNC_API_PORT"),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """API + relay + workers in one command (single-node production).
 
@@ -75,6 +78,7 @@ def up(
     s = settings_from(
         database_url=database_url,
         redis_url=redis_url,
+        redis_mode=redis_mode,
         batch_size=batch_size,
         api_host=host,
         api_port=port,

@@ -12,7 +12,7 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from crmsync.cli.common import DB_OPT, REDIS_OPT, run, settings_from
+from crmsync.cli.common import DB_OPT, REDIS_MODE_OPT, REDIS_OPT, run, settings_from
 from crmsync.errors import UserError
 
 app = typer.Typer()
@@ -33,10 +33,11 @@ def status(
     ),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Show queues, breakers, limits, paused connections and dead letters."""
     from crmsync import db
-    from crmsync.redis_client import open_redis
+    from crmsync.redis_client import redis_of
     from crmsync.report import collect
     from crmsync.status_view import render
 
@@ -45,12 +46,12 @@ def status(
             f"SECONDS ({seconds:g}) goes with --watch: `crmsync status --watch {seconds:g}`"
         )
     every = seconds or 2.0
-    s = settings_from(database_url=database_url, redis_url=redis_url)
+    s = settings_from(database_url=database_url, redis_url=redis_url, redis_mode=redis_mode)
     console = Console()
 
     async def go() -> dict[str, Any] | None:
         pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
-        redis = await open_redis(s.redis_url)
+        redis = await redis_of(s)
         try:
             report = await collect(pool, redis)
             if not watch:

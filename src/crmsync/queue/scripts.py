@@ -46,6 +46,7 @@ NAMES = (
     "learn",
     "heal",
     "snapshot",
+    "mark",
 )
 
 

@@ -553,8 +553,21 @@ class QueueStore:
         return int(await self.scripts.call("heal", [*ck.script_keys(), *wkeys], args))
 
     async def lineage(self, connection_id: str) -> str | None:
-        raw = await self.redis.hget(keys.connection(connection_id).state, "lineage")
-        return _text(raw) if raw is not None else None
+        """The connection's marker; None when there is none, or it was written on
+        another cluster node (the slot failed over or moved: counted as lost)."""
+        return (await self.markers([connection_id]))[0]
+
+    async def markers(self, connection_ids: Sequence[str]) -> list[str | None]:
+        """``lineage`` of each connection, in one round trip per node."""
+        calls: list[Call] = [(keys.connection(c).script_keys(), []) for c in connection_ids]
+        answers = await self.scripts.call_many("snapshot", calls) if calls else []
+        return [_text(a[0]) or None for a in answers]
+
+    async def mark(self, connection_id: str, lineage: str) -> str:
+        """Mark the connection's state with ``lineage`` unless it carries a marker
+        (stamped with the node that holds it); the marker it carries now."""
+        ks = keys.connection(connection_id).script_keys()
+        return _text(await self.scripts.call("mark", ks, [lineage]))
 
     async def snapshot(
         self, connection_id: str, window_sizes_ms: Sequence[int]

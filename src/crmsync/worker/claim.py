@@ -38,8 +38,6 @@ import contextlib
 from collections.abc import Sequence
 from functools import partial
 
-from redis.exceptions import RedisError
-
 from crmsync import counters, crm_limits
 from crmsync.clock import Clock
 from crmsync.connections import Connection
@@ -49,6 +47,7 @@ from crmsync.crm.quota import Usage
 from crmsync.errors import CrmError, Retryable
 from crmsync.logs import get_logger
 from crmsync.queue.store import Claim
+from crmsync.redis_client import REDIS_ERRORS
 from crmsync.retry import RetryPolicy
 from crmsync.settings import Settings
 from crmsync.worker import events
@@ -60,6 +59,11 @@ from crmsync.worker.permits import ClaimPermits, NoPermit, Permits
 from crmsync.worker.plan import Plan, Request, plan_claim
 from crmsync.worker.ports import Ledger, LedgerUnavailable, Store
 from crmsync.worker.slots import Slots
+
+# A claim's work is released (or its lease expires) when one of these stops it.
+_ABORTS: tuple[type[Exception], ...] = (*REDIS_ERRORS, LedgerUnavailable)
+# Asking the CRM for its daily usage, and learning it, may fail like this.
+_USAGE_ERRORS: tuple[type[Exception], ...] = (CrmError, TimeoutError, *REDIS_ERRORS)
 
 log = get_logger(__name__)
 
@@ -159,14 +163,14 @@ class Claims:
                 return
             try:
                 outcomes, tripped = await self._process(conn, adapter, claim, batch)
-            except (RedisError, OSError, LedgerUnavailable) as exc:
+            except _ABORTS as exc:
                 # The work was released (or its lease will expire): nothing lost.
                 log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
                 return
             await self.crm_gate.report(
                 conn.crm, outcomes, probe=verdict.probe, tripped=tripped, connection=conn.id
             )
-        except (RedisError, OSError) as exc:  # the CRM-wide breaker's Redis
+        except REDIS_ERRORS as exc:  # the CRM-wide breaker's Redis
             log.warning("worker.claim_aborted", connection=conn.id, error=str(exc))
         except Exception:
             # What _process could not turn into outcomes (a bug in recording them):
@@ -187,7 +191,7 @@ class Claims:
             usage = await ask()
             if isinstance(usage, Usage) and usage.daily:
                 await self.store.learn(conn.id, usage)
-        except (CrmError, RedisError, OSError, TimeoutError) as exc:
+        except _USAGE_ERRORS as exc:
             log.info("worker.budget_unknown", connection=conn.id, error=str(exc))
 
     async def _process(
@@ -392,7 +396,7 @@ class Claims:
         interval = self.lease_ms / 3000.0
         while True:
             await self.clock.sleep(interval)
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self.store.renew(claim, claim.ids, self.lease_ms)
 
 

@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from crmsync import db
 from crmsync.capture.reconcile import reconcile_connection
@@ -44,9 +43,12 @@ from crmsync.logs import get_logger
 from crmsync.queue import keys
 from crmsync.queue.store import QueueStore
 from crmsync.ratelimit import SHORT_WINDOW_MS, prefill
+from crmsync.redis_client import REDIS_ERRORS
 from crmsync.worker.ledger import DB_ERRORS
 
 log = get_logger(__name__)
+# A watch pass that meets one of these tries again at the next.
+_WATCH_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, *DB_ERRORS)
 
 LOSS_REFUSALS = (
     "lost",
@@ -105,7 +107,7 @@ class Healer:
             await self._rebuild(conn, marker)
             return True
         finally:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 if await self.redis.get(ck.heal_lock) == token.encode():
                     await self.redis.delete(ck.heal_lock)
 
@@ -115,7 +117,7 @@ class Healer:
         lineage = marker or secrets.token_hex(8)
         await self.pool.execute(db.q("heal_record"), conn.id, lineage, False)
         if marker is None:
-            await self.redis.hsetnx(keys.connection(conn.id).state, "lineage", lineage)
+            await self.store.mark(conn.id, lineage)
         self.known[conn.id] = lineage
 
     async def _rebuild(self, conn: Connection, marker: str | None) -> None:
@@ -169,21 +171,18 @@ class Healer:
                 wake(await self.unmarked(conns))
                 for conn in conns:
                     await self.checkpoint(conn)
-            except (RedisError, OSError, *DB_ERRORS) as exc:
+            except _WATCH_ERRORS as exc:
                 log.warning("redis.check_failed", error=str(exc))
 
     async def unmarked(self, conns: list[Connection]) -> list[str]:
         """The connections whose Redis state lacks the marker this worker expects."""
         if not conns:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for c in conns:
-            pipe.hget(keys.connection(c.id).state, "lineage")
-        markers = await pipe.execute()
+        markers = await self.store.markers([c.id for c in conns])
         out = []
         for c, m in zip(conns, markers, strict=True):
             want = self.lineage(c.id)
-            if m is None or (want != ANY and m.decode() != want):
+            if m is None or (want != ANY and m != want):
                 out.append(c.id)
         return out
 

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
-from redis.exceptions import RedisError
 
 from crmsync.clock import Clock
 from crmsync.crm.http import WriteWatch
 from crmsync.errors import RateLimited
 from crmsync.queue.store import Claim
+from crmsync.redis_client import REDIS_ERRORS
 from crmsync.worker.ports import Store
 
 log = structlog.get_logger(__name__)
@@ -182,7 +182,7 @@ class Permits:
     async def _restamp(self, connection_id: str, admitted_ms: int, n: int) -> None:
         try:
             await self.store.restamp(connection_id, admitted_ms, n)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             # Best effort: the margin still covers most of the delay.
             log.warning("worker.restamp_failed", connection=connection_id, error=str(exc))
 

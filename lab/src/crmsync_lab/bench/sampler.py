@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psutil
-from redis.asyncio import Redis
 
 from crmsync import counters
 from crmsync.queue import keys
+from crmsync.redis_client import RedisClient
 from crmsync_lab.bench.report import ProcUsage, deltas
 
 SAMPLE_SECONDS = 0.5
@@ -156,7 +156,7 @@ class ProcWatch:
 class RateWatch:
     """Per-connection cumulative worker counters, sampled once a second."""
 
-    def __init__(self, redis: Redis, connection_ids: Sequence[str], field_name: str) -> None:
+    def __init__(self, redis: RedisClient, connection_ids: Sequence[str], field_name: str) -> None:
         self.redis = redis
         self.ids = list(connection_ids)
         self.field = field_name
@@ -198,7 +198,9 @@ class RateWatch:
         return out
 
 
-async def counter_totals(redis: Redis, connection_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+async def counter_totals(
+    redis: RedisClient, connection_ids: Sequence[str]
+) -> dict[str, dict[str, int]]:
     """The workers' counters (requests, created, updated, ...) of each connection."""
     return {cid: await counters.read(redis, cid) for cid in connection_ids}
 

@@ -20,14 +20,12 @@ import asyncio
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from crmsync import connections, db
 from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.store import Band, QueueStore
 from crmsync.ratelimit import RateWindow
-from crmsync.redis_client import RedisClient
+from crmsync.redis_client import RedisClient, open_redis
 from crmsync.worker.slots import Scheduler
 from crmsync_lab.bench.report import ScenarioResult, percentile, ratio, target
 from crmsync_lab.bench.scenarios import cluster_config, rounded
@@ -94,7 +92,7 @@ async def _claim_cost(store: QueueStore, n: int, claims: int) -> dict[str, float
 
 
 async def run_many(cfg: BenchConfig) -> list[ScenarioResult]:
-    redis = aioredis.from_url(cfg.redis_url)
+    redis = await open_redis(cfg.redis_url, cfg.redis_mode)
     try:
         store = QueueStore(redis)
         res = ScenarioResult("many", 0.0)

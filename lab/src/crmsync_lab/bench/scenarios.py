@@ -58,6 +58,7 @@ def cluster_config(
     return ClusterConfig(
         database_url=cfg.database_url,
         redis_url=cfg.redis_url,
+        redis_mode=cfg.redis_mode,
         fresh_database=cfg.fresh_database,
         mode="split",
         processes=cfg.processes or processes,

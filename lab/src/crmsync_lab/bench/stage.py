@@ -24,6 +24,7 @@ from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.queue.store import QueueStore
 from crmsync.ratelimit import parse_rate_limit
+from crmsync.settings import RedisMode
 from crmsync_lab.bench.profile import Profiler
 from crmsync_lab.bench.report import ConnRate, rate
 from crmsync_lab.bench.sampler import ProcWatch, RateWatch, counter_totals
@@ -42,6 +43,9 @@ UNLIMITED_SPEC = f"{UNLIMITED}/s"
 class BenchConfig:
     database_url: str
     redis_url: str
+    redis_mode: RedisMode = "standalone"
+    # A Redis Cluster seed URL: seed, seed-load and batch run on it too (suite.run).
+    cluster_url: str | None = None
     fresh_database: bool = True  # drop and recreate database_url's database first
     duration: float = 0.0  # measured window, seconds (0: the scenario's default)
     warmup: float = 5.0  # seconds of sending before the window opens

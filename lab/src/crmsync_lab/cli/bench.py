@@ -10,7 +10,7 @@ import orjson
 import typer
 from rich.console import Console
 
-from crmsync.cli.common import DB_OPT, REDIS_OPT, run, settings_from
+from crmsync.cli.common import DB_OPT, REDIS_MODE_OPT, REDIS_OPT, run, settings_from
 
 app = typer.Typer()
 
@@ -75,8 +75,16 @@ def bench(
     run_dir: Path | None = typer.Option(
         None, "--run-dir", envvar="CRMSYNC_BENCH_RUN_DIR", help="Where process logs go."
     ),
+    cluster_url: str | None = typer.Option(
+        None,
+        "--cluster-url",
+        envvar="CRMSYNC_BENCH_CLUSTER_URL",
+        help="A Redis Cluster node: seed, seed-load and batch run on it too, after the "
+        "run on --redis-url, with the ratio cluster/standalone (`make cluster` prints one).",
+    ),
     database_url: str | None = DB_OPT,
     redis_url: str | None = REDIS_OPT,
+    redis_mode: str | None = REDIS_MODE_OPT,
 ) -> None:
     """Benchmark against mock CRMs, with the raw-HTTP ceiling in the same run."""
     from crmsync_lab.bench import suite
@@ -87,13 +95,15 @@ def bench(
     from crmsync_lab.harness.cluster import database_named
     from crmsync_lab.harness.database import scratch_database
 
-    s = settings_from(database_url=database_url, redis_url=redis_url)
+    s = settings_from(database_url=database_url, redis_url=redis_url, redis_mode=redis_mode)
     names = suite.resolve(scenario)
     scratch_database(database)
     err = Console(stderr=True)
     cfg = BenchConfig(
         database_url=database_named(s.database_url, database),
         redis_url=s.redis_url,
+        redis_mode=s.redis_mode,
+        cluster_url=cluster_url,
         duration=duration or 0.0,
         warmup=warmup,
         processes=processes,

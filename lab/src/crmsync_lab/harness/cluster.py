@@ -32,13 +32,13 @@ from typing import Any, Literal
 
 import aiohttp
 import asyncpg
-import redis.asyncio as aioredis
 
 from crmsync import connections, db, report, vault
 from crmsync.errors import UserError
 from crmsync.queue import keys
 from crmsync.ratelimit import RateWindow, format_rate
-from crmsync.settings import Settings
+from crmsync.redis_client import RedisClient, open_redis
+from crmsync.settings import RedisMode, Settings
 from crmsync_lab.harness import mock_client, progress
 from crmsync_lab.harness.contacts import Contact, ContactBook, chunks
 from crmsync_lab.harness.database import database_named as database_named
@@ -56,6 +56,7 @@ class ClusterError(UserError):
 class ClusterConfig:
     database_url: str | None = None  # default: CRMSYNC_DATABASE_URL
     redis_url: str | None = None  # default: CRMSYNC_REDIS_URL
+    redis_mode: RedisMode | None = None  # default: CRMSYNC_REDIS_MODE
     # Drop and recreate the database named in database_url first (the demo).
     fresh_database: bool = False
     mode: Literal["up", "split"] = "up"
@@ -102,6 +103,7 @@ class Cluster:
         defaults = Settings()
         self.database_url = self.config.database_url or defaults.database_url
         self.redis_url = self.config.redis_url or defaults.redis_url
+        self.redis_mode: RedisMode = self.config.redis_mode or defaults.redis_mode
         self.api_key = self.config.api_key or secrets.token_urlsafe(24)
         # CRM tokens are stored sealed under this key (the environment's, else a
         # fresh one); every child gets the same.
@@ -121,7 +123,7 @@ class Cluster:
         self.relay: Proc | None = None
         self.workers: list[Proc] = []
         self._pool: asyncpg.Pool[Any] | None = None
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._http: aiohttp.ClientSession | None = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -150,13 +152,7 @@ class Cluster:
             self._start_mock(),
         )
         self._pool = await db.create_pool(self.database_url, min_size=1, max_size=4)
-        self._redis = aioredis.from_url(self.redis_url)
-        try:
-            await self._redis.ping()
-        except Exception as exc:
-            raise UserError(
-                f"cannot reach Redis at {self.redis_url} ({exc}); set CRMSYNC_REDIS_URL"
-            ) from exc
+        self._redis = await open_redis(self.redis_url, self.redis_mode)
         await self._add_connections()
         await self._clear_redis()
         await self._start_crmsync()
@@ -187,6 +183,7 @@ class Cluster:
             {
                 "CRMSYNC_DATABASE_URL": self.database_url,
                 "CRMSYNC_REDIS_URL": self.redis_url,
+                "CRMSYNC_REDIS_MODE": self.redis_mode,
                 "CRMSYNC_API_KEYS": self.api_key,
                 "CRMSYNC_SECRET_KEY": self.secret_key,
                 "CRMSYNC_API_HOST": "127.0.0.1",
@@ -201,9 +198,11 @@ class Cluster:
         env.update(self.config.env)
         return env
 
-    async def _spawn(self, name: str, *args: str) -> Proc:
+    async def _spawn(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Proc:
         nice = 0 if name == "mock-crm" else self.config.crmsync_nice
-        proc = Proc(name, crmsync_argv(*args), self.env(), self.run_dir, nice=nice)
+        proc = Proc(
+            name, crmsync_argv(*args), {**self.env(), **(env or {})}, self.run_dir, nice=nice
+        )
         await proc.start()
         return proc
 
@@ -288,12 +287,19 @@ class Cluster:
                 await self.start_worker()
         await self._ready(self.server, f"{self.api_url}/healthz")
 
-    async def start_worker(self) -> Proc:
-        """One more `crmsync worker` process (split mode)."""
+    async def start_worker(
+        self, *, processes: int = 1, env: Mapping[str, str] | None = None
+    ) -> Proc:
+        """One more `crmsync worker` (split mode) of ``processes`` processes, with
+        ``env`` added to the children's environment (e.g. another host's clock)."""
         if self.config.mode != "split":
             raise RuntimeError("start_worker needs ClusterConfig(mode='split')")
         flags = f"--concurrency {self.config.concurrency} --batch-size {self.config.batch_size}"
-        proc = await self._spawn(f"worker-{len(self.workers) + 1}", "worker", *flags.split())
+        if processes > 1:
+            flags += f" --processes {processes}"
+        proc = await self._spawn(
+            f"worker-{len(self.workers) + 1}", "worker", *flags.split(), env=env
+        )
         self.workers.append(proc)
         return proc
 
@@ -347,7 +353,7 @@ class Cluster:
         return self._pool
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> RedisClient:
         if self._redis is None:
             raise RuntimeError("the cluster is not started")
         return self._redis

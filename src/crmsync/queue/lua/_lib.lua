@@ -11,6 +11,7 @@ KEYS layout, so the helpers below may name them:
   KEYS[6] bands        hash  id -> ready score of a leased or delayed id;
                              '?' .. id -> 1 while an id's expired lease is unresolved
   KEYS[7] state        hash  paused, blocked_until_ms, limits, br_* fields, lineage,
+                             node (the cluster node id the marker was written on, '-': one server),
                              unknown (how many '?' marks KEYS[6] holds)
   KEYS[8] stats        hash  counters for `crmsync status`
   KEYS[9..] one rate-window hash per configured window (claim, ack, depth)
@@ -22,6 +23,30 @@ local BAND = 10000000000000 -- 1e13: a band outranks any enqueue time in ms
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Which node holds a connection's state: a Redis Cluster node's id, '-' on one
+-- server (where CLUSTER is refused).
+local function this_node()
+  local r = redis.pcall('CLUSTER', 'MYID')
+  if type(r) == 'string' then return r end
+  return '-'
+end
+
+-- The state's lineage marker, or false when Redis lost it: no marker, or one
+-- stamped on another cluster node. A connection's slot that moved to another
+-- node (a failover, whose replica may lack the last writes, or a resharding)
+-- counts as lost; so does one server whose marker came from a cluster node.
+local function marker_of(state)
+  local m = redis.call('HMGET', state, 'lineage', 'node')
+  if not m[1] then return false end
+  if m[2] and m[2] ~= '-' and m[2] ~= this_node() then return false end
+  return m[1]
+end
+
+-- Mark the state with ``lineage``, stamped with the node that holds it.
+local function mark(state, lineage)
+  redis.call('HSET', state, 'lineage', lineage, 'node', this_node())
 end
 
 local function min_score(a, b)

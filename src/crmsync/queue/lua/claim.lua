@@ -14,8 +14,9 @@ ARGV[10] back-dating allowed, ms (at most KEEP_MS): a claim that comes later tha
          its room opened (a late wake-up, a busy loop) is stamped when the room
          opened, at most this long ago, instead of losing that time for good
 ARGV[11] lineage the caller expects in the state hash: '' = no check, '*' = any
-         marker, else that run id. No marker: Redis lost the connection's state
-         (flush, restart, failover): refused 'lost', nothing written. Another
+         marker, else that run id. No marker, or one written on another cluster
+         node: Redis lost the connection's state (flush, restart, failover):
+         refused 'lost', nothing written. Another
          marker: refused 'lineage' (healed by someone else, or an older Redis).
 ARGV[12] the CRM model's spec ('' = windows only; format in _lib.lua, crm_parse)
 ARGV[13..] per window: limit, window_ms, span_ms (window stretched by the margin),
@@ -40,7 +41,7 @@ local recovery = tonumber(ARGV[6])
 
 local lineage = ARGV[11]
 if lineage ~= '' then
-  local marker = redis.call('HGET', KEYS[7], 'lineage')
+  local marker = marker_of(KEYS[7])
   if not marker then return {'lost', -1, now, 0, 0, now, 0} end
   if lineage ~= '*' and marker ~= lineage then return {'lineage', -1, now, 0, 0, now, 0} end
 end

@@ -4,8 +4,8 @@ ARGV[1..] pairs: contact id, band (0 CREATE, 1 UPDATE, 2 DELETE)
 An id already ready keeps its best band and oldest age (ZADD LT); a leased id
 goes to requeue (no two workers ever hold one contact); a delayed id keeps its
 due time and its best band. Returns {how many ids became new ready work,
-1 if the state hash carries no lineage marker (Redis lost it, or no worker
-marked it yet) else 0}.
+1 if the state hash carries no lineage marker of this node (Redis lost it, or
+no worker marked it yet) else 0}.
 ]]
 local now = now_ms()
 local added = 0
@@ -24,4 +24,4 @@ for i = 1, #ARGV, 2 do
   end
 end
 stat('enqueued', #ARGV / 2)
-return {added, redis.call('HEXISTS', KEYS[7], 'lineage') == 1 and 0 or 1}
+return {added, marker_of(KEYS[7]) and 0 or 1}

@@ -30,8 +30,9 @@ for i = 1, #KEYS - 8 do
   w.total = total
   win_take(w, fill, now)
 end
+mark(KEYS[7], ARGV[1])
 -- A CRM model's portal day (kind 'd') counted again from zero: probe until an
 -- answer tells the day's use (_lib.lua crm_load, learn.lua).
-redis.call('HSET', KEYS[7], 'lineage', ARGV[1], 'day_unknown', now + DAY_UNKNOWN_MS)
+redis.call('HSET', KEYS[7], 'day_unknown', now + DAY_UNKNOWN_MS)
 stat('heals', 1)
 return now

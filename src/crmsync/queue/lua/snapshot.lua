@@ -2,9 +2,10 @@
 rate windows, for the PostgreSQL checkpoint a heal refills them from.
 KEYS[1..8] the connection's queue keys (layout in _lib.lua)
 KEYS[9..]  the window hashes to copy
-Returns {lineage ('' = none), Redis time ms, flat bucket list of each window}.
+Returns {lineage ('' = none, or stamped on another cluster node), Redis time
+ms, flat bucket list of each window}.
 ]]
-local marker = redis.call('HGET', KEYS[7], 'lineage') or ''
+local marker = marker_of(KEYS[7]) or ''
 local out = {marker, now_ms()}
 for i = 9, #KEYS do
   out[#out + 1] = redis.call('HGETALL', KEYS[i])
