@@ -23,7 +23,7 @@ local want = tonumber(ARGV[3])
 local n = #KEYS - 8
 local lineage = ARGV[5 + n * 3] or ''
 if lineage ~= '' then
-  local marker = redis.call('HGET', KEYS[7], 'lineage')
+  local marker = marker_of(KEYS[7])
   if not marker or (lineage ~= '*' and marker ~= lineage) then return {0, now} end
 end
 for i = 1, n do
