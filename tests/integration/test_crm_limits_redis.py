@@ -46,7 +46,8 @@ async def main(url, cid, seconds, spec, hold):
         c = await store.claim(cid, max_requests=5, batch_size=1, lease_ms=30000)
         if c.permits:
             await asyncio.sleep(hold)
-            out.append((c.redis_ms, c.permits, round(time.time() * 1000)))
+            # Floored like Redis TIME's ms, and stamped before the ack is sent.
+            out.append((c.redis_ms, c.permits, int(time.time() * 1000)))
             await store.ack(c, c.ids)
         else:
             await asyncio.sleep(0.005)
