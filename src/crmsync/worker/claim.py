@@ -314,19 +314,27 @@ class Claims:
         if len({op.contact_id for op in wanted}) < 2 or len(wanted) > PREFETCH_MAX:
             return
         watch = WriteWatch(_nothing)
-        if conn.windows:
-            # No waiting for room: without a permit now, each send looks up itself.
-            admitted = await self.permits.try_take(conn.id)
-            if admitted is None:
-                return
-            watch = self.permits.watch(conn.id, admitted)
+        # A request like the sends: it holds a place at the in-flight gate and
+        # waits for a token being refreshed (else, beside a send, a second
+        # request would meet an expired token).
+        gate = self.inflight.gate(conn)
+        await gate.acquire()
         try:
+            await adapter.ready()
+            if conn.windows:
+                # No waiting for room: without a permit now, each send looks up itself.
+                admitted = await self.permits.try_take(conn.id)
+                if admitted is None:
+                    return
+                watch = self.permits.watch(conn.id, admitted)
             await adapter.prefetch(wanted, watch)
         except CrmError:
             pass  # each send looks up for itself (and meets the CRM's error there)
         except Exception:
             log.exception("worker.prefetch_failed", connection=conn.id)
-        out.counts[counters.REQUESTS] += watch.calls
+        finally:
+            gate.release()
+            out.counts[counters.REQUESTS] += watch.calls
 
     async def _send(
         self,
