@@ -59,6 +59,18 @@ asyncio.run(main(url, cid, float(seconds), spec, float(hold)))
 """
 
 
+async def configure(store: QueueStore, cid: str, crm: CrmSpec) -> None:
+    """A connection under ``crm`` with a 10-second window too wide to matter."""
+    await store.configure(
+        cid,
+        [RateWindow(100_000, 10_000)],
+        breaker_threshold=5,
+        breaker_recovery_ms=1000,
+        paused=None,
+        crm=crm,
+    )
+
+
 async def hammer(
     redis_client: RedisClient, redis_url: str, spec: str, *, procs: int, seconds: float, hold: float
 ) -> list[tuple[int, int, int]]:
@@ -140,14 +152,7 @@ async def test_a_rolling_budget_is_learnt_from_answers(redis_client: RedisClient
     store = QueueStore(redis_client, margin=0.0)
     cid = f"sf-{uuid.uuid4().hex[:8]}"
     crm = CrmSpec("rolling", 100, 100, 0)
-    await store.configure(
-        cid,
-        [RateWindow(100_000, 10_000)],
-        breaker_threshold=5,
-        breaker_recovery_ms=1000,
-        paused=None,
-        crm=crm,
-    )
+    await configure(store, cid, crm)
     await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(500)])
 
     async def claim() -> tuple[int, str | None, int]:
@@ -179,14 +184,7 @@ async def test_an_answer_that_frees_the_budget_wakes_the_workers(
     store = QueueStore(redis_client, margin=0.0)
     cid = f"sf-{uuid.uuid4().hex[:8]}"
     crm = CrmSpec("rolling", 100, 100, 0)  # no cap: its release wakes too
-    await store.configure(
-        cid,
-        [RateWindow(100_000, 10_000)],
-        breaker_threshold=5,
-        breaker_recovery_ms=1000,
-        paused=None,
-        crm=crm,
-    )
+    await configure(store, cid, crm)
     await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(50)])
     sub = redis_clients().pubsub()
     await sub.subscribe(keys.WAKE_CHANNEL)
@@ -217,14 +215,7 @@ async def test_a_request_outside_a_claim_is_held_by_the_budget_too(
     the probe of a budget not learnt yet, then the learnt room, never more."""
     store = QueueStore(redis_client, margin=0.0)
     cid = f"sf-{uuid.uuid4().hex[:8]}"
-    await store.configure(
-        cid,
-        [RateWindow(100_000, 10_000)],
-        breaker_threshold=5,
-        breaker_recovery_ms=1000,
-        paused=None,
-        crm=CrmSpec("rolling", 100, 100, 0),
-    )
+    await configure(store, cid, CrmSpec("rolling", 100, 100, 0))
     assert (await store.take(cid, 3))[0] == 1
     assert (await store.take(cid, 3))[0] == 0
     await store.learn(cid, Usage(98, 100))
@@ -242,8 +233,7 @@ async def test_a_portal_day_counted_again_after_a_redis_loss_probes_until_an_ans
     store = QueueStore(redis_client, margin=0.0)
     cid = f"hs-{uuid.uuid4().hex[:8]}"
     crm = CrmSpec("daily", 100, 100_000, 0)
-    cfg = dict(breaker_threshold=5, breaker_recovery_ms=1000, paused=None, crm=crm)
-    await store.configure(cid, [RateWindow(100_000, 10_000)], **cfg)  # type: ignore[arg-type]
+    await configure(store, cid, crm)
     await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(500)])
 
     async def claim(most: int = 200) -> tuple[int, str | None, int]:
@@ -254,7 +244,7 @@ async def test_a_portal_day_counted_again_after_a_redis_loss_probes_until_an_ans
     assert (await claim(95))[0] == 95  # 95 of the day's 100 sent
     # Redis loses everything; the heal (no windows to refill here) marks it again.
     await redis_client.flushdb()
-    await store.configure(cid, [RateWindow(100_000, 10_000)], **cfg)  # type: ignore[arg-type]
+    await configure(store, cid, crm)
     await store.enqueue([(cid, f"c-{i}", Band.UPDATE) for i in range(500)])
     await store.heal(cid, "healed-1", [])
     probe, refused, seq = await claim()
@@ -266,7 +256,7 @@ async def test_a_portal_day_counted_again_after_a_redis_loss_probes_until_an_ans
     assert (await claim())[:2] == (0, "budget")
     # A portal whose answers carry no daily headers: the probing ends after a bound.
     cid2 = f"hs-{uuid.uuid4().hex[:8]}"
-    await store.configure(cid2, [RateWindow(100_000, 10_000)], **cfg)  # type: ignore[arg-type]
+    await configure(store, cid2, crm)
     await store.enqueue([(cid2, f"c-{i}", Band.UPDATE) for i in range(50)])
     await store.heal(cid2, "healed-2", [])
     await redis_client.hset(keys.connection(cid2).state, "day_unknown", 0)
